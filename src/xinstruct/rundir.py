@@ -1,0 +1,147 @@
+"""The run directory: one folder per step, each with its data and a ``manifest.json``.
+
+A step's identity is a hash of the settings that change its output plus the hashes of the steps it
+reads. A step whose manifest carries the same hash is skipped. Long steps write shards as they go
+(``shards/00000``, ...): each shard is written to a temporary folder and renamed into place, so a killed
+run resumes at the first missing shard and no row is lost or repeated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import platform
+import shutil
+import time
+from collections.abc import Iterable
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from datasets import Dataset, concatenate_datasets, load_from_disk
+
+logger = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+PROGRESS = "progress.json"
+_VERSIONED = ("x-instruction", "torch", "transformers", "trl", "datasets", "peft", "huggingface_hub")
+
+
+def settings_hash(settings: dict[str, Any], upstream: Iterable[str] = ()) -> str:
+    """Stable hash of a step's output-changing settings and its inputs' hashes."""
+    blob = json.dumps({"settings": settings, "upstream": sorted(upstream)}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages that shape a step's output (recorded in every manifest)."""
+    out = {"python": platform.python_version()}
+    for name in _VERSIONED:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+class Step:
+    """One step folder of a run, e.g. ``runs/tiny/candidates``.
+
+    Args:
+        run_dir (`Path`): the run directory.
+        name (`str`): folder name of the step.
+        settings (`dict`): output-changing settings (not batch size, device, concurrency).
+        upstream (`list[Step]`, *optional*): steps whose outputs this one reads.
+    """
+
+    def __init__(self, run_dir: Path, name: str, settings: dict[str, Any], upstream: Iterable[Step] = ()):
+        self.name = name
+        self.path = Path(run_dir) / name
+        self.settings = settings
+        self.hash = settings_hash(settings, [u.hash for u in upstream])
+        self._started = time.time()
+
+    # -- state ---------------------------------------------------------------------------------
+    @property
+    def manifest_path(self) -> Path:
+        return self.path / MANIFEST
+
+    def manifest(self) -> dict[str, Any] | None:
+        """The finished step's manifest, or ``None``."""
+        if not self.manifest_path.exists():
+            return None
+        return json.loads(self.manifest_path.read_text(encoding="utf-8"))
+
+    def is_done(self) -> bool:
+        """True when the step finished with the same settings hash (so it is skipped)."""
+        manifest = self.manifest()
+        return manifest is not None and manifest.get("hash") == self.hash
+
+    def begin(self) -> None:
+        """Prepare the folder; keep shards written under the same hash, clear anything else."""
+        self._started = time.time()
+        progress = self.path / PROGRESS
+        if self.path.exists():
+            same = progress.exists() and json.loads(progress.read_text()).get("hash") == self.hash
+            if not same:
+                logger.info("%s: settings changed or step incomplete; starting it afresh", self.name)
+                shutil.rmtree(self.path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        progress.write_text(json.dumps({"hash": self.hash, "settings": self.settings}, default=str))
+
+    # -- shards --------------------------------------------------------------------------------
+    def shard_path(self, index: int) -> Path:
+        return self.path / "shards" / f"{index:05d}"
+
+    def has_shard(self, index: int) -> bool:
+        return (self.shard_path(index) / "dataset_info.json").exists()
+
+    def write_shard(self, index: int, rows: Dataset) -> None:
+        """Write one shard atomically (temporary folder, then rename)."""
+        final = self.shard_path(index)
+        tmp = final.with_name(final.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        rows.save_to_disk(str(tmp))
+        tmp.rename(final)
+
+    def read_shards(self, count: int) -> Dataset:
+        """Concatenate shards ``0 .. count-1`` in order."""
+        parts = [load_from_disk(str(self.shard_path(i))) for i in range(count)]
+        return concatenate_datasets(parts) if parts else Dataset.from_dict({})
+
+    # -- data and manifest ---------------------------------------------------------------------
+    def data_path(self, name: str = "data") -> Path:
+        return self.path / name
+
+    def save(self, rows: Dataset, name: str = "data") -> Path:
+        """Save a dataset of the step (Arrow, ``datasets.load_from_disk`` reads it)."""
+        target = self.data_path(name)
+        tmp = target.with_name(target.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        rows.save_to_disk(str(tmp))
+        shutil.rmtree(target, ignore_errors=True)
+        tmp.rename(target)
+        return target
+
+    def load(self, name: str = "data") -> Dataset:
+        """Load a saved dataset of this step."""
+        return load_from_disk(str(self.data_path(name)))
+
+    def finish(self, report: dict[str, Any]) -> dict[str, Any]:
+        """Write the manifest (last, so its presence means the step is complete) and return it."""
+        manifest = {
+            "step": self.name,
+            "hash": self.hash,
+            "settings": self.settings,
+            "seconds": round(time.time() - self._started, 2),
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "versions": package_versions(),
+            **report,
+        }
+        tmp = self.manifest_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
+        tmp.rename(self.manifest_path)
+        shutil.rmtree(self.path / "shards", ignore_errors=True)
+        (self.path / PROGRESS).unlink(missing_ok=True)
+        return manifest

@@ -1,0 +1,120 @@
+"""One TRL SFT entry for every role (generator now; follower, evaluator and final model later).
+
+Data are prompt/completion pairs, so TRL computes the loss on the completion only. The recipe's
+``training`` block goes to :class:`trl.SFTConfig` unchanged; ``lora`` goes to :class:`peft.LoraConfig`.
+On a machine without CUDA the run is forced onto the CPU in fp32 (TRL defaults to bf16). The trained
+model (LoRA merged in) is saved with its tokenizer, a generation config whose EOS is the tokenizer's,
+and ``metrics.json``. A run killed mid-training resumes from its last checkpoint when the recipe saves
+checkpoints (``save_strategy: steps``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from datasets import Dataset
+
+from .models import resolve_model
+
+logger = logging.getLogger(__name__)
+
+# SFTConfig defaults that differ from TRL's because of how this project runs (overridable in the recipe).
+PROJECT_DEFAULTS: dict[str, Any] = {"report_to": "none", "save_strategy": "no", "logging_steps": 10}
+
+# SFTConfig fields that change logging or speed but not the trained weights (left out of step hashes).
+NON_OUTPUT_KEYS = frozenset(
+    {"logging_steps", "logging_strategy", "report_to", "save_strategy", "save_steps", "save_total_limit",
+     "dataloader_num_workers", "disable_tqdm", "log_level", "logging_dir", "push_to_hub", "hub_model_id"}
+)
+
+
+def output_settings(training: dict[str, Any]) -> dict[str, Any]:
+    """The part of a ``training`` block that changes the trained model (for step hashes)."""
+    return {k: v for k, v in sorted(training.items()) if k not in NON_OUTPUT_KEYS}
+
+
+def _last_checkpoint(output_dir: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+
+
+def train_sft(
+    model: str,
+    train_dataset: Dataset,
+    output_dir: str | Path,
+    training: dict[str, Any] | None = None,
+    lora: dict[str, Any] | None = None,
+    seed: int = 42,
+    trust_remote_code: bool = False,
+) -> dict[str, Any]:
+    """Fine-tune ``model`` on prompt/completion rows with :class:`trl.SFTTrainer` and save the result.
+
+    Args:
+        model (`str`): model name for :func:`xinstruct.models.resolve_model`.
+        train_dataset (`Dataset`): columns ``prompt`` and ``completion``.
+        output_dir (`str` or `Path`): where checkpoints go; the final model is saved in ``output_dir/model``.
+        training (`dict`, *optional*): :class:`trl.SFTConfig` arguments.
+        lora (`dict`, *optional*): :class:`peft.LoraConfig` arguments; the adapter is merged before saving.
+        seed (`int`, defaults to `42`): training seed (a ``seed`` in ``training`` wins).
+        trust_remote_code (`bool`, defaults to `False`): passed to transformers.
+
+    Returns:
+        The training metrics (``train_loss``, ``train_runtime``, ...), also written to ``model/metrics.json``.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    # --- config ---------------------------------------------------------------------------------
+    output_dir = Path(output_dir)
+    args: dict[str, Any] = {**PROJECT_DEFAULTS, "seed": seed, **(training or {})}
+    if not torch.cuda.is_available():
+        args.setdefault("use_cpu", True)
+        args["bf16"] = False
+    sft_config = SFTConfig(output_dir=str(output_dir / "checkpoints"), **args)
+
+    # --- model and tokenizer --------------------------------------------------------------------
+    path = resolve_model(model)
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    dtype = torch.bfloat16 if sft_config.bf16 else torch.float16 if sft_config.fp16 else torch.float32
+    net = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
+
+    peft_config = None
+    if lora:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(task_type="CAUSAL_LM", **lora)
+
+    # --- train (resuming from the last checkpoint if any) ---------------------------------------
+    trainer = SFTTrainer(
+        model=net,
+        args=sft_config,
+        train_dataset=train_dataset.select_columns(["prompt", "completion"]),
+        processing_class=tokenizer,
+        peft_config=peft_config,
+    )
+    result = trainer.train(resume_from_checkpoint=_last_checkpoint(Path(sft_config.output_dir)))
+    metrics = dict(result.metrics)
+    metrics["train_rows"] = len(train_dataset)
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    metrics["loss_history"] = losses
+
+    # --- save -----------------------------------------------------------------------------------
+    final = trainer.model
+    if peft_config is not None:
+        final = final.merge_and_unload()
+    final.generation_config.eos_token_id = tokenizer.eos_token_id
+    final.generation_config.pad_token_id = tokenizer.pad_token_id
+    save_dir = output_dir / "model"
+    if trainer.is_world_process_zero():
+        final.save_pretrained(save_dir)
+        tokenizer.save_pretrained(save_dir)
+        (save_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    logger.info("Saved %s (train_loss=%.4f)", save_dir, metrics.get("train_loss", float("nan")))
+    return metrics
