@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -19,6 +20,21 @@ from typing import Any
 import yaml
 
 from . import languages as lang_registry
+
+
+class _Loader(yaml.SafeLoader):
+    """Safe YAML loader that also reads ``1e-4`` as a float (YAML 1.1 wants ``1.0e-4``)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
+    list("-+0123456789."),
+)
+
+
+def _yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)
 
 
 class RecipeError(ValueError):
@@ -234,7 +250,7 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | None = No
         path = Path(path)
         if not path.exists():
             raise RecipeError(f"Recipe file {path} does not exist.")
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw = _yaml(path.read_text(encoding="utf-8")) or {}
         if not isinstance(raw, dict):
             raise RecipeError(f"{path}: a recipe is a YAML mapping at the top level.")
     for item in overrides or []:
@@ -254,7 +270,7 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise RecipeError(f"Override {item!r}: {part!r} is not a block.")
-    node[parts[-1]] = yaml.safe_load(value)
+    node[parts[-1]] = _yaml(value)
 
 
 def _unknown_key(key: str, valid: list[str], where: str) -> RecipeError:

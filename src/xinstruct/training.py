@@ -43,6 +43,18 @@ def _last_checkpoint(output_dir: Path) -> str | None:
     return get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
 
 
+def make_sft_config(training: dict[str, Any] | None, output_dir: str | Path, seed: int = 42):
+    """:class:`trl.SFTConfig` from a recipe's ``training`` block, unchanged but for the project defaults
+    (no reporting, no checkpoints unless asked) and, without CUDA, ``use_cpu=True, bf16=False``."""
+    from trl import SFTConfig
+
+    args: dict[str, Any] = {**PROJECT_DEFAULTS, "seed": seed, **(training or {})}
+    if not torch.cuda.is_available():
+        args.setdefault("use_cpu", True)
+        args["bf16"] = False
+    return SFTConfig(output_dir=str(output_dir), **args)
+
+
 def train_sft(
     model: str,
     train_dataset: Dataset,
@@ -67,15 +79,11 @@ def train_sft(
         The training metrics (``train_loss``, ``train_runtime``, ...), also written to ``model/metrics.json``.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTTrainer
 
     # --- config ---------------------------------------------------------------------------------
     output_dir = Path(output_dir)
-    args: dict[str, Any] = {**PROJECT_DEFAULTS, "seed": seed, **(training or {})}
-    if not torch.cuda.is_available():
-        args.setdefault("use_cpu", True)
-        args["bf16"] = False
-    sft_config = SFTConfig(output_dir=str(output_dir / "checkpoints"), **args)
+    sft_config = make_sft_config(training, output_dir / "checkpoints", seed)
 
     # --- model and tokenizer --------------------------------------------------------------------
     path = resolve_model(model)

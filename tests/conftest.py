@@ -1,0 +1,46 @@
+"""Shared fixtures. Every test runs offline on the `tiny` model, built once per session into a
+temporary cache (``XINSTRUCT_CACHE``)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _offline_env(tmp_path_factory):
+    """Offline, quiet, and a private model cache for the whole session."""
+    cache = Path(os.environ.get("XINSTRUCT_TEST_CACHE") or tmp_path_factory.mktemp("xinstruct-cache"))
+    os.environ["XINSTRUCT_CACHE"] = str(cache)
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["HF_DATASETS_OFFLINE"] = "1"
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    yield
+
+
+@pytest.fixture(scope="session")
+def tiny_model(_offline_env) -> str:
+    """Path of the built tiny model."""
+    from xinstruct.models import resolve_model
+
+    return resolve_model("tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_engine(tiny_model):
+    from xinstruct.inference.local import LocalEngine
+
+    return LocalEngine("tiny", batch_size=4, progress=False)
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path

@@ -1,0 +1,59 @@
+"""Recipes: loading, overrides, and clear errors for bad keys and values."""
+
+import pytest
+from trl import SFTConfig
+
+from conftest import REPO
+from xinstruct import languages
+from xinstruct.config import RecipeError, load_recipe
+from xinstruct.training import make_sft_config
+
+
+def test_shipped_recipes_load():
+    default = load_recipe(REPO / "recipes" / "default.yaml")
+    tiny = load_recipe(REPO / "recipes" / "tiny.yaml")
+    assert default.base_model == "gemma-3-270m" and len(default.languages) == 10
+    assert default.generator.lora is not None
+    assert tiny.base_model == "tiny" and tiny.languages == default.languages
+
+
+def test_training_block_goes_to_sft_config_unchanged():
+    recipe = load_recipe(REPO / "recipes" / "default.yaml")
+    cfg = make_sft_config(recipe.generator.training, "/tmp/x")
+    assert isinstance(cfg, SFTConfig)
+    for key, value in recipe.generator.training.items():
+        assert getattr(cfg, key) == value, key
+
+
+def test_set_overrides_nested_keys():
+    r = load_recipe(REPO / "recipes" / "tiny.yaml", ["candidates.shard_size=5", "generator.training.learning_rate=1e-4", "languages=[sw,ta]"])
+    assert r.candidates.shard_size == 5
+    assert r.generator.training["learning_rate"] == 1e-4
+    assert r.languages == ["sw", "ta"]
+
+
+def test_unknown_recipe_key_names_it_and_the_nearest():
+    with pytest.raises(RecipeError, match=r"'shard_sise' in candidates.*Did you mean 'shard_size'"):
+        load_recipe(REPO / "recipes" / "tiny.yaml", ["candidates.shard_sise=3"])
+
+
+def test_unknown_sft_config_key_is_an_error():
+    with pytest.raises(RecipeError, match=r"'learning_rat' in generator.training.*'learning_rate'"):
+        load_recipe(None, ["generator.training.learning_rat=0.1"])
+
+
+def test_unknown_language_lists_known_codes():
+    with pytest.raises(RecipeError, match=r"Unknown language code 'xx'.*bn, fi, hi, id, sw, ta, th, tr, ur, vi"):
+        load_recipe(None, ["languages=[sw,xx]"])
+
+
+def test_extra_language_from_recipe(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("languages: [am]\nextra_languages:\n  am: {name: Amharic, script: Ethi, flores: amh_Ethi}\n")
+    r = load_recipe(path)
+    assert languages.get("am").name == "Amharic" and r.languages == ["am"]
+
+
+def test_wrong_type_is_reported():
+    with pytest.raises(RecipeError, match="seed must be of type int"):
+        load_recipe(None, ["seed=abc"])
