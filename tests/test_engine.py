@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from xinstruct.inference import GenerationParams
-from xinstruct.inference.local import LocalEngine
 from xinstruct.prompts import generator_prompt
 
 PROMPTS = [generator_prompt(t) for t in ["Habari", "Leo ni siku nzuri sana ya kwenda sokoni na kununua matunda", "வணக்கம் நண்பர்களே", "Merhaba dünya, bugün hava güzel"]]

@@ -15,7 +15,7 @@ import re
 from collections import Counter
 from typing import Any
 
-from datasets import Dataset, concatenate_datasets
+from datasets import Dataset
 from tqdm.auto import tqdm
 
 from ..config import Recipe

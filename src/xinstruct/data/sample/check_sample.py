@@ -39,7 +39,7 @@ def check(code: str) -> list[str]:
             if r.get("language") != code:
                 problems.append(f"{path} {r.get('id')}: language field {r.get('language')!r} != {code!r}")
         try:
-            from lingua import IsoCode639_1, LanguageDetectorBuilder
+            from lingua import LanguageDetectorBuilder
 
             det = LanguageDetectorBuilder.from_all_languages().build()
             for r in rows:

