@@ -45,13 +45,14 @@ def _last_checkpoint(output_dir: Path) -> str | None:
 
 def make_sft_config(training: dict[str, Any] | None, output_dir: str | Path, seed: int = 42):
     """:class:`trl.SFTConfig` from a recipe's ``training`` block, unchanged but for the project defaults
-    (no reporting, no checkpoints unless asked) and, without CUDA, ``use_cpu=True, bf16=False``."""
+    (no reporting, no checkpoints unless asked) and, without CUDA, ``use_cpu=True`` and ``bf16=False``
+    unless the block sets ``bf16`` itself."""
     from trl import SFTConfig
 
     args: dict[str, Any] = {**PROJECT_DEFAULTS, "seed": seed, **(training or {})}
     if not torch.cuda.is_available():
         args.setdefault("use_cpu", True)
-        args["bf16"] = False
+        args.setdefault("bf16", False)  # TRL's default (bf16) is for GPUs; `bf16: true` in a recipe means CPU autocast
     return SFTConfig(output_dir=str(output_dir), **args)
 
 
