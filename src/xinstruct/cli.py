@@ -10,14 +10,20 @@ from pathlib import Path
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from .config import load_recipe
-    from .pipeline import run
+    from .pipeline import format_iteration_report, iteration_report, run
 
     recipe = load_recipe(args.recipe, args.set)
     run_dir = Path(args.run_dir or Path("runs") / recipe.name)
-    results = run(recipe, run_dir, until=args.until)
+    results = run(recipe, run_dir, until=args.until, start=args.start)
+    report = iteration_report(run_dir, recipe.refinement.iterations)
+    if report:
+        print("\nRefinement, per iteration:\n" + format_iteration_report(report))
     print(f"\nRun directory: {run_dir.resolve()}")
     for r in results:
-        print(f"  {r.name:<11} {r.status:<8} {r.seconds:7.1f}s  {r.path}")
+        print(f"  {r.name:<22} {r.status:<8} {r.seconds:7.1f}s  {r.path}")
+    final = run_dir / "final" / "model"
+    if (final / "config.json").exists():
+        print(f"\nX-Instruction model: {final.resolve()}")
     return 0
 
 
@@ -61,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("recipe", help="YAML recipe, e.g. recipes/tiny.yaml")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe key, e.g. --set candidates.shard_size=32")
     p.add_argument("--run-dir", help="run directory (default: runs/<recipe name>)")
-    p.add_argument("--until", help="stop after this step or stage (seed, webtext, generator, candidates, generation)")
+    p.add_argument("--until", help="stop after this stage (generation, refinement, diversification, tuning) or step (e.g. candidates, iter-1/kept)")
+    p.add_argument("--from", dest="start", help="run again from this stage or step; earlier steps must be finished")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("languages", help="list the built-in languages")

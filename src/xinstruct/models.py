@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 
 GEMMA_NAME = "gemma-3-270m"
 TINY_NAME = "tiny"
-TINY_VERSION = "1"  # bump when the tiny recipe below changes
+TINY_VERSION = "3"  # bump when the tiny recipe below changes
 
 
 def cache_dir() -> Path:
@@ -100,7 +100,7 @@ def _build_tiny(out: Path) -> None:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=4096,
+        vocab_size=8192,
         special_tokens=specials,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
@@ -109,7 +109,7 @@ def _build_tiny(out: Path) -> None:
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
     )
-    tokenizer.model_max_length = 1024
+    tokenizer.model_max_length = 2048
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=64,
@@ -117,7 +117,7 @@ def _build_tiny(out: Path) -> None:
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=1024,
+        max_position_embeddings=2048,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,

@@ -45,3 +45,25 @@ def generator_example(instruction: str, output: str) -> dict[str, str]:
 def follower_example(instruction: str, output: str, language_name: str, assistant_style: bool = False) -> dict[str, str]:
     """A pair as an instruction-follower training example (English instruction -> target-language text)."""
     return {"prompt": follower_prompt(instruction, language_name, assistant_style), "completion": output}
+
+
+# The evaluator's rating prompt (ours: the paper does not publish one). The completion is exactly one
+# character, "1", "2" or "3", on the line after "### Rating:"; Engine.score reads the three probabilities.
+RATING_TEMPLATE = (
+    "Below is an English instruction and a response written in {language_name}. Rate how well the response "
+    "answers the instruction: 3 = a good answer, 2 = a related but weaker answer, 1 = not an answer to it."
+    "\n\n### Instruction:\n{instruction}\n\n### Response ({language_name}):\n{response}\n\n### Rating:\n"
+)
+RATING_OPTIONS = ("1", "2", "3")
+
+
+def rating_prompt(instruction: str, response: str, language_name: str) -> str:
+    """Evaluator prompt for one (English instruction, target-language response) pair."""
+    return RATING_TEMPLATE.format(instruction=instruction, response=response, language_name=language_name)
+
+
+def evaluator_example(instruction: str, response: str, language_name: str, level: int) -> dict[str, str]:
+    """A pseudo-rating as an evaluator training example: completion is exactly ``"1"``, ``"2"`` or ``"3"``."""
+    if str(level) not in RATING_OPTIONS:
+        raise ValueError(f"rating level must be one of {RATING_OPTIONS}, got {level!r}")
+    return {"prompt": rating_prompt(instruction, response, language_name), "completion": str(level)}

@@ -14,12 +14,13 @@ import logging
 import platform
 import shutil
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from datasets import Dataset, concatenate_datasets, load_from_disk
+from tqdm.auto import tqdm
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +105,24 @@ class Step:
         shutil.rmtree(tmp, ignore_errors=True)
         rows.save_to_disk(str(tmp))
         tmp.rename(final)
+
+    def map_shards(self, rows: Dataset, shard_size: int, fn: Callable[[Dataset, int], Dataset], desc: str) -> Dataset:
+        """Apply ``fn(rows_of_shard, shard_index)`` shard by shard, writing each result as it is done.
+
+        Shards already written (same settings hash, see :meth:`begin`) are not recomputed, so a killed
+        step resumes at its first missing shard. Returns the concatenated results in order.
+        """
+        n_shards = (len(rows) + shard_size - 1) // shard_size
+        done = sum(self.has_shard(i) for i in range(n_shards))
+        if 0 < done < n_shards:
+            logger.info("%s: resuming, %d of %d shards already written", self.name, done, n_shards)
+        with tqdm(total=len(rows), desc=desc, unit="row") as bar:
+            for i in range(n_shards):
+                end = min((i + 1) * shard_size, len(rows))
+                if not self.has_shard(i):
+                    self.write_shard(i, fn(rows.select(range(i * shard_size, end)), i))
+                bar.update(end - i * shard_size)
+        return self.read_shards(n_shards)
 
     def read_shards(self, count: int) -> Dataset:
         """Concatenate shards ``0 .. count-1`` in order."""

@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 from datasets import Dataset
 
+from .config import LauncherConfig
 from .models import resolve_model
 
 logger = logging.getLogger(__name__)
@@ -111,6 +114,7 @@ def train_sft(
     result = trainer.train(resume_from_checkpoint=_last_checkpoint(Path(sft_config.output_dir)))
     metrics = dict(result.metrics)
     metrics["train_rows"] = len(train_dataset)
+    metrics["world_size"] = trainer.args.world_size
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     metrics["loss_history"] = losses
 
@@ -127,3 +131,74 @@ def train_sft(
         (save_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     logger.info("Saved %s (train_loss=%.4f)", save_dir, metrics.get("train_loss", float("nan")))
     return metrics
+
+
+# ------------------------------------------------------------------------------------------------
+# launchers
+# ------------------------------------------------------------------------------------------------
+
+
+def accelerate_command(launcher: LauncherConfig, spec_path: Path) -> list[str]:
+    """The ``accelerate launch`` command line of one training step.
+
+    ``cpu: true`` runs ``num_processes`` processes with torchrun on the CPU (DDP over gloo): accelerate's own
+    ``--cpu`` flag starts a single process unless MPI is set up, so the launch goes through ``--multi_gpu``
+    and the step's ``use_cpu=True`` picks the gloo backend.
+    """
+    cmd = [sys.executable, "-m", "accelerate.commands.launch"]
+    if launcher.config_file:
+        cmd += ["--config_file", launcher.config_file]
+    if launcher.num_processes:
+        cmd += ["--num_processes", str(launcher.num_processes)]
+    if launcher.cpu:
+        cmd += ["--multi_gpu", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+        if not launcher.num_processes:
+            cmd += ["--num_processes", "2"]
+    cmd += list(launcher.extra_args)
+    cmd += ["--module", "xinstruct.training", str(spec_path)]
+    return cmd
+
+
+def run_training(
+    launcher: LauncherConfig,
+    model: str,
+    train_dataset: Dataset,
+    output_dir: str | Path,
+    training: dict[str, Any] | None = None,
+    lora: dict[str, Any] | None = None,
+    seed: int = 42,
+) -> dict[str, Any]:
+    """Run :func:`train_sft` in this process (``launcher.type: python``) or through ``accelerate launch``.
+
+    With accelerate, the dataset and the arguments are written to ``output_dir`` (``train_data/`` and
+    ``train_spec.json``) and every process runs ``python -m xinstruct.training train_spec.json``.
+    """
+    if launcher.type == "python":
+        return train_sft(model, train_dataset, output_dir, training, lora, seed)
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    train_dataset.save_to_disk(str(output_dir / "train_data"))
+    spec = {"model": model, "data": str(output_dir / "train_data"), "output_dir": str(output_dir),
+            "training": {**(training or {}), **({"use_cpu": True} if launcher.cpu else {})}, "lora": lora, "seed": seed}
+    spec_path = output_dir / "train_spec.json"
+    spec_path.write_text(json.dumps(spec, indent=2))
+    cmd = accelerate_command(launcher, spec_path)
+    logger.info("Launching: %s", " ".join(cmd))
+    proc = subprocess.run(cmd)
+    if proc.returncode != 0:
+        raise RuntimeError(f"accelerate launch failed with exit code {proc.returncode}: {' '.join(cmd)}")
+    return json.loads((output_dir / "model" / "metrics.json").read_text())
+
+
+def _main(argv: list[str] | None = None) -> None:
+    """Entry of one launched process: ``python -m xinstruct.training SPEC.json``."""
+    from datasets import load_from_disk
+
+    args = sys.argv[1:] if argv is None else argv
+    spec = json.loads(Path(args[0]).read_text())
+    logging.basicConfig(level=logging.INFO)
+    train_sft(spec["model"], load_from_disk(spec["data"]), spec["output_dir"], spec["training"], spec["lora"], spec["seed"])
+
+
+if __name__ == "__main__":
+    _main()

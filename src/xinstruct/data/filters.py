@@ -102,7 +102,7 @@ class WebTextFilter:
             detections = lid.detect([r["text"] for r in kept], language)
             passed = []
             for row, d in zip(kept, detections):
-                if d.confidence >= cfg.lid_min_confidence:
+                if d.detected == language and d.confidence >= cfg.lid_min_confidence:
                     passed.append(row)
                 else:
                     drop(row, "wrong_language", detected=d.detected)

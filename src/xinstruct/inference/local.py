@@ -112,13 +112,19 @@ class LocalEngine(Engine):
         self.stats["seconds"] += time.perf_counter() - started
         return out  # type: ignore[return-value]
 
-    def option_token_ids(self, options: list[str]) -> list[int]:
-        """Token id of each option; every option must be exactly one distinct token."""
+    def option_token_ids(self, options: list[str], context: str | None = None) -> list[int]:
+        """Token id of each option; every option must be exactly one distinct token, and, after
+        ``context``, tokenise exactly as that one token (so the score matches what training taught)."""
         ids = []
         for option in options:
             toks = self.tokenizer(option, add_special_tokens=False)["input_ids"]
             if len(toks) != 1:
                 raise ValueError(f"Score option {option!r} is {len(toks)} tokens for this tokenizer; options must be single tokens.")
+            if context is not None:
+                base = self.tokenizer(context)["input_ids"]
+                joined = self.tokenizer(context + option)["input_ids"]
+                if joined != base + toks:
+                    raise ValueError(f"After the prompt, {option!r} does not tokenise as one separate token; end the prompt with a separator such as a newline.")
             ids.append(toks[0])
         if len(set(ids)) != len(ids):
             raise ValueError(f"Score options {options} map to the same token.")
@@ -127,7 +133,9 @@ class LocalEngine(Engine):
     @torch.inference_mode()
     def score(self, prompts: list[str], options: list[str]) -> list[list[float]]:
         """Probabilities of each option as the next token (see :meth:`Engine.score`)."""
-        option_ids = torch.tensor(self.option_token_ids(options), device=self.device)
+        if not prompts:
+            return []
+        option_ids = torch.tensor(self.option_token_ids(options, prompts[0]), device=self.device)
         out: list[list[float] | None] = [None] * len(prompts)
         bar = tqdm(total=len(prompts), desc="score", unit="row", disable=not self.progress, leave=False)
         for idx in self._batches(prompts):

@@ -16,16 +16,15 @@ from collections import Counter
 from typing import Any
 
 from datasets import Dataset
-from tqdm.auto import tqdm
 
-from ..config import Recipe
+from ..config import DecodingConfig, Recipe
 from ..data import lid
 from ..data.seeds import load_seeds
 from ..data.webtext import load_webtext
 from ..inference import Engine, GenerationParams
 from ..prompts import generator_example, generator_prompt
 from ..rundir import Step
-from ..training import train_sft
+from ..training import run_training
 
 logger = logging.getLogger(__name__)
 
@@ -39,8 +38,12 @@ class StageError(RuntimeError):
 def build_seed(recipe: Recipe, step: Step) -> dict[str, Any]:
     """Load the seed pairs of every recipe language into ``step``."""
     seeds, report = load_seeds(recipe.data.seeds, recipe.languages)
-    if len(seeds) == 0:
-        raise StageError(f"No seed pairs found in {recipe.data.seeds.path!r} for {recipe.languages}.")
+    if report["languages_without_seeds"]:
+        raise StageError(
+            f"No seed pairs for {', '.join(report['languages_without_seeds'])} in {recipe.data.seeds.path!r}. Every "
+            "language needs seed pairs: they train the generator and anchor the evaluator's pseudo-ratings. Add "
+            "them (or build them with `xinstruct seed-build`), or remove the language from `languages`."
+        )
     step.save(seeds)
     return report
 
@@ -67,10 +70,22 @@ def generator_training_set(seeds: Dataset) -> Dataset:
 def train_generator(recipe: Recipe, seeds: Dataset, step: Step) -> dict[str, Any]:
     """SFT the generator on the seed pairs; the model is saved in ``step/model``."""
     role = recipe.generator
-    metrics = train_sft(
-        recipe.model_for(role), generator_training_set(seeds), step.path, role.training, role.lora, recipe.seed
+    metrics = run_training(
+        recipe.launcher, recipe.model_for(role), generator_training_set(seeds), step.path, role.training, role.lora, recipe.seed
     )
     return {"rows_in": len(seeds), "metrics": metrics, "model": str(step.path / "model")}
+
+
+def decoding_params(dec: DecodingConfig, seed: int) -> GenerationParams:
+    """Engine parameters from a recipe's ``decoding`` block, with the seed of one shard."""
+    return GenerationParams(
+        max_new_tokens=dec.max_new_tokens,
+        do_sample=dec.do_sample,
+        temperature=dec.temperature,
+        top_p=dec.top_p,
+        repetition_penalty=dec.repetition_penalty,
+        seed=seed,
+    )
 
 
 def clean_instruction(text: str) -> str:
@@ -83,45 +98,34 @@ def generate_candidates(recipe: Recipe, webtext: Dataset, generator: str, step: 
 
     Args:
         webtext: filtered web texts (``id, language, text, source``).
-        generator: path of the trained generator (recorded as provenance).
+        generator: path of the trained generator (in the manifest; rows carry its base model and step hash).
         engine: engine serving the generator.
     """
     cfg = recipe.candidates
-    dec = cfg.decoding
-    n_shards = (len(webtext) + cfg.shard_size - 1) // cfg.shard_size
-    todo = [i for i in range(n_shards) if not step.has_shard(i)]
-    if len(todo) < n_shards:
-        logger.info("candidates: resuming, %d of %d shards already written", n_shards - len(todo), n_shards)
-    bar = tqdm(total=len(webtext), initial=(n_shards - len(todo)) * cfg.shard_size, desc="candidates", unit="row")
-    for i in todo:
-        rows = webtext.select(range(i * cfg.shard_size, min((i + 1) * cfg.shard_size, len(webtext))))
-        params = GenerationParams(
-            max_new_tokens=dec.max_new_tokens,
-            do_sample=dec.do_sample,
-            temperature=dec.temperature,
-            top_p=dec.top_p,
-            repetition_penalty=dec.repetition_penalty,
-            seed=recipe.seed + i,
-        )
-        texts = engine.generate([generator_prompt(t) for t in rows["text"]], params)
-        shard = Dataset.from_dict(
+
+    def shard(rows: Dataset, index: int) -> Dataset:
+        texts = engine.generate([generator_prompt(t) for t in rows["text"]], decoding_params(cfg.decoding, recipe.seed + index))
+        return Dataset.from_dict(
             {
                 "id": rows["id"],
                 "language": rows["language"],
                 "instruction": [clean_instruction(t) for t in texts],
                 "output": rows["text"],
                 "source": rows["source"],
-                "generator": [generator] * len(rows),
+                "generator_base": [recipe.model_for(recipe.generator)] * len(rows),
                 "generator_step": [step.settings.get("generator_hash", "")] * len(rows),
             }
         )
-        step.write_shard(i, shard)
-        bar.update(len(rows))
-    bar.close()
-    raw = step.read_shards(n_shards)
+
+    raw = step.map_shards(webtext, cfg.shard_size, shard, desc="candidates")
     kept, dropped, skipped = gate_candidates(raw, cfg.min_instruction_chars, cfg.english_min_confidence)
-    step.save(kept)
     step.save(dropped, "dropped")
+    if len(kept) == 0:
+        raise StageError(
+            f"The gate dropped every candidate ({dict(skipped)}); see {step.path / 'dropped'}. Lower "
+            "candidates.english_min_confidence or min_instruction_chars, or train the generator longer."
+        )
+    step.save(kept)
     per_lang_in = Counter(raw["language"]) if len(raw) else Counter()
     per_lang_out = Counter(kept["language"]) if len(kept) else Counter()
     return {
@@ -130,7 +134,6 @@ def generate_candidates(recipe: Recipe, webtext: Dataset, generator: str, step: 
         "rows_in_per_language": dict(per_lang_in),
         "rows_out_per_language": dict(per_lang_out),
         "skipped": dict(skipped),
-        "shards": n_shards,
         "generator": generator,
         "engine": engine.name,
         "engine_stats": getattr(engine, "stats", {}),
@@ -138,26 +141,31 @@ def generate_candidates(recipe: Recipe, webtext: Dataset, generator: str, step: 
 
 
 def gate_candidates(rows: Dataset, min_chars: int, english_min_confidence: float) -> tuple[Dataset, Dataset, Counter]:
-    """Drop empty, too short and non-English instructions; return (kept, dropped with reason, counts)."""
+    """Drop empty, too short and non-English instructions; return (kept, dropped with reason, counts).
+
+    An instruction is English when English is the detector's most likely language and its confidence is
+    at least ``english_min_confidence`` (lingua's confidences are relative over 75 languages, so a short,
+    clearly English sentence may score only 0.2: the top-language test is what separates).
+    """
     if len(rows) == 0:
         return rows, rows, Counter()
     instructions = rows["instruction"]
-    confidences = [1.0] * len(rows)
-    if english_min_confidence > 0:
-        checkable = [i for i, t in enumerate(instructions) if len(t) >= min_chars]
-        for i, d in zip(checkable, lid.detect([instructions[i] for i in checkable], "en")):
-            confidences[i] = d.confidence
-    reasons = []
-    for text, conf in zip(instructions, confidences):
+    checkable = [i for i, t in enumerate(instructions) if len(t) >= min_chars]
+    detections = dict(zip(checkable, lid.detect([instructions[i] for i in checkable], "en")))
+    reasons, confidences, detected = [], [], []
+    for i, text in enumerate(instructions):
+        d = detections.get(i)
+        confidences.append(d.confidence if d else 0.0)
+        detected.append(d.detected if d else None)
         if not text:
             reasons.append("empty_instruction")
         elif len(text) < min_chars:
             reasons.append("too_short_instruction")
-        elif conf < english_min_confidence:
+        elif d.detected != "en" or d.confidence < english_min_confidence:
             reasons.append("non_english_instruction")
         else:
             reasons.append("")
-    rows = rows.add_column("english_confidence", confidences).add_column("reason", reasons)
-    kept = rows.filter(lambda r: r == "", input_columns="reason").remove_columns("reason")
+    rows = rows.add_column("english_confidence", confidences).add_column("reason", reasons).add_column("detected", detected)
+    kept = rows.filter(lambda r: r == "", input_columns="reason").remove_columns(["reason", "detected"])
     dropped = rows.filter(lambda r: r != "", input_columns="reason")
     return kept, dropped, Counter(r for r in reasons if r)
