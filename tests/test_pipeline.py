@@ -12,24 +12,14 @@ import time
 import pytest
 from datasets import load_from_disk
 
-from conftest import REPO, write_jsonl
+from conftest import FAST, write_jsonl
+from conftest import TINY_RECIPE as TINY
 from xinstruct.config import RecipeError, load_recipe
 from xinstruct.pipeline import iteration_report, plan, run
-
-TINY = REPO / "recipes" / "tiny.yaml"
-FAST = ["languages=[sw,ta,th]", "candidates.shard_size=4", "refinement.shard_size=4"]
 
 
 def cli(*args, **kw):
     return subprocess.run([sys.executable, "-m", "xinstruct.cli", *args], capture_output=True, text=True, **kw)
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    """An uninterrupted run of the complete loop (K=2) on three languages: the reference."""
-    run_dir = tmp_path_factory.mktemp("runs") / "reference"
-    results = run(load_recipe(TINY, FAST), run_dir, echo=lambda s: None)
-    return run_dir, results
 
 
 def test_the_complete_loop_runs_every_step(tiny_run):

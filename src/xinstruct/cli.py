@@ -47,6 +47,29 @@ def _cmd_seed_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_publish(args: argparse.Namespace) -> int:
+    from .publish import build_dataset_repo
+
+    out = build_dataset_repo(args.run_dir, args.out, license=args.license, pretty_name=args.pretty_name)
+    print(f"Dataset repo folder: {out.resolve()}")
+    print(f'Load it with: load_dataset("{out.name}", "sw")  (from {out.resolve().parent})')
+    return 0
+
+
+def _cmd_push(args: argparse.Namespace) -> int:
+    from .publish import push
+
+    summary = push(args.run_dir, args.repo, iteration=args.iteration, models=args.models, private=args.private)
+    for r in summary["revisions"]:
+        state = "new commit" if r["new_commit"] else "unchanged (no commit)"
+        print(f"{args.repo}@{r['branch']}: {state} {r['commit']}")
+    for tag in summary["tags"]:
+        print(f"tag: {tag}")
+    for m in summary["models"]:
+        print(f"model {m['repo_id']}: {'new commit' if m['new_commit'] else 'unchanged (no commit)'}")
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from .bench import main as bench_main
 
@@ -84,6 +107,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=512)
     p.set_defaults(func=_cmd_seed_build)
 
+    p = sub.add_parser("publish", help="write the dataset repo folder (Parquet + card) of a finished run")
+    p.add_argument("run_dir", help="run directory, e.g. runs/default")
+    p.add_argument("--out", default="x-instruction", help="output folder; load_dataset takes its name (default: x-instruction)")
+    p.add_argument("--license", default="other", help="licence in the card (that of the web corpus)")
+    p.add_argument("--pretty-name", default="X-Instruction")
+    p.set_defaults(func=_cmd_publish)
+
+    p = sub.add_parser("push", help="push a finished run to the Hub (a revision per iteration; token from HF_TOKEN or login)")
+    p.add_argument("run_dir", help="run directory, e.g. runs/default")
+    p.add_argument("--repo", required=True, help="dataset repo id, USER/x-instruction")
+    p.add_argument("--iteration", type=int, help="push only this iteration's revision")
+    p.add_argument("--models", action="store_true", help="also push the generator, evaluator and final model with cards")
+    p.add_argument("--private", action="store_true")
+    p.set_defaults(func=_cmd_push)
+
     p = sub.add_parser("bench", help="side-by-side benchmarks; prints ratios and writes JSON")
     p.add_argument("--out", default="bench.json", help="JSON results file")
     p.add_argument("--gemma-rows", type=int, default=16, help="rows for the Gemma-3-270M comparison")
@@ -99,11 +137,12 @@ def main(argv: list[str] | None = None) -> int:
     from .config import RecipeError
     from .data.readers import DataError
     from .languages import UnknownLanguageError
+    from .publish import PublishError
     from .stages.generation import StageError
 
     try:
         return args.func(args)
-    except (RecipeError, DataError, UnknownLanguageError, StageError) as e:
+    except (RecipeError, DataError, UnknownLanguageError, StageError, PublishError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -195,12 +195,15 @@ class PseudoRatingConfig:
             Defaults to ``{3: seed, 2: follower, 1: mismatched}``.
         heldout_fraction (`float`, *optional*, defaults to `0.1`): share of seed pairs (all their levels)
             held out to measure the evaluator's accuracy.
+        seeds_per_language (`int`, *optional*): use at most this many seed pairs per language (chosen by a
+            hash of their id) to build the set; all of them by default.
         decoding (`DecodingConfig`): decoding of the level-2 responses.
         shard_size (`int`, *optional*, defaults to `64`): rows per shard of the level-2 generation.
     """
 
     level_sources: dict[int, str] = field(default_factory=lambda: {3: "seed", 2: "follower", 1: "mismatched"})
     heldout_fraction: float = 0.1
+    seeds_per_language: int | None = None
     decoding: DecodingConfig = field(default_factory=lambda: DecodingConfig(max_new_tokens=128))
     shard_size: int = 64
 

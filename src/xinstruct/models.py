@@ -25,7 +25,14 @@ logger = logging.getLogger(__name__)
 
 GEMMA_NAME = "gemma-3-270m"
 TINY_NAME = "tiny"
-TINY_VERSION = "3"  # bump when the tiny recipe below changes
+TINY_VERSION = "4"  # bump when the tiny recipe below changes
+
+
+# A minimal chat template, so that conversational data (the published ``messages`` column) works with `tiny`.
+TINY_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'] }}</s>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
 
 
 def cache_dir() -> Path:
@@ -110,6 +117,7 @@ def _build_tiny(out: Path) -> None:
         tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
     )
     tokenizer.model_max_length = 2048
+    tokenizer.chat_template = TINY_CHAT_TEMPLATE
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=64,

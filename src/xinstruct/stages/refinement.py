@@ -69,6 +69,19 @@ def train_follower(recipe: Recipe, kept: Dataset, step: Step) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------
 
 
+def _limit_per_language(seeds: Dataset, limit: int, seed: int) -> Dataset:
+    """At most ``limit`` seed pairs per language, chosen by a hash of their id (stable), in input order."""
+    ranked = sorted(range(len(seeds)), key=lambda i: _unit("pick:" + seeds[i]["id"], seed))
+    taken: Counter = Counter()
+    keep = []
+    for i in ranked:
+        lang = seeds[i]["language"]
+        if taken[lang] < limit:
+            taken[lang] += 1
+            keep.append(i)
+    return seeds.select(sorted(keep))
+
+
 def _level1_partner(seeds: Dataset, source: str, seed: int) -> dict[str, int]:
     """Index of the seed whose response serves as level 1 for each seed id.
 
@@ -109,6 +122,8 @@ def build_pseudo_ratings(recipe: Recipe, seeds: Dataset, step: Step, engine: Eng
     """
     cfg = recipe.refinement.pseudo_ratings
     sources = cfg.level_sources
+    if cfg.seeds_per_language is not None:
+        seeds = _limit_per_language(seeds, cfg.seeds_per_language, recipe.seed)
     langs = [get_language(code).name for code in seeds["language"]]
 
     def answer(rows: Dataset, index: int) -> Dataset:
@@ -138,6 +153,7 @@ def build_pseudo_ratings(recipe: Recipe, seeds: Dataset, step: Step, engine: Eng
     return {
         "rows_in": len(seeds),
         "rows_out": len(pseudo),
+        "seed_pairs_per_language": dict(Counter(seeds["language"])),
         "level_sources": {str(k): v for k, v in sources.items()},
         "train_rows": splits["train"],
         "heldout_rows": splits["heldout"],

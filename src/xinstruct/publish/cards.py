@@ -1,0 +1,80 @@
+"""Role-aware model cards (generator, evaluator, final X-Instruction model) from ``hub_cards/model_card.md``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from huggingface_hub import ModelCard, ModelCardData
+
+from ..prompts import FOLLOWER_TEMPLATE, GENERATOR_TEMPLATE, RATING_TEMPLATE
+from .dataset_repo import CITATION, PublishError
+from .templates import template_path
+
+ROLES = {"generator": GENERATOR_TEMPLATE, "evaluator": RATING_TEMPLATE, "final": FOLLOWER_TEMPLATE}
+
+
+def role_step(run_dir: Path, role: str) -> str:
+    """The run folder of a role's model (the evaluator of the last iteration)."""
+    if role == "evaluator":
+        recipe = yaml.safe_load((run_dir / "recipe.yaml").read_text())
+        return f"iter-{recipe['refinement']['iterations']}/evaluator"
+    return role
+
+
+def render_model_card(
+    run_dir: str | Path,
+    role: str,
+    repo_id: str,
+    dataset: str | None = None,
+    dataset_revision: str | None = None,
+    evaluation: dict[str, Any] | None = None,
+) -> ModelCard:
+    """The model card of ``role`` (``generator``, ``evaluator`` or ``final``) of a finished run.
+
+    Args:
+        repo_id: the model repo the card is for.
+        dataset: dataset repo id recorded under ``datasets`` (and linked, with its revision).
+        evaluation: metric name -> value, shown in the card when present.
+    """
+    if role not in ROLES:
+        raise PublishError(f"Unknown role {role!r}; use one of {', '.join(ROLES)}.")
+    run_dir = Path(run_dir)
+    recipe = yaml.safe_load((run_dir / "recipe.yaml").read_text())
+    step = role_step(run_dir, role)
+    manifest_path = run_dir / step / "manifest.json"
+    if not manifest_path.exists():
+        raise PublishError(f"{run_dir} has no trained {role} ({manifest_path} missing); run the recipe first.")
+    manifest = json.loads(manifest_path.read_text())
+    block = recipe["final"] if role == "final" else recipe["generator"] if role == "generator" else recipe["refinement"]["evaluator"]
+    base = block.get("model") or recipe["base_model"]
+    card_data = ModelCardData(
+        base_model=base,
+        datasets=[dataset] if dataset else None,
+        language=list(recipe["languages"]),
+        library_name="transformers",
+        pipeline_tag="text-generation",
+        license="other",
+        tags=["x-instruction", "trl", "sft", "cross-lingual", role] + (["lora"] if block.get("lora") else []),
+        dataset_revision=dataset_revision,
+    )
+    return ModelCard.from_template(
+        card_data,
+        template_path=str(template_path("model_card.md")),
+        model_name=repo_id.split("/")[-1],
+        repo_id=repo_id,
+        role=role,
+        base_model=base,
+        iteration=recipe["refinement"]["iterations"],
+        languages=recipe["languages"],
+        dataset=dataset,
+        dataset_revision=dataset_revision,
+        template=ROLES[role],
+        lora=block.get("lora"),
+        training=block.get("training") or {},
+        metrics=manifest.get("metrics"),
+        evaluation=evaluation or ({"held-out pseudo-rating accuracy": manifest["heldout_accuracy"]} if "heldout_accuracy" in manifest else None),
+        citation=CITATION,
+    )

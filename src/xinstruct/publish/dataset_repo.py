@@ -1,0 +1,221 @@
+"""The dataset repo folder: ``data/<lang>/train-*.parquet`` per language, optional ``iterations/iter-k/``
+kept sets, plots, and a ``README.md`` whose YAML lists the ``configs`` (one per language plus ``all``,
+the default). ``load_dataset("x-instruction", "sw")`` reads it from a local folder and from the Hub;
+no loading script is involved (``datasets`` >= 4 refuses them).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+from pathlib import Path
+from typing import Any
+
+import yaml
+from datasets import Dataset, load_from_disk
+from huggingface_hub import DatasetCard, DatasetCardData
+
+from ..languages import get as get_language
+from . import plots
+from .templates import template_path
+
+CITATION = """@inproceedings{li-etal-2024-x,
+    title = "X-Instruction: Aligning Language Model in Low-resource Languages with Self-curated Cross-lingual Instructions",
+    author = "Li, Chong and Yang, Wen and Zhang, Jiajun and Lu, Jinliang and Wang, Shaonan and Zong, Chengqing",
+    booktitle = "Findings of the Association for Computational Linguistics: ACL 2024",
+    year = "2024",
+    publisher = "Association for Computational Linguistics",
+}"""
+
+COLUMNS = ("id", "language", "instruction", "output", "messages", "source", "rating", "cluster", "iteration")
+
+
+class PublishError(ValueError):
+    """A run or repo that cannot be published as asked; the message says what to do."""
+
+
+def _manifest(run_dir: Path, step: str) -> dict[str, Any]:
+    path = run_dir / step / "manifest.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _load(run_dir: Path, step: str) -> Dataset:
+    if not (run_dir / step / "manifest.json").exists():
+        raise PublishError(
+            f"{run_dir} has no finished {step} step (no {run_dir / step / 'manifest.json'}). Run the recipe first: "
+            f"xinstruct run RECIPE --run-dir {run_dir}"
+        )
+    return load_from_disk(str(run_dir / step / "data"))
+
+
+def to_rows(data: Dataset) -> Dataset:
+    """The published row schema; ``messages`` is the cross-lingual chat (user: instruction + " Answer in
+    {Language}.", assistant: output) that a stock ``trl.SFTTrainer`` trains on without mapping."""
+
+    def convert(r: dict[str, Any]) -> dict[str, Any]:
+        name = get_language(r["language"]).name
+        return {
+            "id": r["id"],
+            "language": r["language"],
+            "instruction": r["instruction"],
+            "output": r["output"],
+            "messages": [
+                {"role": "user", "content": f"{r['instruction']} Answer in {name}."},
+                {"role": "assistant", "content": r["output"]},
+            ],
+            "source": r.get("source") or "",
+            "rating": float(r["p3"]) if r.get("p3") is not None else None,
+            "cluster": int(r["cluster"]) if r.get("cluster") is not None else -1,
+            "iteration": int(r["iteration"]) if r.get("iteration") is not None else 0,
+        }
+
+    return data.map(convert, remove_columns=data.column_names).select_columns(list(COLUMNS))
+
+
+def _write_parquet(rows: Dataset, folder: Path, shard_rows: int) -> list[str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    n = max(1, -(-len(rows) // shard_rows))
+    names = []
+    for i in range(n):
+        name = f"train-{i:05d}-of-{n:05d}.parquet"
+        rows.select(range(i * shard_rows, min((i + 1) * shard_rows, len(rows)))).to_parquet(str(folder / name))
+        names.append(name)
+    return names
+
+
+def _size_category(n: int) -> str:
+    for limit, label in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")):
+        if n < limit:
+            return label
+    return "1M<n<10M"
+
+
+def _mean_std(values: list[int]) -> str:
+    if not values:
+        return "-"
+    std = statistics.pstdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.0f} ± {std:.0f}"
+
+
+def build_dataset_repo(
+    run_dir: str | Path,
+    out: str | Path = "x-instruction",
+    shard_rows: int = 100_000,
+    license: str = "other",
+    pretty_name: str = "X-Instruction",
+    iterations: bool = True,
+    source: str = "diversified",
+) -> Path:
+    """Write the dataset repo folder for a finished run.
+
+    Args:
+        run_dir: the run directory (``runs/<name>``).
+        out: output folder; its name is what ``load_dataset`` takes (``x-instruction``).
+        shard_rows: rows per Parquet shard.
+        license: the card's ``license`` (the web texts' licence decides; ``other`` by default).
+        pretty_name: the card's ``pretty_name``.
+        iterations: also write each iteration's kept set as an ``iter-k`` config.
+        source: the run step whose data is the main set (``diversified``; ``iter-k/kept`` for an iteration).
+
+    Returns:
+        The folder.
+    """
+    run_dir, out = Path(run_dir), Path(out)
+    recipe = yaml.safe_load((run_dir / "recipe.yaml").read_text()) if (run_dir / "recipe.yaml").exists() else {}
+    data = to_rows(_load(run_dir, source))
+    languages = recipe.get("languages") or sorted(set(data["language"]))
+    by_lang = {code: data.filter(lambda lang, c=code: lang == c, input_columns="language") for code in languages}
+    empty = [code for code, rows in by_lang.items() if len(rows) == 0]
+    if empty:
+        raise PublishError(
+            f"No rows for {', '.join(empty)} in {run_dir / source}: a config without data cannot be loaded. Give "
+            "these languages more web texts or seed pairs and rerun, or remove them from the recipe's languages."
+        )
+    if out.exists():
+        shutil.rmtree(out)
+    (out / "plots").mkdir(parents=True)
+
+    configs: list[dict[str, Any]] = [
+        {"config_name": "all", "default": True, "data_files": [{"split": "train", "path": "data/*/train-*.parquet"}]}
+    ]
+    table = []
+    for code, rows in by_lang.items():
+        _write_parquet(rows, out / "data" / code, shard_rows)
+        configs.append({"config_name": code, "data_files": [{"split": "train", "path": f"data/{code}/train-*.parquet"}]})
+        table.append({
+            "code": code, "name": get_language(code).name, "samples": len(rows),
+            "instruction": _mean_std([len(t) for t in rows["instruction"]]),
+            "output": _mean_std([len(t) for t in rows["output"]]),
+        })
+
+    k_max = (recipe.get("refinement") or {}).get("iterations", 0)
+    iteration_configs = []
+    histograms: dict[int, dict[str, int]] = {}
+    for k in range(1, k_max + 1):
+        ratings = _manifest(run_dir, f"iter-{k}/ratings")
+        if ratings:
+            histograms[k] = ratings.get("rating_histogram", {})
+        if iterations and _manifest(run_dir, f"iter-{k}/kept"):
+            kept = to_rows(_load(run_dir, f"iter-{k}/kept"))
+            _write_parquet(kept, out / "iterations" / f"iter-{k}", shard_rows)
+            configs.append({"config_name": f"iter-{k}", "data_files": [{"split": "train", "path": f"iterations/iter-{k}/train-*.parquet"}]})
+            iteration_configs.append({"name": f"iter-{k}", "rows": len(kept)})
+
+    plot_files = [plots.output_lengths({c: [len(t) for t in r["output"]] for c, r in by_lang.items()}, out / "plots" / "output_length.png").name]
+    if histograms:
+        plot_files.append(plots.rating_distribution(histograms, out / "plots" / "rating_distribution.png").name)
+    div = _manifest(run_dir, "diversified")
+    if div.get("per_language"):
+        sizes = {c: v["cluster_sizes"] for c, v in div["per_language"].items()}
+        plot_files.append(plots.cluster_sizes(sizes, out / "plots" / "cluster_sizes.png").name)
+
+    card_data = DatasetCardData(
+        language=list(languages),
+        license=license,
+        task_categories=["text-generation"],
+        size_categories=[_size_category(len(data))],
+        pretty_name=pretty_name,
+        tags=["x-instruction", "cross-lingual", "instruction-tuning", "multilingual", "low-resource", "synthetic"],
+        configs=configs,
+    )
+    lineage = _lineage(run_dir, recipe)
+    card = DatasetCard.from_template(
+        card_data,
+        template_path=str(template_path("dataset_card.md")),
+        pretty_name=pretty_name,
+        total=len(data),
+        table=table,
+        lineage=lineage,
+        iteration_configs=iteration_configs,
+        plots=plot_files,
+        citation=CITATION,
+    )
+    card.save(out / "README.md")
+    return out
+
+
+def _lineage(run_dir: Path, recipe: dict[str, Any]) -> dict[str, Any]:
+    """What produced the data: recipe, models (with the run's step hashes as revisions), K, rule, clusters, seed."""
+    ref = recipe.get("refinement") or {}
+    k = ref.get("iterations", 0)
+    div = recipe.get("diversification") or {}
+    hashes = {step: _manifest(run_dir, step).get("hash") for step in ("generator", f"iter-{k}/evaluator", "final", "diversified")}
+    accuracies = {i: _manifest(run_dir, f"iter-{i}/evaluator").get("heldout_accuracy") for i in range(1, k + 1)}
+    return {
+        "recipe_name": recipe.get("name"),
+        "base_model": recipe.get("base_model"),
+        "generator": f"{run_dir.name}/generator (step {hashes['generator']})",
+        "evaluator": f"{run_dir.name}/iter-{k}/evaluator (step {hashes[f'iter-{k}/evaluator']})",
+        "final": f"{run_dir.name}/final (step {hashes['final']})" if hashes["final"] else "not trained",
+        "iterations": k,
+        "keep_rule": ref.get("keep_rule"),
+        "keep_threshold": ref.get("keep_threshold"),
+        "level_sources": (ref.get("pseudo_ratings") or {}).get("level_sources"),
+        "clusters": div.get("clusters"),
+        "target_per_language": div.get("target_per_language"),
+        "embedder": div.get("embedder"),
+        "seed": recipe.get("seed"),
+        "evaluator_accuracy": accuracies,
+        "recipe_yaml": yaml.safe_dump(recipe, sort_keys=False, allow_unicode=True) if recipe else "",
+    }

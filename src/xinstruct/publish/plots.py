@@ -1,0 +1,59 @@
+"""PNG plots referenced from the dataset card (matplotlib, headless)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+_META = {"Software": None}  # no version string: identical inputs give identical bytes (no-op re-push)
+
+
+def output_lengths(lengths: dict[str, list[int]], path: Path) -> Path:
+    """Box plot of the output length (characters) per language."""
+    langs = sorted(lengths)
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    ax.boxplot([lengths[c] for c in langs], tick_labels=langs, showfliers=False)
+    ax.set_ylabel("output length (characters)")
+    ax.set_title("Output length per language")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90, metadata=_META)
+    plt.close(fig)
+    return path
+
+
+def rating_distribution(histograms: dict[int, dict[str, int]], path: Path) -> Path:
+    """Grouped bars: how many candidates got rating 1, 2, 3 in each iteration."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    width = 0.8 / max(1, len(histograms))
+    for n, (k, hist) in enumerate(sorted(histograms.items())):
+        ax.bar([r + n * width for r in (1, 2, 3)], [hist.get(str(r), 0) for r in (1, 2, 3)], width, label=f"iteration {k}")
+    ax.set_xticks([r + width * (len(histograms) - 1) / 2 for r in (1, 2, 3)], ["1", "2", "3"])
+    ax.set_xlabel("rating (argmax)")
+    ax.set_ylabel("candidates")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90, metadata=_META)
+    plt.close(fig)
+    return path
+
+
+def cluster_sizes(sizes: dict[str, dict[str, int]], path: Path) -> Path:
+    """Sorted cluster sizes per language (pool before equal sampling)."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    by_lang = defaultdict(list)
+    for code, clusters in sizes.items():
+        by_lang[code] = sorted(clusters.values(), reverse=True)
+    for code in sorted(by_lang):
+        ax.plot(range(1, len(by_lang[code]) + 1), by_lang[code], marker="o", label=code)
+    ax.set_xlabel("cluster (largest first)")
+    ax.set_ylabel("instructions")
+    ax.legend(ncol=5, fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90, metadata=_META)
+    plt.close(fig)
+    return path

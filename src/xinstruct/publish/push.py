@@ -1,0 +1,108 @@
+"""Push a run to the Hub: the dataset repo with one revision (branch ``iter-k`` + a tag) per refinement
+iteration and ``main`` holding the final set; optionally the generator, evaluator and final models with
+their cards. Unchanged content makes no new commit (``huggingface_hub`` skips no-op commits). The
+token comes from the argument, ``HF_TOKEN`` or the saved login, and is never printed, logged or written.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import HfApi, get_token
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
+
+from .cards import render_model_card, role_step
+from .dataset_repo import PublishError, _manifest, build_dataset_repo
+
+logger = logging.getLogger(__name__)
+
+
+def _check_repo_id(repo_id: str) -> None:
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as e:
+        raise PublishError(f"Invalid repo id {repo_id!r}: {e}") from None
+    if "/" not in repo_id:
+        raise PublishError(f"Repo id {repo_id!r} needs a namespace: USER/NAME or ORG/NAME.")
+
+
+def _head(api: HfApi, repo_id: str, repo_type: str, branch: str) -> str | None:
+    refs = api.list_repo_refs(repo_id, repo_type=repo_type)
+    return next((b.target_commit for b in refs.branches if b.name == branch), None)
+
+
+def _upload(api: HfApi, folder: Path, repo_id: str, repo_type: str, branch: str, message: str) -> dict[str, Any]:
+    """Upload ``folder`` to ``branch`` (created from main if missing); report whether a commit was made."""
+    if branch != "main":
+        api.create_branch(repo_id, repo_type=repo_type, branch=branch, exist_ok=True)
+    before = _head(api, repo_id, repo_type, branch)
+    api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type=repo_type, revision=branch,
+                      commit_message=message, delete_patterns=["*"])
+    after = _head(api, repo_id, repo_type, branch)
+    return {"branch": branch, "commit": after, "new_commit": after != before}
+
+
+def push(
+    run_dir: str | Path,
+    repo_id: str,
+    iteration: int | None = None,
+    models: bool = False,
+    token: str | None = None,
+    private: bool = False,
+) -> dict[str, Any]:
+    """Push a finished run to ``repo_id`` (a dataset repo) and, with ``models``, its models.
+
+    Args:
+        iteration: push only this iteration's revision (default: every iteration, then ``main``).
+        models: also push ``<repo_id>-generator``, ``-evaluator`` and ``-model`` with their cards.
+        token: a Hub token; defaults to ``HF_TOKEN`` or the saved login.
+
+    Returns:
+        What was pushed: per revision the branch, commit and whether a new commit was made; the tags.
+    """
+    run_dir = Path(run_dir)
+    _check_repo_id(repo_id)
+    token = token or get_token()
+    if not token:
+        raise PublishError("No Hugging Face token: set HF_TOKEN or run `hf auth login`, then push again.")
+    if not (run_dir / "recipe.yaml").exists():
+        raise PublishError(f"{run_dir} is not a run directory (no recipe.yaml).")
+    api = HfApi(token=token)
+    api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+    import yaml
+
+    k_max = yaml.safe_load((run_dir / "recipe.yaml").read_text())["refinement"]["iterations"]
+    todo = [iteration] if iteration is not None else list(range(1, k_max + 1))
+    summary: dict[str, Any] = {"repo_id": repo_id, "revisions": [], "tags": [], "models": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for k in todo:
+            step = f"iter-{k}/kept"
+            if not _manifest(run_dir, step):
+                raise PublishError(f"Iteration {k} has not finished in {run_dir} (no {step}); run the recipe first.")
+            folder = build_dataset_repo(run_dir, Path(tmp) / f"iter-{k}" / "x-instruction", source=step, iterations=False)
+            result = _upload(api, folder, repo_id, "dataset", f"iter-{k}", f"X-Instruction: kept set of iteration {k}")
+            tag = f"iter-{k}-{_manifest(run_dir, step)['hash']}"
+            api.create_tag(repo_id, repo_type="dataset", tag=tag, revision=f"iter-{k}", exist_ok=True)
+            summary["revisions"].append(result)
+            summary["tags"].append(tag)
+        if iteration is None:
+            folder = build_dataset_repo(run_dir, Path(tmp) / "main" / "x-instruction")
+            summary["revisions"].append(_upload(api, folder, repo_id, "dataset", "main", "X-Instruction: final diversified set"))
+        if models:
+            main_rev = next((r["commit"] for r in summary["revisions"] if r["branch"] == "main"), None)
+            for role, suffix in (("generator", "generator"), ("evaluator", "evaluator"), ("final", "model")):
+                model_repo = f"{repo_id}-{suffix}"
+                folder = Path(tmp) / f"model-{role}"
+                shutil.copytree(run_dir / role_step(run_dir, role) / "model", folder)
+                render_model_card(run_dir, role, model_repo, dataset=repo_id, dataset_revision=main_rev).save(folder / "README.md")
+                api.create_repo(model_repo, repo_type="model", private=private, exist_ok=True)
+                result = _upload(api, folder, model_repo, "model", "main", f"X-Instruction {role}")
+                summary["models"].append({"repo_id": model_repo, **result})
+    for r in summary["revisions"]:
+        logger.info("%s@%s: %s", repo_id, r["branch"], "new commit" if r["new_commit"] else "unchanged, no commit")
+    return summary

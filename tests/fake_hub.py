@@ -1,0 +1,150 @@
+"""An in-process fake of the Hugging Face Hub HTTP API, enough for create_repo, branches, tags, refs,
+tree listing, preupload and NDJSON commits (regular uploads). Wired into huggingface_hub with
+``set_client_factory`` and an ``httpx.MockTransport``; no network."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from urllib.parse import unquote
+
+from huggingface_hub.utils import httpx
+
+
+def git_blob_sha1(data: bytes) -> str:
+    return hashlib.sha1(b"blob " + str(len(data)).encode() + b"\0" + data).hexdigest()
+
+
+@dataclass
+class Repo:
+    repo_type: str
+    url: str = ""
+    branches: dict[str, str] = field(default_factory=dict)  # name -> commit id
+    tags: dict[str, str] = field(default_factory=dict)
+    commits: dict[str, dict[str, bytes]] = field(default_factory=dict)  # commit id -> files
+
+
+class FakeHub:
+    """State of the fake Hub plus a request log (method, path, headers, body) for assertions."""
+
+    def __init__(self, token: str):
+        self.token = token
+        self.repos: dict[str, Repo] = {}
+        self.requests: list[tuple[str, str, dict[str, str], bytes]] = []
+        self.validated = 0  # README front matters validated
+
+    # -- helpers -----------------------------------------------------------------------------------
+    def files(self, repo_id: str, revision: str = "main") -> dict[str, bytes]:
+        repo = self.repos[repo_id]
+        commit = repo.branches.get(revision) or repo.tags.get(revision) or revision
+        return repo.commits[commit]
+
+    def _new_commit(self, repo: Repo, files: dict[str, bytes], parent: str | None) -> str:
+        oid = hashlib.sha1(json.dumps([parent, sorted((k, git_blob_sha1(v)) for k, v in files.items())]).encode()).hexdigest()
+        repo.commits[oid] = files
+        return oid
+
+    def transport(self) -> httpx.MockTransport:
+        return httpx.MockTransport(self.handle)
+
+    # -- routing -----------------------------------------------------------------------------------
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        body = request.read()
+        self.requests.append((request.method, request.url.path, dict(request.headers), body))
+        if request.headers.get("authorization") != f"Bearer {self.token}":
+            return httpx.Response(401, json={"error": "Invalid credentials"})
+        path = unquote(request.url.path)
+        if path == "/api/repos/create" and request.method == "POST":
+            return self.create_repo(json.loads(body))
+        if path == "/api/validate-yaml" and request.method == "POST":
+            return self.validate_yaml(json.loads(body)["content"])
+        m = re.match(r"^/api/(models|datasets|spaces)/([^/]+/[^/]+)/(refs|branch|tag|preupload|commit|tree|revision)(?:/(.*))?$", path)
+        if not m:
+            return httpx.Response(404, json={"error": f"fake hub: no route for {request.method} {path}"})
+        repo_type, repo_id, action, rest = m.group(1)[:-1], m.group(2), m.group(3), m.group(4) or ""
+        repo = self.repos.get(repo_id)
+        if repo is None or repo.repo_type != repo_type:
+            return httpx.Response(404, json={"error": "Repository not found"}, headers={"X-Error-Code": "RepoNotFound"})
+        if action == "refs":
+            ref = lambda kind, name, oid: {"name": name, "ref": f"refs/{kind}/{name}", "targetCommit": oid}  # noqa: E731
+            return httpx.Response(200, json={
+                "branches": [ref("heads", n, o) for n, o in repo.branches.items()],
+                "tags": [ref("tags", n, o) for n, o in repo.tags.items()], "converts": [], "pullRequests": []})
+        if action == "branch" and request.method == "POST":
+            if rest in repo.branches:
+                return httpx.Response(409, json={"error": "Branch already exists"})
+            start = json.loads(body or b"{}").get("startingPoint") or "main"
+            repo.branches[rest] = repo.branches.get(start) or repo.tags.get(start) or start
+            return httpx.Response(200, json={})
+        if action == "tag" and request.method == "POST":
+            payload = json.loads(body)
+            if payload["tag"] in repo.tags:
+                return httpx.Response(409, json={"error": "Tag already exists"})
+            repo.tags[payload["tag"]] = repo.branches.get(rest) or rest
+            return httpx.Response(200, json={})
+        if action == "tree":
+            revision = rest.split("/", 1)[0]
+            files = self.files(repo_id, revision)
+            return httpx.Response(200, json=[{"type": "file", "path": p, "size": len(d), "oid": git_blob_sha1(d)} for p, d in sorted(files.items())])
+        if action == "preupload":
+            files = self.files(repo_id, rest)
+            out = [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False,
+                    "oid": git_blob_sha1(files[f["path"]]) if f["path"] in files else None} for f in json.loads(body)["files"]]
+            return httpx.Response(200, json={"files": out, "commitOid": repo.branches.get(rest)})
+        if action == "commit":
+            return self.commit(repo, rest, body)
+        if action == "revision":
+            commit = repo.branches.get(rest) or repo.tags.get(rest) or rest
+            files = repo.commits.get(commit)
+            if files is None:
+                return httpx.Response(404, json={"error": "Revision not found"}, headers={"X-Error-Code": "RevisionNotFound"})
+            return httpx.Response(200, json={"id": repo_id, "sha": commit, "private": False,
+                                             "siblings": [{"rfilename": p} for p in sorted(files)]})
+        return httpx.Response(404, json={"error": "fake hub: unsupported"})
+
+    def validate_yaml(self, content: str) -> httpx.Response:
+        """Like the Hub: the README's front matter must be a YAML mapping."""
+        import yaml
+
+        if not content.startswith("---\n"):
+            return httpx.Response(200, json={"warnings": [{"message": "empty metadata"}]})
+        try:
+            meta = yaml.safe_load(content.split("---\n", 2)[1])
+        except yaml.YAMLError as e:
+            return httpx.Response(400, json={"errors": [{"message": str(e)}]})
+        if not isinstance(meta, dict):
+            return httpx.Response(400, json={"errors": [{"message": "metadata is not a mapping"}]})
+        self.validated += 1
+        return httpx.Response(200, json={"warnings": []})
+
+    def create_repo(self, payload: dict) -> httpx.Response:
+        repo_id = f"{payload['organization']}/{payload['name']}" if payload.get("organization") else payload["name"]
+        repo_type = payload.get("type", "model")
+        url = f"https://huggingface.co/{'' if repo_type == 'model' else repo_type + 's/'}{repo_id}"
+        if repo_id in self.repos:
+            return httpx.Response(409, json={"error": "You already created this repo", "url": url})
+        repo = Repo(repo_type, url)
+        repo.branches["main"] = self._new_commit(repo, {".gitattributes": b"*.parquet filter=lfs\n"}, None)
+        self.repos[repo_id] = repo
+        return httpx.Response(200, json={"url": url, "name": repo_id})
+
+    def commit(self, repo: Repo, branch: str, body: bytes) -> httpx.Response:
+        parent = repo.branches[branch]
+        files = dict(repo.commits[parent])
+        summary = ""
+        for line in body.decode().splitlines():
+            item = json.loads(line)
+            if item["key"] == "header":
+                summary = item["value"]["summary"]
+            elif item["key"] == "file":
+                files[item["value"]["path"]] = base64.b64decode(item["value"]["content"])
+            elif item["key"] == "deletedFile":
+                files.pop(item["value"]["path"], None)
+            else:
+                return httpx.Response(400, json={"error": f"fake hub: unsupported commit item {item['key']}"})
+        oid = self._new_commit(repo, files, parent)
+        repo.branches[branch] = oid
+        return httpx.Response(200, json={"commitOid": oid, "commitUrl": f"{repo.url}/commit/{oid}", "success": True, "summary": summary})
