@@ -139,7 +139,7 @@ def test_push_puts_each_iteration_on_its_own_revision_and_repush_is_a_no_op(hub,
     for repo_state in hub.repos.values():
         for files in repo_state.commits.values():
             assert not any(SENTINEL.encode() in content for content in files.values())
-    for method, path, headers, body in hub.requests:
+    for _method, path, _headers, body in hub.requests:
         assert SENTINEL.encode() not in body and SENTINEL not in path
     assert SENTINEL not in caplog.text
     out = capsys.readouterr()

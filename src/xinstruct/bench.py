@@ -61,34 +61,40 @@ def _timed(fn: Callable[[], list[str]]) -> tuple[list[str], float]:
 
 
 def bench_candidates(
-    model: str, rows: int, batch_size: int, max_new_tokens: int, baseline_dtype: str = "float32", dtype: str = "float32"
-) -> dict[str, Any]:
-    """Candidate generation: local engine vs the authors' loop on the same model and prompts."""
+    model: str, rows: int, batch_size: int, max_new_tokens: int, baseline_dtype: str = "float32", dtypes: tuple[str, ...] = ("float32",)
+) -> list[dict[str, Any]]:
+    """Candidate generation: local engine vs the authors' loop on the same model and prompts.
+
+    The authors' loop runs once (in ``baseline_dtype``); the engine runs once per entry of ``dtypes``.
+    """
     prompts = sample_prompts(rows)
     params = GenerationParams(max_new_tokens=max_new_tokens, do_sample=False)
     base_engine = LocalEngine(model, batch_size=1, dtype=baseline_dtype, progress=False)
     authors_loop(base_engine, prompts[:1], params)  # warm-up
     base_out, base_s = _timed(lambda: authors_loop(base_engine, prompts, params))
-    engine = base_engine if dtype == baseline_dtype else LocalEngine(model, dtype=dtype, progress=False)
-    engine.batch_size = batch_size
-    engine.generate(prompts[:1], params)  # warm-up
-    ours_out, ours_s = _timed(lambda: engine.generate(prompts, params))
-    same = sum(a == b for a, b in zip(base_out, ours_out)) / len(prompts)
-    return {
-        "name": f"candidates/{model}" + ("" if dtype == baseline_dtype else f" ({dtype} engine vs {baseline_dtype} loop)"),
-        "ratio": round(base_s / ours_s, 2),
-        "target": 10.0,
-        "baseline": f"authors' loop, batch 1, {baseline_dtype}",
-        "ours": f"LocalEngine, batch {batch_size}, length-sorted, left padding, {dtype}",
-        "rows": rows,
-        "max_new_tokens": max_new_tokens,
-        "baseline_seconds": round(base_s, 2),
-        "ours_seconds": round(ours_s, 2),
-        "baseline_rows_per_s": round(rows / base_s, 3),
-        "ours_rows_per_s": round(rows / ours_s, 3),
-        "identical_outputs_share": round(same, 3),
-        "torch_threads": torch.get_num_threads(),
-    }
+    results = []
+    for dtype in dtypes:
+        engine = base_engine if dtype == baseline_dtype else LocalEngine(model, dtype=dtype, progress=False)
+        engine.batch_size = batch_size
+        engine.generate(prompts[:1], params)  # warm-up
+        ours_out, ours_s = _timed(lambda e=engine: e.generate(prompts, params))
+        same = sum(a == b for a, b in zip(base_out, ours_out)) / len(prompts)
+        results.append({
+            "name": f"candidates/{model}" + ("" if dtype == baseline_dtype else f" ({dtype} engine vs {baseline_dtype} loop)"),
+            "ratio": round(base_s / ours_s, 2),
+            "target": 10.0,
+            "baseline": f"authors' loop, batch 1, {baseline_dtype}",
+            "ours": f"LocalEngine, batch {batch_size}, length-sorted, left padding, {dtype}",
+            "rows": rows,
+            "max_new_tokens": max_new_tokens,
+            "baseline_seconds": round(base_s, 2),
+            "ours_seconds": round(ours_s, 2),
+            "baseline_rows_per_s": round(rows / base_s, 3),
+            "ours_rows_per_s": round(rows / ours_s, 3),
+            "identical_outputs_share": round(same, 3),
+            "torch_threads": torch.get_num_threads(),
+        })
+    return results
 
 
 def _rating_rows(n: int) -> list[str]:
@@ -224,17 +230,20 @@ def print_table(results: list[dict[str, Any]]) -> None:
 
 
 def main(out: str = "bench.json", gemma_rows: int = 16, skip_gemma: bool = False) -> int:
-    """Run every benchmark, print the table and write ``out``."""
-    results = [bench_candidates("tiny", rows=64, batch_size=16, max_new_tokens=32)]
+    """Run every benchmark, print the table and write ``out`` (rewritten after each entry)."""
+    jobs: list[Callable[[], list[dict[str, Any]]]] = [lambda: bench_candidates("tiny", rows=64, batch_size=16, max_new_tokens=32)]
     if not skip_gemma:
-        results.append(bench_candidates("gemma-3-270m", rows=gemma_rows, batch_size=16, max_new_tokens=32))
-        results.append(bench_candidates("gemma-3-270m", rows=gemma_rows, batch_size=16, max_new_tokens=32, dtype="bfloat16"))
-    results.append(bench_rating("tiny", rows=64, batch_size=16))
+        jobs.append(lambda: bench_candidates("gemma-3-270m", rows=gemma_rows, batch_size=16, max_new_tokens=32, dtypes=("float32", "bfloat16")))
+    jobs.append(lambda: [bench_rating("tiny", rows=64, batch_size=16)])
     if not skip_gemma:
-        results.append(bench_rating("gemma-3-270m", rows=gemma_rows, batch_size=16))
-    results.append(bench_diversification())
-    results.append(bench_packing())
+        jobs.append(lambda: [bench_rating("gemma-3-270m", rows=gemma_rows, batch_size=16)])
+    jobs += [lambda: [bench_diversification()], lambda: [bench_packing()]]
+    results: list[dict[str, Any]] = []
+    for job in jobs:
+        for entry in job():
+            results.append(entry)
+            print(json.dumps(entry), flush=True)
+            Path(out).write_text(json.dumps(results, indent=2))
     print_table(results)
-    Path(out).write_text(json.dumps(results, indent=2))
     print(f"\nwritten: {out}")
     return 0

@@ -117,6 +117,9 @@ def train_sft(
     metrics["world_size"] = trainer.args.world_size
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     metrics["loss_history"] = losses
+    seen = [h["num_tokens"] for h in trainer.state.log_history if "num_tokens" in h]
+    if seen:
+        metrics["num_tokens"] = seen[-1]  # non-padding tokens trained on (TRL's count)
 
     # --- save -----------------------------------------------------------------------------------
     final = trainer.model

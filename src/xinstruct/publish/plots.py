@@ -13,6 +13,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 _META = {"Software": None}  # no version string: identical inputs give identical bytes (no-op re-push)
 
 
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=90, metadata=_META)
+    plt.close(fig)
+    return path
+
+
 def output_lengths(lengths: dict[str, list[int]], path: Path) -> Path:
     """Box plot of the output length (characters) per language."""
     langs = sorted(lengths)
@@ -20,10 +27,7 @@ def output_lengths(lengths: dict[str, list[int]], path: Path) -> Path:
     ax.boxplot([lengths[c] for c in langs], tick_labels=langs, showfliers=False)
     ax.set_ylabel("output length (characters)")
     ax.set_title("Output length per language")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90, metadata=_META)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def rating_distribution(histograms: dict[int, dict[str, int]], path: Path) -> Path:
@@ -36,10 +40,7 @@ def rating_distribution(histograms: dict[int, dict[str, int]], path: Path) -> Pa
     ax.set_xlabel("rating (argmax)")
     ax.set_ylabel("candidates")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=90, metadata=_META)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def cluster_sizes(sizes: dict[str, dict[str, int]], path: Path) -> Path:
@@ -53,7 +54,4 @@ def cluster_sizes(sizes: dict[str, dict[str, int]], path: Path) -> Path:
     ax.set_xlabel("cluster (largest first)")
     ax.set_ylabel("instructions")
     ax.legend(ncol=5, fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90, metadata=_META)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
