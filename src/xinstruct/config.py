@@ -151,6 +151,8 @@ class DecodingConfig:
 
     Args:
         max_new_tokens (`int`, *optional*, defaults to `64`): maximum tokens generated per row.
+        min_new_tokens (`int`, *optional*, defaults to `0`): EOS is suppressed before this many tokens (an
+            under-trained generator otherwise often stops at once, giving empty instructions).
         do_sample (`bool`, *optional*, defaults to `True`): sample (``True``) or decode greedily.
         temperature (`float`, *optional*, defaults to `0.7`): sampling temperature.
         top_p (`float`, *optional*, defaults to `0.9`): nucleus sampling mass.
@@ -158,6 +160,7 @@ class DecodingConfig:
     """
 
     max_new_tokens: int = 64
+    min_new_tokens: int = 0
     do_sample: bool = True
     temperature: float = 0.7
     top_p: float = 0.9

@@ -12,6 +12,7 @@ class GenerationParams:
 
     Args:
         max_new_tokens (`int`, defaults to `64`): tokens generated at most per prompt.
+        min_new_tokens (`int`, defaults to `0`): EOS is not allowed before this many tokens.
         do_sample (`bool`, defaults to `True`): sample; ``False`` decodes greedily.
         temperature (`float`, defaults to `0.7`): sampling temperature.
         top_p (`float`, defaults to `0.9`): nucleus mass.
@@ -20,6 +21,7 @@ class GenerationParams:
     """
 
     max_new_tokens: int = 64
+    min_new_tokens: int = 0
     do_sample: bool = True
     temperature: float = 0.7
     top_p: float = 0.9

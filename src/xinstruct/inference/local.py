@@ -78,6 +78,7 @@ class LocalEngine(Engine):
             eos = self.tokenizer.eos_token_id
         cfg = GenerationConfig(
             max_new_tokens=params.max_new_tokens,
+            min_new_tokens=params.min_new_tokens or None,
             do_sample=params.do_sample,
             repetition_penalty=params.repetition_penalty,
             eos_token_id=eos,

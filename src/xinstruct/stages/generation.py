@@ -80,6 +80,7 @@ def decoding_params(dec: DecodingConfig, seed: int) -> GenerationParams:
     """Engine parameters from a recipe's ``decoding`` block, with the seed of one shard."""
     return GenerationParams(
         max_new_tokens=dec.max_new_tokens,
+        min_new_tokens=dec.min_new_tokens,
         do_sample=dec.do_sample,
         temperature=dec.temperature,
         top_p=dec.top_p,
