@@ -136,13 +136,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from .config import RecipeError
     from .data.readers import DataError
+    from .inference.endpoint import EndpointError
     from .languages import UnknownLanguageError
     from .publish import PublishError
     from .stages.generation import StageError
 
     try:
         return args.func(args)
-    except (RecipeError, DataError, UnknownLanguageError, StageError, PublishError) as e:
+    except (RecipeError, DataError, UnknownLanguageError, StageError, PublishError, EndpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

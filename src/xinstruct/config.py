@@ -138,11 +138,14 @@ class RoleConfig:
         lora (`dict`, *optional*): arguments of :class:`peft.LoraConfig` (``r``, ``lora_alpha``,
             ``target_modules``, ...); ``null`` trains all weights.
         training (`dict`, *optional*): arguments of :class:`trl.SFTConfig`, passed unchanged.
+        engine (`dict`, *optional*): keys of the recipe's ``engine`` block to override for this role, e.g.
+            ``{type: endpoint, base_urls: [http://gpu-1:8080], model: xinstruct-generator}``.
     """
 
     model: str | None = None
     lora: dict[str, Any] | None = None
     training: dict[str, Any] = field(default_factory=dict)
+    engine: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -293,15 +296,38 @@ class LauncherConfig:
 
 @dataclass
 class EngineConfig:
-    """How inference runs. Batch size, device and dtype change speed, not the rows' meaning, so they are
-    not part of any step hash.
+    """How inference runs: in this process (``local``) or through OpenAI-compatible servers (``endpoint``:
+    TGI, vLLM, SGLang, Inference Endpoints, ``transformers serve``). Engine settings change speed and where
+    rows are computed, not what a step means, so they are not part of any step hash.
 
     Args:
-        type (`str`, *optional*, defaults to `"local"`): ``local`` (in-process transformers).
-        batch_size (`int`, *optional*, defaults to `16`): prompts per forward pass.
-        dtype (`str`, *optional*, defaults to `"float32"`): ``float32``, ``bfloat16`` or ``float16``.
-        device (`str`, *optional*): ``cpu``, ``cuda``, ...; default: CUDA when available.
-        max_input_tokens (`int`, *optional*, defaults to `1024`): prompts are truncated on the left to this.
+        type (`str`, *optional*, defaults to `"local"`): ``local`` or ``endpoint``.
+        batch_size (`int`, *optional*, defaults to `16`): local: prompts per forward pass.
+        dtype (`str`, *optional*, defaults to `"float32"`): local: ``float32``, ``bfloat16`` or ``float16``.
+        device (`str`, *optional*): local: ``cpu``, ``cuda``, ...; default: CUDA when available.
+        max_input_tokens (`int`, *optional*, defaults to `1024`): local: prompts are truncated on the left to this.
+        base_urls (`list[str]`, *optional*): endpoint: server roots (``http://127.0.0.1:8080``), used together.
+        model (`str`, *optional*): endpoint: the ``model=`` of every request (vLLM checks it against its served
+            name; TGI ignores it; ``transformers serve`` loads it). Default: the role's model path or Hub id.
+        route (`str`, *optional*, defaults to `"completions"`): endpoint generation route: ``completions``
+            (``/v1/completions``, the prompt is sent byte for byte) or ``chat`` (``/v1/chat/completions``, the
+            prompt becomes one user message and the server's chat template frames it).
+        score_route (`str`, *optional*, defaults to `"completions"`): endpoint scoring route: ``completions``
+            (``logprobs``: vLLM, SGLang), ``generate`` (TGI's native route with ``top_n_tokens``) or ``chat``
+            (``logprobs`` + ``top_logprobs``; the chat template frames the prompt).
+        top_logprobs (`int`, *optional*, defaults to `5`): endpoint: alternatives asked for when scoring.
+        concurrency (`int`, *optional*, defaults to `16`): endpoint: requests in flight per base URL (TGI
+            answers 429 past its ``--max-concurrent-requests``, 128 by default).
+        balance (`str`, *optional*, defaults to `"least-busy"`): endpoint: ``least-busy`` or ``round-robin``.
+        timeout (`float`, *optional*, defaults to `120`): endpoint: seconds per request.
+        max_retries (`int`, *optional*, defaults to `6`): endpoint: retries of a request after a 429, 5xx,
+            timeout, connection error or malformed answer.
+        backoff (`float`, *optional*, defaults to `0.5`): endpoint: first backoff in seconds; doubles per
+            retry, with full jitter, capped by ``backoff_max``.
+        backoff_max (`float`, *optional*, defaults to `30`): endpoint: longest backoff in seconds.
+        token_env (`str`, *optional*, defaults to `"HF_TOKEN"`): endpoint: environment variable holding the
+            bearer token, if any. The token is never logged or written.
+        extra_body (`dict`, *optional*): endpoint: server-specific fields added to every request.
     """
 
     type: str = "local"
@@ -309,6 +335,19 @@ class EngineConfig:
     dtype: str = "float32"
     device: str | None = None
     max_input_tokens: int = 1024
+    base_urls: list[str] = field(default_factory=list)
+    model: str | None = None
+    route: str = "completions"
+    score_route: str = "completions"
+    top_logprobs: int = 5
+    concurrency: int = 16
+    balance: str = "least-busy"
+    timeout: float = 120.0
+    max_retries: int = 6
+    backoff: float = 0.5
+    backoff_max: float = 30.0
+    token_env: str = "HF_TOKEN"
+    extra_body: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -349,6 +388,12 @@ class Recipe:
     def model_for(self, role: RoleConfig) -> str:
         """The model a role starts from (its own ``model`` or the recipe's ``base_model``)."""
         return role.model or self.base_model
+
+    def engine_for(self, role: RoleConfig | None) -> EngineConfig:
+        """The engine serving a role: the recipe's ``engine`` with the role's ``engine`` keys on top."""
+        if role is None or not role.engine:
+            return self.engine
+        return _build(EngineConfig, {**dataclasses.asdict(self.engine), **role.engine}, "engine")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data form (what ``xinstruct run`` writes as ``recipe.yaml`` in the run directory)."""
@@ -500,8 +545,26 @@ def _check_recipe(recipe: Recipe) -> None:
     if not 0.0 <= recipe.final.assistant_share <= 1.0:
         raise RecipeError("final.assistant_share is a share: 0 <= value <= 1.")
     _choice(recipe.launcher.type, ("python", "accelerate"), "launcher.type")
-    if recipe.engine.type != "local":
-        raise RecipeError(f"engine.type {recipe.engine.type!r} is not available; use 'local'.")
+    check_engine(recipe.engine, "engine")
+    for where, role in roles.items():
+        check_block_keys(role.engine, EngineConfig, f"{where}.engine")
+        check_engine(recipe.engine_for(role), f"{where}.engine")
+
+
+def check_engine(engine: EngineConfig, where: str) -> None:
+    """Validate an engine block (choices, positive sizes, base URLs of an endpoint engine)."""
+    _choice(engine.type, ("local", "endpoint"), f"{where}.type")
+    _choice(engine.route, ("completions", "chat"), f"{where}.route")
+    _choice(engine.score_route, ("completions", "chat", "generate"), f"{where}.score_route")
+    _choice(engine.balance, ("least-busy", "round-robin"), f"{where}.balance")
+    if engine.concurrency < 1 or engine.max_retries < 0 or engine.timeout <= 0 or engine.top_logprobs < 1:
+        raise RecipeError(f"{where}: concurrency and top_logprobs must be >= 1, max_retries >= 0, timeout > 0.")
+    if engine.type == "endpoint":
+        if not engine.base_urls:
+            raise RecipeError(f"{where}.base_urls is empty: an endpoint engine needs at least one server URL.")
+        for url in engine.base_urls:
+            if not url.startswith(("http://", "https://")):
+                raise RecipeError(f"{where}.base_urls: {url!r} is not an http(s) URL.")
 
 
 def _choice(value: str, allowed: tuple[str, ...], where: str) -> None:

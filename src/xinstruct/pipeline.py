@@ -68,7 +68,8 @@ def _role_settings(recipe: Recipe, role: RoleConfig) -> dict[str, Any]:
 def plan(recipe: Recipe, run_dir: str | Path) -> list[PlannedStep]:
     """Every step of the recipe in order, with its settings hash (nothing is read or written)."""
     run_dir = Path(run_dir)
-    engine = lambda model: make_engine(recipe.engine, model)  # noqa: E731
+    # the engine serving a role's model inside a step (endpoint answers are stored in <step>/requests)
+    engine = lambda role, model, step: make_engine(recipe.engine_for(role), model, step.path / "requests")  # noqa: E731
     model_of = lambda step: str(step.path / "model")  # noqa: E731
     data = recipe.data
     out: list[PlannedStep] = []
@@ -88,7 +89,7 @@ def plan(recipe: Recipe, run_dir: str | Path) -> list[PlannedStep]:
     candidates = Step(run_dir, "candidates", {"candidates": dataclasses.asdict(recipe.candidates), "seed": recipe.seed,
                                               "generator_hash": generator.hash}, [webtext, generator])
     add(candidates, "generation", lambda: generation.generate_candidates(
-        recipe, webtext.load(), model_of(generator), candidates, engine(model_of(generator))))
+        recipe, webtext.load(), model_of(generator), candidates, engine(recipe.generator, model_of(generator), candidates)))
 
     # --- refinement --------------------------------------------------------------------------------
     ref = recipe.refinement
@@ -103,12 +104,13 @@ def plan(recipe: Recipe, run_dir: str | Path) -> list[PlannedStep]:
                        "base_model": None if level2_from_follower else recipe.base_model},
                       [seed, follower] if level2_from_follower else [seed])
         add(pseudo, "refinement", lambda p=pseudo, f=follower, l2=level2_from_follower: refinement.build_pseudo_ratings(
-            recipe, seed.load(), p, engine(model_of(f) if l2 else recipe.base_model)))
+            recipe, seed.load(), p, engine(ref.follower if l2 else None, model_of(f) if l2 else recipe.base_model, p)))
         evaluator = Step(run_dir, f"{it}/evaluator", _role_settings(recipe, ref.evaluator), [pseudo])
-        add(evaluator, "refinement", lambda e=evaluator, p=pseudo: refinement.train_evaluator(recipe, p.load(), e, engine))
+        add(evaluator, "refinement", lambda e=evaluator, p=pseudo: refinement.train_evaluator(
+            recipe, p.load(), e, lambda path, e=e: engine(ref.evaluator, path, e)))
         ratings = Step(run_dir, f"{it}/ratings", {"iteration": k, "rate": ref.rate}, [evaluator, pool_src])
         add(ratings, "refinement", lambda r=ratings, e=evaluator, src=pool_src, k=k: refinement.rate_candidates(
-            recipe, src.load(), r, engine(model_of(e)), k))
+            recipe, src.load(), r, engine(ref.evaluator, model_of(e), r), k))
         kept = Step(run_dir, f"{it}/kept", {"keep_rule": ref.keep_rule, "keep_threshold": ref.keep_threshold}, [ratings])
         add(kept, "refinement", lambda kp=kept, r=ratings, k=k: refinement.keep_rated(recipe, r.load(), kp, k))
         train_src = kept

@@ -33,6 +33,11 @@ class Engine(ABC):
     """Runs a causal LM over prompts (plain text; templates are applied by the caller)."""
 
     name: str = "engine"
+    stats: dict
+
+    def report(self) -> dict:
+        """What a step's manifest records about the engine: its kind and counters (rows, tokens, retries...)."""
+        return {"engine": self.name, "engine_stats": dict(getattr(self, "stats", {}))}
 
     @abstractmethod
     def generate(self, prompts: list[str], params: GenerationParams) -> list[str]:

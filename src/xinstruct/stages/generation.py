@@ -136,8 +136,7 @@ def generate_candidates(recipe: Recipe, webtext: Dataset, generator: str, step: 
         "rows_out_per_language": dict(per_lang_out),
         "skipped": dict(skipped),
         "generator": generator,
-        "engine": engine.name,
-        "engine_stats": getattr(engine, "stats", {}),
+        **engine.report(),
     }
 
 

@@ -158,6 +158,7 @@ def build_pseudo_ratings(recipe: Recipe, seeds: Dataset, step: Step, engine: Eng
         "train_rows": splits["train"],
         "heldout_rows": splits["heldout"],
         "empty_level2_responses": sum(1 for r in level2["response"] if not r.strip()),
+        **engine.report(),
     }
 
 
@@ -198,7 +199,9 @@ def train_evaluator(recipe: Recipe, pseudo: Dataset, step: Step, make_engine) ->
     )
     report: dict[str, Any] = {"rows_in": len(train), "heldout_rows": len(heldout), "metrics": metrics, "model": str(step.path / "model")}
     if len(heldout):
-        scores = score_ratings(make_engine(str(step.path / "model")), heldout, "instruction", "response")
+        engine = make_engine(str(step.path / "model"))
+        scores = score_ratings(engine, heldout, "instruction", "response")
+        report.update(engine.report())
         truth = heldout["level"]
         confusion = Counter(f"{t}->{p}" for t, p in zip(truth, scores["rating"]))
         report["heldout_accuracy"] = round(sum(t == p for t, p in zip(truth, scores["rating"])) / len(truth), 4)
@@ -232,6 +235,7 @@ def rate_candidates(recipe: Recipe, pool: Dataset, step: Step, engine: Engine, i
         "rows_out": len(rated),
         "rating_histogram": {str(k): v for k, v in sorted(Counter(rated["rating"]).items())},
         "mean_expected_rating": round(sum(rated["expected_rating"]) / max(1, len(rated)), 4),
+        **engine.report(),
     }
 
 

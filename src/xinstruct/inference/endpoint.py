@@ -1,0 +1,407 @@
+"""Engine over OpenAI-compatible servers (TGI, vLLM, SGLang, Inference Endpoints, ``transformers serve``),
+through :class:`huggingface_hub.AsyncInferenceClient`.
+
+- **Bounded concurrency that keeps servers busy.** ``concurrency`` workers per base URL pull the next
+  request as soon as theirs is answered: requests stream in as slots free up, never batch by batch.
+- **Several base URLs** are used together, least-busy first (or round-robin); a retry may go to another one.
+- **Retries** with exponential backoff and full jitter on 429, 5xx, timeouts, connection errors and
+  malformed answers (``Retry-After`` is honoured). 400, 401, 403, 404 and 422 are not retried: every other
+  request would fail the same way, so the call stops at once with the server's reason.
+- **Replay** (with a :class:`~xinstruct.inference.replay.ReplayStore`): each answer is stored as it arrives,
+  keyed by the request's content, so a killed run re-sends nothing that was answered. Requests that still
+  fail after all retries are recorded with their error and the call raises :class:`EndpointError` once the
+  others are done; the next run sends only those again.
+
+Routes. Generation uses ``/v1/completions`` by default: the prompt is sent byte for byte, which the
+X-Instruction templates need (``route: chat`` sends it as one user message instead). Scoring reads the
+options' probabilities from the first generated token's alternatives: ``logprobs`` on ``/v1/completions``
+(vLLM, SGLang), ``top_n_tokens`` on TGI's native route (``score_route: generate``; TGI's ``/v1/completions``
+has no logprobs) or ``logprobs`` + ``top_logprobs`` on ``/v1/chat/completions`` (``score_route: chat``,
+which frames the prompt with the chat template). ``transformers serve`` (5.x) ignores ``logprobs``: score
+with a local engine or another server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import math
+import os
+import random
+import time
+from collections import Counter
+from typing import Any
+
+import httpx2
+from huggingface_hub import AsyncInferenceClient
+from huggingface_hub.errors import HfHubHTTPError, InferenceTimeoutError
+from huggingface_hub.inference._common import RequestParameters
+from huggingface_hub.utils import build_hf_headers
+from tqdm.auto import tqdm
+
+from .base import Engine, GenerationParams
+from .replay import ReplayStore, request_key
+
+logger = logging.getLogger(__name__)
+
+RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+
+
+class EndpointError(RuntimeError):
+    """An endpoint call cannot complete; the message says what the server answered and what to change."""
+
+
+class _Retryable(Exception):
+    """A failure worth retrying; ``kind`` is what is counted (``http-429``, ``timeout``, ...)."""
+
+    def __init__(self, kind: str, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.kind = kind
+        self.retry_after = retry_after
+
+
+class _Unscorable(Exception):
+    """The server answered, but none of the options is among the alternatives it returned."""
+
+
+class EndpointEngine(Engine):
+    """Inference through one or more OpenAI-compatible servers.
+
+    Args:
+        base_urls (`list[str]`): server roots, e.g. ``["http://127.0.0.1:8080"]``.
+        model (`str`): sent as ``model=`` in every request.
+        route (`str`, defaults to `"completions"`): ``completions`` or ``chat`` (see the module docstring).
+        score_route (`str`, defaults to `"completions"`): ``completions``, ``generate`` or ``chat``.
+        top_logprobs (`int`, defaults to `5`): alternatives asked for when scoring.
+        concurrency (`int`, defaults to `16`): requests in flight per base URL.
+        balance (`str`, defaults to `"least-busy"`): ``least-busy`` or ``round-robin``.
+        timeout (`float`, defaults to `120`): seconds per request.
+        max_retries (`int`, defaults to `6`): retries per request.
+        backoff (`float`, defaults to `0.5`), backoff_max (`float`, defaults to `30`): backoff schedule, seconds.
+        token_env (`str`, defaults to `"HF_TOKEN"`): environment variable with the bearer token. When it is
+            unset, huggingface_hub's own lookup applies (the saved ``hf auth login`` token, if any).
+        extra_body (`dict`, *optional*): fields added to every request.
+        store (`ReplayStore`, *optional*): stored answers; without one nothing is replayed.
+        progress (`bool`, defaults to `True`): progress bar with rows/s and tokens/s.
+    """
+
+    name = "endpoint"
+
+    def __init__(
+        self,
+        base_urls: list[str],
+        model: str,
+        route: str = "completions",
+        score_route: str = "completions",
+        top_logprobs: int = 5,
+        concurrency: int = 16,
+        balance: str = "least-busy",
+        timeout: float = 120.0,
+        max_retries: int = 6,
+        backoff: float = 0.5,
+        backoff_max: float = 30.0,
+        token_env: str = "HF_TOKEN",
+        extra_body: dict[str, Any] | None = None,
+        store: ReplayStore | None = None,
+        progress: bool = True,
+    ):
+        if not base_urls:
+            raise ValueError("An endpoint engine needs at least one base URL.")
+        self.base_urls = [url.rstrip("/") for url in base_urls]
+        self.model = model
+        self.route = route
+        self.score_route = score_route
+        self.top_logprobs = top_logprobs
+        self.concurrency = concurrency
+        self.balance = balance
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.backoff = backoff
+        self.backoff_max = backoff_max
+        self.token_env = token_env
+        self.extra_body = dict(extra_body or {})
+        self.store = store
+        self.progress = progress
+        self.stats: dict[str, Any] = {
+            "requests": 0, "sent": 0, "replayed": 0, "answered": 0, "retries": 0, "retries_by_kind": {},
+            "failed": 0, "prompt_tokens": 0, "completion_tokens": 0, "options_missing": 0, "seconds": 0.0,
+        }
+
+    # ------------------------------------------------------------------------------------------
+    # public API
+    # ------------------------------------------------------------------------------------------
+    def generate(self, prompts: list[str], params: GenerationParams) -> list[str]:
+        """One continuation per prompt (see :meth:`Engine.generate`); ``params.seed`` goes into every request."""
+        fields = {"max_tokens": params.max_new_tokens, "seed": params.seed}
+        if params.do_sample:
+            fields.update(temperature=params.temperature, top_p=params.top_p)
+        else:
+            fields["temperature"] = 0.0
+        # Not OpenAI fields: only sent when set (vLLM and TGI know them; transformers serve refuses them).
+        if params.min_new_tokens:
+            fields["min_tokens"] = params.min_new_tokens
+        if params.repetition_penalty != 1.0:
+            fields["repetition_penalty"] = params.repetition_penalty
+        requests = [self._payload(self.route, prompt, fields) for prompt in prompts]
+        return asyncio.run(self._run(requests, "generate"))
+
+    def score(self, prompts: list[str], options: list[str]) -> list[list[float]]:
+        """Probabilities of each option as the next token, from the server's top alternatives, renormalised
+        over the options (see :meth:`Engine.score`). An option missing from the alternatives counts as 0."""
+        if len(set(options)) != len(options):
+            raise ValueError(f"Score options {options} repeat.")
+        if self.top_logprobs < len(options):
+            raise ValueError(f"top_logprobs={self.top_logprobs} cannot show {len(options)} options; raise engine.top_logprobs.")
+        fields = {"max_tokens": 1, "temperature": 0.0, "top_logprobs": self.top_logprobs}
+        requests = [self._payload(self.score_route, prompt, fields) for prompt in prompts]
+        alternatives = asyncio.run(self._run(requests, "score"))
+        return [self._option_probs(alt, options) for alt in alternatives]
+
+    # ------------------------------------------------------------------------------------------
+    # requests
+    # ------------------------------------------------------------------------------------------
+    def _payload(self, route: str, prompt: str, fields: dict[str, Any]) -> dict[str, Any]:
+        payload = {"route": route, "model": self.model, "prompt": prompt, **fields, **self.extra_body}
+        return {"key": request_key(payload), **payload}
+
+    def _token(self) -> str | None:
+        return os.environ.get(self.token_env) or None
+
+    async def _run(self, requests: list[dict[str, Any]], what: str) -> list[Any]:
+        """Answer every request (stored ones from the store), ``concurrency`` in flight per base URL."""
+        started = time.perf_counter()
+        results: list[Any] = [None] * len(requests)
+        todo = []
+        for i, request in enumerate(requests):
+            if self.store is not None and request["key"] in self.store:
+                results[i] = self.store.get(request["key"])
+                self.stats["replayed"] += 1
+            else:
+                todo.append(i)
+        self.stats["requests"] += len(requests)
+        if not todo:
+            return results
+        token = self._token()
+        clients = {url: AsyncInferenceClient(base_url=url, api_key=token, timeout=self.timeout) for url in self.base_urls}
+        in_flight = Counter({url: 0 for url in self.base_urls})
+        cycle = itertools.cycle(self.base_urls)
+        queue = iter(todo)
+        failures: list[tuple[int, str]] = []
+        state = {"answered": 0, "tokens": 0}
+        bar = tqdm(total=len(requests), initial=len(requests) - len(todo), desc=what, unit="row",
+                   disable=not self.progress, leave=False)
+
+        def pick() -> str:
+            if self.balance == "round-robin":
+                return next(cycle)
+            start = next(cycle)  # rotate the tie-break so equal loads spread
+            order = self.base_urls[self.base_urls.index(start):] + self.base_urls[: self.base_urls.index(start)]
+            return min(order, key=lambda url: in_flight[url])
+
+        async def worker() -> None:
+            for i in queue:
+                request = requests[i]
+                try:
+                    answer, usage = await self._with_retries(request, clients, in_flight, pick)
+                except _Retryable as error:
+                    failures.append((i, str(error)))
+                    self.stats["failed"] += 1
+                    if self.store is not None:
+                        self.store.fail(request["key"], str(error), self.max_retries + 1)
+                    if state["answered"] == 0:
+                        raise EndpointError(
+                            f"No answer from {', '.join(self.base_urls)} after {self.max_retries} retries: {error}. "
+                            "Check that the server is up and reachable (engine.base_urls); nothing was lost"
+                            + (f" (answers so far are stored in {self.store.folder})." if self.store is not None else ".")
+                        ) from None
+                    continue
+                if self.store is not None:
+                    self.store.put(request["key"], answer)
+                results[i] = answer
+                state["answered"] += 1
+                self.stats["answered"] += 1
+                self.stats["prompt_tokens"] += usage.get("prompt_tokens", 0)
+                self.stats["completion_tokens"] += usage.get("completion_tokens", 0)
+                state["tokens"] += usage.get("completion_tokens", 0)
+                elapsed = max(time.perf_counter() - started, 1e-9)
+                bar.set_postfix(rows_s=f"{state['answered'] / elapsed:.1f}", tok_s=f"{state['tokens'] / elapsed:.0f}", refresh=False)
+                bar.update(1)
+
+        workers = [asyncio.create_task(worker()) for _ in range(self.concurrency * len(self.base_urls))]
+        try:
+            await asyncio.gather(*workers)
+        except BaseException:
+            for task in workers:
+                task.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+            raise
+        finally:
+            bar.close()
+            for client in clients.values():
+                await client.close()
+            self.stats["seconds"] += time.perf_counter() - started
+        if failures:
+            where = f"; their errors are in {self.store.failures_path}" if self.store is not None else ""
+            raise EndpointError(
+                f"{len(failures)} of {len(requests)} requests failed after {self.max_retries} retries "
+                f"(first: {failures[0][1]}){where}. The {len(requests) - len(failures)} others are answered"
+                + (" and stored; run again to send only the failed ones." if self.store is not None else ".")
+            )
+        return results
+
+    async def _with_retries(self, request, clients, in_flight, pick) -> tuple[Any, dict[str, int]]:
+        for attempt in range(self.max_retries + 1):
+            url = pick()
+            in_flight[url] += 1
+            self.stats["sent"] += 1
+            try:
+                return await self._send(clients[url], url, request)
+            except _Retryable as error:
+                failure = error
+            finally:
+                in_flight[url] -= 1
+            if attempt == self.max_retries:
+                raise failure
+            self.stats["retries"] += 1
+            kinds = self.stats["retries_by_kind"]
+            kinds[failure.kind] = kinds.get(failure.kind, 0) + 1
+            delay = random.uniform(0, min(self.backoff_max, self.backoff * 2**attempt))
+            if failure.retry_after is not None:
+                delay = max(delay, min(failure.retry_after, self.backoff_max))
+            logger.debug("retrying after %s (%.2fs): %s", failure.kind, delay, failure)
+            await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
+
+    async def _send(self, client: AsyncInferenceClient, url: str, request: dict[str, Any]) -> tuple[Any, dict[str, int]]:
+        """One HTTP request; returns (answer, usage). Raises :class:`_Retryable` or :class:`EndpointError`."""
+        route = request["route"]
+        scoring = "top_logprobs" in request
+        fields = {k: v for k, v in request.items() if k not in ("key", "route", "model", "prompt", "top_logprobs")}
+        try:
+            if route == "chat":
+                if scoring:
+                    fields.update(logprobs=True, top_logprobs=request["top_logprobs"])
+                known = {"max_tokens", "seed", "temperature", "top_p", "logprobs", "top_logprobs"}
+                out = await client.chat_completion(
+                    [{"role": "user", "content": request["prompt"]}], model=request["model"],
+                    **{k: v for k, v in fields.items() if k in known},
+                    extra_body={k: v for k, v in fields.items() if k not in known} or None,
+                )
+                data = dict(out)  # huggingface_hub's outputs are dicts
+            elif route == "generate":  # TGI's native route, used for scoring only
+                out = await client.text_generation(
+                    request["prompt"], max_new_tokens=1, details=True, top_n_tokens=request["top_logprobs"], do_sample=False
+                )
+                data = dict(out)
+            else:
+                if scoring:
+                    fields["logprobs"] = request["top_logprobs"]
+                body = {"model": request["model"], "prompt": request["prompt"], **fields}
+                raw = await client._inner_post(  # AsyncInferenceClient has no public /v1/completions method
+                    RequestParameters(url=f"{url}/v1/completions", task="text-generation", model=request["model"],
+                                      json=body, data=None, headers=build_hf_headers(token=self._token(), headers=client.headers)),
+                )
+                try:
+                    data = json.loads(raw)
+                except (json.JSONDecodeError, UnicodeDecodeError) as error:
+                    raise _Retryable("malformed", f"{url} answered with malformed JSON ({error}): {raw[:200]!r}") from None
+        except InferenceTimeoutError:
+            raise _Retryable("timeout", f"{url} did not answer within {self.timeout}s") from None
+        except HfHubHTTPError as error:
+            raise self._http_error(url, error) from None
+        except (httpx2.TransportError, OSError) as error:
+            raise _Retryable("connection", f"cannot reach {url}: {type(error).__name__}: {error}") from None
+        except (json.JSONDecodeError, UnicodeDecodeError, ValueError, KeyError, TypeError) as error:
+            raise _Retryable("malformed", f"{url} answered with something that is not a valid completion: {error}") from None
+        return self._parse(url, route, scoring, data)
+
+    def _http_error(self, url: str, error: HfHubHTTPError) -> Exception:
+        status = error.response.status_code
+        detail = error.response.text[:300] if error.response is not None else ""
+        if status in RETRYABLE_STATUS:
+            retry_after = error.response.headers.get("retry-after")
+            try:
+                seconds = float(retry_after) if retry_after else None
+            except ValueError:
+                seconds = None
+            return _Retryable(f"http-{status}", f"{url} answered {status}: {detail}", seconds)
+        if status in (401, 403):
+            return EndpointError(
+                f"{url} refused the request ({status}): {detail}. Set {self.token_env} (engine.token_env) to a "
+                "token this server accepts."
+            )
+        if status == 404:
+            return EndpointError(
+                f"{url} answered 404 for model {self.model!r}: {detail}. Check engine.model against the name the "
+                "server serves (vLLM: --served-model-name; TGI accepts any) and the URL (a server root, no /v1)."
+            )
+        hint = ""
+        if "min_tokens" in detail or "repetition_penalty" in detail:
+            hint = " This server does not take min_tokens/repetition_penalty: set decoding.min_new_tokens: 0 and repetition_penalty: 1.0."
+        return EndpointError(f"{url} refused the request ({status}): {detail}.{hint}")
+
+    def _parse(self, url: str, route: str, scoring: bool, data: Any) -> tuple[Any, dict[str, int]]:
+        try:
+            usage = data.get("usage") or {}
+            usage = {k: int(usage.get(k) or 0) for k in ("prompt_tokens", "completion_tokens")}
+            if route == "generate":
+                details = data["details"]
+                usage = {"prompt_tokens": 0, "completion_tokens": int(details.get("generated_tokens") or 1)}
+                top = details.get("top_tokens")
+                if not top:
+                    raise self._no_logprobs(url)
+                return {t["text"]: t["logprob"] for t in top[0]}, usage
+            choice = data["choices"][0]
+            if not scoring:
+                text = choice["message"]["content"] if route == "chat" else choice["text"]
+                if not isinstance(text, str):
+                    raise TypeError(f"text is {type(text).__name__}")
+                return text.strip(), usage
+            logprobs = choice.get("logprobs")
+            if route == "chat":
+                content = (logprobs or {}).get("content") or []
+                if not content or not content[0].get("top_logprobs"):
+                    raise self._no_logprobs(url)
+                return {t["token"]: t["logprob"] for t in content[0]["top_logprobs"]}, usage
+            top = (logprobs or {}).get("top_logprobs") or []
+            if not top or not top[0]:
+                raise self._no_logprobs(url)
+            return dict(top[0]), usage
+        except EndpointError:
+            raise
+        except (KeyError, IndexError, TypeError, AttributeError, ValueError) as error:
+            raise _Retryable("malformed", f"{url} answered without the expected fields ({type(error).__name__}: {error})") from None
+
+    def _no_logprobs(self, url: str) -> EndpointError:
+        return EndpointError(
+            f"{url} returned no logprobs on the {self.score_route!r} route, so options cannot be scored. Use "
+            "score_route: completions for vLLM/SGLang, generate or chat for TGI; transformers serve ignores "
+            "logprobs, so score with a local engine there (e.g. refinement.evaluator.engine: {type: local})."
+        )
+
+    def _option_probs(self, alternatives: dict[str, float], options: list[str]) -> list[float]:
+        logps = [alternatives.get(option) for option in options]
+        missing = sum(lp is None for lp in logps)
+        self.stats["options_missing"] += missing
+        if missing == len(options):
+            raise EndpointError(
+                f"None of the options {options} is among the top {self.top_logprobs} next tokens "
+                f"({sorted(alternatives, key=alternatives.get, reverse=True)}); raise engine.top_logprobs or check "
+                "that this is the evaluator model."
+            )
+        probs = [0.0 if lp is None else math.exp(lp) for lp in logps]
+        total = sum(probs)
+        return [p / total for p in probs]
+
+
+def make_endpoint_engine(config, model: str, store: ReplayStore | None = None, progress: bool = True) -> EndpointEngine:
+    """An :class:`EndpointEngine` from an ``engine`` recipe block; ``model`` is used when the block names none."""
+    return EndpointEngine(
+        config.base_urls, config.model or model, route=config.route, score_route=config.score_route,
+        top_logprobs=config.top_logprobs, concurrency=config.concurrency, balance=config.balance,
+        timeout=config.timeout, max_retries=config.max_retries, backoff=config.backoff,
+        backoff_max=config.backoff_max, token_env=config.token_env, extra_body=config.extra_body,
+        store=store, progress=progress,
+    )

@@ -1,0 +1,248 @@
+"""The endpoint engine against a real ``transformers serve`` on 127.0.0.1 (tiny model): the generation stage
+gives the local engine's rows, survives injected faults, resumes after a real kill without re-sending an
+answered request, and fails clearly on bad servers."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from datasets import load_from_disk
+from serving import FaultProxy, TransformersServe
+
+from conftest import FAST
+from conftest import TINY_RECIPE as TINY
+from xinstruct.config import RecipeError, load_recipe
+from xinstruct.inference import GenerationParams, make_engine
+from xinstruct.inference.endpoint import EndpointEngine, EndpointError
+from xinstruct.inference.replay import ReplayStore
+from xinstruct.pipeline import run
+
+GREEDY = ["candidates.decoding.do_sample=false", "candidates.shard_size=1000"]
+UPSTREAM = ("seed", "webtext", "generator")
+
+
+def endpoint_override(*urls: str, **extra) -> str:
+    block = {"type": "endpoint", "base_urls": list(urls), "concurrency": 4, "timeout": 5, "backoff": 0.05,
+             "backoff_max": 0.5, **extra}
+    return "generator.engine=" + json.dumps(block)
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model, tmp_path_factory):
+    """A real ``transformers serve`` (unpinned: it loads the model each request names, here the run's generator)."""
+    srv = TransformersServe(log=tmp_path_factory.mktemp("serve") / "serve.log")
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def proxy(server):
+    made = []
+
+    def make(**kw):
+        p = FaultProxy(server.url, **kw)
+        made.append(p)
+        return p
+
+    yield make
+    for p in made:
+        p.close()
+
+
+def prepared_run(tiny_run, path):
+    """A run folder holding the reference run's seed, web texts and trained generator (skipped by hash)."""
+    for name in UPSTREAM:
+        shutil.copytree(tiny_run[0] / name, path / name)
+    return path
+
+
+def candidate_rows(run_dir):
+    kept = load_from_disk(str(run_dir / "candidates" / "data"))
+    dropped = load_from_disk(str(run_dir / "candidates" / "dropped"))
+    return sorted(zip(kept["id"], kept["instruction"])), sorted(dropped["id"])
+
+
+@pytest.fixture(scope="module")
+def local_candidates(tiny_run, tmp_path_factory):
+    run_dir = prepared_run(tiny_run, tmp_path_factory.mktemp("local"))
+    run(load_recipe(TINY, FAST + GREEDY), run_dir, until="candidates", echo=lambda s: None)
+    return candidate_rows(run_dir)
+
+
+@pytest.fixture(scope="module")
+def endpoint_run(tiny_run, server, tmp_path_factory):
+    run_dir = prepared_run(tiny_run, tmp_path_factory.mktemp("endpoint"))
+    results = run(load_recipe(TINY, FAST + GREEDY + [endpoint_override(server.url)]), run_dir, until="candidates", echo=lambda s: None)
+    return run_dir, results
+
+
+def test_generation_stage_through_the_endpoint_gives_the_local_rows(endpoint_run, local_candidates):
+    run_dir, results = endpoint_run
+    assert [r.status for r in results] == ["skipped"] * 3 + ["done"]
+    kept, dropped = candidate_rows(run_dir)
+    assert [i for i, _ in kept] == [i for i, _ in local_candidates[0]] and dropped == local_candidates[1]
+    # greedy decoding on the server (one sequence at a time) writes the local engine's instructions
+    assert kept == local_candidates[0]
+    manifest = json.loads((run_dir / "candidates" / "manifest.json").read_text())
+    stats = manifest["engine_stats"]
+    assert manifest["engine"] == "endpoint" and stats["answered"] == stats["requests"] == manifest["rows_in"]
+    assert stats["retries"] == 0 and stats["completion_tokens"] > 0
+    answers = (run_dir / "candidates" / "requests" / "answers.jsonl").read_text().splitlines()
+    assert len(answers) == manifest["rows_in"]
+
+
+def test_every_row_completes_when_a_fifth_of_requests_fail(tiny_run, proxy, endpoint_run, tmp_path):
+    faulty = proxy(fault_rate=0.2, faults=("429", "503", "timeout"), hang=2.5, seed=1)
+    run_dir = prepared_run(tiny_run, tmp_path / "faulty")
+    run(load_recipe(TINY, FAST + GREEDY + [endpoint_override(faulty.url, timeout=2)]), run_dir, until="candidates",
+        echo=lambda s: None)
+    assert candidate_rows(run_dir) == candidate_rows(endpoint_run[0])
+    stats = json.loads((run_dir / "candidates" / "manifest.json").read_text())["engine_stats"]
+    injected = {k: v for k, v in faulty.outcomes.items() if not k.startswith("upstream")}
+    assert set(injected) == {"429", "503", "timeout"}
+    kinds = stats["retries_by_kind"]
+    assert stats["failed"] == 0 and stats["retries"] == sum(kinds.values()) >= sum(injected.values())
+    assert kinds["http-429"] == injected["429"] and kinds["http-503"] == injected["503"]
+    # an injected hang is a timeout; a real answer slower than the 2 s timeout on a busy server is one too
+    assert kinds["timeout"] >= injected["timeout"] and set(kinds) == {"http-429", "http-503", "timeout"}
+
+
+def test_a_killed_endpoint_run_resends_no_answered_request(tiny_run, proxy, endpoint_run, tmp_path):
+    counting = proxy(delay=0.15)
+    run_dir = prepared_run(tiny_run, tmp_path / "killed")
+    args = [sys.executable, "-m", "xinstruct.cli", "run", str(TINY), "--run-dir", str(run_dir), "--until", "candidates"]
+    for item in FAST + GREEDY + [endpoint_override(counting.url, concurrency=2)]:
+        args += ["--set", item]
+    answers = run_dir / "candidates" / "requests" / "answers.jsonl"
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 180
+    while time.time() < deadline and (not answers.exists() or len(answers.read_text().splitlines()) < 10):
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    stored = {json.loads(line)["key"] for line in answers.read_text().splitlines() if line.endswith("}")}
+    total = json.loads((run_dir / "webtext" / "manifest.json").read_text())["rows_out"]
+    assert 10 <= len(stored) < total, "the kill should land mid-step"
+    sent_before = len(counting.forwarded)
+
+    resumed = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    sent_after = counting.forwarded[sent_before:]
+    assert not stored & set(sent_after), "an answered request was sent again"
+    assert len(sent_after) == total - len(stored)  # the rest, including those in flight at the kill
+    assert len(set(counting.forwarded)) == total
+    assert candidate_rows(run_dir) == candidate_rows(endpoint_run[0])
+    stats = json.loads((run_dir / "candidates" / "manifest.json").read_text())["engine_stats"]
+    assert stats["replayed"] == len(stored)
+
+
+def test_failed_requests_are_recorded_and_only_they_are_sent_next_time(server, proxy, tiny_model, tmp_path):
+    broken = proxy(fault_rate=1.0, faults=("503",))
+    healthy = proxy()
+    prompts = [f"Row {i}: tell me something" for i in range(6)]
+    params = GenerationParams(max_new_tokens=4, do_sample=False)
+    store = tmp_path / "requests"
+    first = EndpointEngine([healthy.url], tiny_model, store=ReplayStore(store), progress=False)
+    first.generate(prompts[:4], params)  # four answers stored
+    flaky = EndpointEngine([broken.url], tiny_model, max_retries=2, backoff=0.01, concurrency=1, store=ReplayStore(store),
+                           progress=False)
+    with pytest.raises(EndpointError, match="No answer from"):
+        flaky.generate(prompts, params)  # the two new rows fail; nothing was answered in this call
+    failures = ReplayStore(store).failures()
+    assert len(failures) == 1 and "503" in failures[0]["error"] and failures[0]["attempts"] == 3
+
+    sent_before = len(healthy.forwarded)
+    again = EndpointEngine([healthy.url], tiny_model, store=ReplayStore(store), progress=False)
+    out = again.generate(prompts, params)
+    assert len(healthy.forwarded) - sent_before == 2 and again.stats["replayed"] == 4 and all(isinstance(t, str) for t in out)
+
+
+def test_partial_failures_finish_the_others_then_raise(server, proxy, tiny_model, tmp_path):
+    half = proxy(fault_rate=0.5, faults=("malformed",), seed=0)  # the first request passes
+    engine = EndpointEngine([half.url], tiny_model, max_retries=0, concurrency=1, store=ReplayStore(tmp_path), progress=False)
+    prompts = [f"Question {i}?" for i in range(12)]
+    with pytest.raises(EndpointError, match=r"requests failed after 0 retries .*malformed JSON.*failures.jsonl.*run again"):
+        engine.generate(prompts, GenerationParams(max_new_tokens=3, do_sample=False))
+    assert engine.stats["failed"] == half.outcomes["malformed"] > 0
+    assert len(ReplayStore(tmp_path)) == 12 - engine.stats["failed"]
+
+
+def test_several_base_urls_share_the_load_and_cover_a_dead_one(server, proxy, tiny_model):
+    a, b = proxy(), proxy()
+    engine = EndpointEngine([a.url, b.url], tiny_model, concurrency=2, progress=False)
+    engine.generate([f"Item {i}" for i in range(12)], GenerationParams(max_new_tokens=2, do_sample=False))
+    assert len(a.forwarded) > 0 and len(b.forwarded) > 0 and len(a.forwarded) + len(b.forwarded) == 12
+    dead = "http://127.0.0.1:9"  # nothing listens on the discard port
+    engine = EndpointEngine([dead, a.url], tiny_model, concurrency=2, balance="round-robin", backoff=0.01, progress=False)
+    out = engine.generate([f"Other {i}" for i in range(8)], GenerationParams(max_new_tokens=2, do_sample=False))
+    assert len(out) == 8 and engine.stats["retries_by_kind"].get("connection", 0) > 0
+
+
+def test_unreachable_server_fails_clearly_after_the_retry_budget(tiny_run, tmp_path):
+    run_dir = prepared_run(tiny_run, tmp_path / "unreachable")
+    args = [sys.executable, "-m", "xinstruct.cli", "run", str(TINY), "--run-dir", str(run_dir), "--until", "candidates"]
+    for item in FAST + GREEDY + [endpoint_override("http://127.0.0.1:9", max_retries=2)]:
+        args += ["--set", item]
+    out = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "No answer from http://127.0.0.1:9 after 2 retries" in out.stderr and "ConnectError" in out.stderr
+    # nothing lost: the earlier steps are intact and the failure is on record for the next run
+    assert (run_dir / "generator" / "manifest.json").exists()
+    assert "ConnectError" in (run_dir / "candidates" / "requests" / "failures.jsonl").read_text()
+
+
+def test_401_names_the_token_variable_and_never_the_token(server, proxy, tiny_model, monkeypatch):
+    guarded = proxy(token="s3cret-test-token")
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("HF_HUB_DISABLE_IMPLICIT_TOKEN", "1")
+    engine = EndpointEngine([guarded.url], tiny_model, progress=False)
+    with pytest.raises(EndpointError, match=r"refused the request \(401\).*Set HF_TOKEN"):
+        engine.generate(["Hello"], GenerationParams(max_new_tokens=2))
+    monkeypatch.setenv("MY_ENDPOINT_TOKEN", "s3cret-test-token")
+    engine = EndpointEngine([guarded.url], tiny_model, token_env="MY_ENDPOINT_TOKEN", progress=False)
+    assert len(engine.generate(["Hello"], GenerationParams(max_new_tokens=2))) == 1
+    assert guarded.auth_headers[-1] == "Bearer s3cret-test-token"
+
+
+def test_404_for_a_model_the_server_refuses(server, proxy, tiny_model):
+    vllm_like = proxy(served_model="xinstruct-generator")
+    engine = EndpointEngine([vllm_like.url], "some-other-model", progress=False)
+    with pytest.raises(EndpointError, match=r"404 for model 'some-other-model'.*does not exist.*engine.model"):
+        engine.generate(["Hello"], GenerationParams(max_new_tokens=2))
+    assert vllm_like.outcomes["404"] == 1  # not retried
+
+
+def test_malformed_json_is_retried_then_reported(server, proxy, tiny_model):
+    garbage = proxy(fault_rate=1.0, faults=("malformed",))
+    engine = EndpointEngine([garbage.url], tiny_model, max_retries=2, backoff=0.01, progress=False)
+    with pytest.raises(EndpointError, match="malformed JSON"):
+        engine.generate(["Hello"], GenerationParams(max_new_tokens=2))
+    assert garbage.outcomes["malformed"] == 3
+
+
+def test_scoring_on_a_server_without_logprobs_says_what_to_use(server, tiny_model):
+    engine = EndpointEngine([server.url], tiny_model, progress=False)
+    with pytest.raises(EndpointError, match="returned no logprobs.*transformers serve ignores"):
+        engine.score(["### Rating:\n"], ["1", "2", "3"])
+
+
+def test_recipe_engine_blocks_per_role():
+    recipe = load_recipe(TINY, [endpoint_override("http://127.0.0.1:8080", model="gen"),
+                                "refinement.evaluator.engine={type: local}"])
+    assert recipe.engine_for(recipe.generator).type == "endpoint"
+    assert recipe.engine_for(recipe.generator).model == "gen" and recipe.engine_for(recipe.generator).batch_size == 32
+    assert recipe.engine_for(recipe.refinement.evaluator).type == "local"
+    assert recipe.engine_for(recipe.refinement.follower) == recipe.engine
+    engine = make_engine(recipe.engine_for(recipe.generator), "tiny")
+    assert isinstance(engine, EndpointEngine) and engine.model == "gen" and engine.concurrency == 4
+    with pytest.raises(RecipeError, match="base_urls is empty"):
+        load_recipe(TINY, ["generator.engine={type: endpoint}"])
+    with pytest.raises(RecipeError, match="Did you mean 'concurrency'"):
+        load_recipe(TINY, ["generator.engine={type: endpoint, base_urls: [http://x], concurency: 3}"])
+    with pytest.raises(RecipeError, match="score_route"):
+        load_recipe(TINY, ["engine.score_route=logits"])
