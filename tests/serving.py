@@ -148,10 +148,10 @@ class FaultProxy:
             with self.lock:
                 self.outcomes["malformed"] += 1
             return handler._send(200, b'{"choices": [{"text": "cut sh')
+        with self.lock:  # counted on arrival, so a request in flight when its client dies counts then
+            self.forwarded.append(request_key({"route": "completions", **payload}))
         if self.delay:
             time.sleep(self.delay)
-        with self.lock:
-            self.forwarded.append(request_key({"route": "completions", **payload}))
         req = urllib.request.Request(self.upstream + handler.path, data=body, method="POST",
                                      headers={"content-type": "application/json"})
         try:

@@ -54,6 +54,18 @@ def proxy(server):
         p.close()
 
 
+def cli_args(run_dir, *overrides):
+    args = [sys.executable, "-m", "xinstruct.cli", "run", str(TINY), "--run-dir", str(run_dir), "--until", "candidates"]
+    for item in FAST + GREEDY + list(overrides):
+        args += ["--set", item]
+    return args
+
+
+def online_env():
+    """The test session sets HF_HUB_OFFLINE; a run that talks to a server must not (see EndpointEngine)."""
+    return {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+
+
 def prepared_run(tiny_run, path):
     """A run folder holding the reference run's seed, web texts and trained generator (skipped by hash)."""
     for name in UPSTREAM:
@@ -115,22 +127,23 @@ def test_every_row_completes_when_a_fifth_of_requests_fail(tiny_run, proxy, endp
 def test_a_killed_endpoint_run_resends_no_answered_request(tiny_run, proxy, endpoint_run, tmp_path):
     counting = proxy(delay=0.15)
     run_dir = prepared_run(tiny_run, tmp_path / "killed")
-    args = [sys.executable, "-m", "xinstruct.cli", "run", str(TINY), "--run-dir", str(run_dir), "--until", "candidates"]
-    for item in FAST + GREEDY + [endpoint_override(counting.url, concurrency=2)]:
-        args += ["--set", item]
+    args = cli_args(run_dir, endpoint_override(counting.url, concurrency=2))
     answers = run_dir / "candidates" / "requests" / "answers.jsonl"
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 180
-    while time.time() < deadline and (not answers.exists() or len(answers.read_text().splitlines()) < 10):
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    log = tmp_path / "first.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=online_env())
+        deadline = time.time() + 180
+        while time.time() < deadline and proc.poll() is None and (not answers.exists() or len(answers.read_text().splitlines()) < 10):
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert answers.exists(), log.read_text()[-2000:]
     stored = {json.loads(line)["key"] for line in answers.read_text().splitlines() if line.endswith("}")}
     total = json.loads((run_dir / "webtext" / "manifest.json").read_text())["rows_out"]
     assert 10 <= len(stored) < total, "the kill should land mid-step"
     sent_before = len(counting.forwarded)
 
-    resumed = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(args, capture_output=True, text=True, timeout=300, env=online_env())
     assert resumed.returncode == 0, resumed.stderr
     sent_after = counting.forwarded[sent_before:]
     assert not stored & set(sent_after), "an answered request was sent again"
@@ -185,15 +198,20 @@ def test_several_base_urls_share_the_load_and_cover_a_dead_one(server, proxy, ti
 
 def test_unreachable_server_fails_clearly_after_the_retry_budget(tiny_run, tmp_path):
     run_dir = prepared_run(tiny_run, tmp_path / "unreachable")
-    args = [sys.executable, "-m", "xinstruct.cli", "run", str(TINY), "--run-dir", str(run_dir), "--until", "candidates"]
-    for item in FAST + GREEDY + [endpoint_override("http://127.0.0.1:9", max_retries=2)]:
-        args += ["--set", item]
-    out = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    args = cli_args(run_dir, endpoint_override("http://127.0.0.1:9", max_retries=2))
+    out = subprocess.run(args, capture_output=True, text=True, timeout=120, env=online_env())
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "No answer from http://127.0.0.1:9 after 2 retries" in out.stderr and "ConnectError" in out.stderr
     # nothing lost: the earlier steps are intact and the failure is on record for the next run
     assert (run_dir / "generator" / "manifest.json").exists()
     assert "ConnectError" in (run_dir / "candidates" / "requests" / "failures.jsonl").read_text()
+
+
+def test_offline_mode_is_refused_up_front_with_the_reason(tiny_run, tmp_path):
+    run_dir = prepared_run(tiny_run, tmp_path / "offline")
+    out = subprocess.run(cli_args(run_dir, endpoint_override("http://127.0.0.1:9")), capture_output=True, text=True,
+                         timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert out.returncode == 2 and "HF_HUB_OFFLINE is set" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_401_names_the_token_variable_and_never_the_token(server, proxy, tiny_model, monkeypatch):

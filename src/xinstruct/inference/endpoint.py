@@ -35,7 +35,7 @@ from collections import Counter
 from typing import Any
 
 import httpx2
-from huggingface_hub import AsyncInferenceClient
+from huggingface_hub import AsyncInferenceClient, constants
 from huggingface_hub.errors import HfHubHTTPError, InferenceTimeoutError
 from huggingface_hub.inference._common import RequestParameters
 from huggingface_hub.utils import build_hf_headers
@@ -183,6 +183,12 @@ class EndpointEngine(Engine):
         self.stats["requests"] += len(requests)
         if not todo:
             return results
+        if constants.is_offline_mode():
+            raise EndpointError(
+                "HF_HUB_OFFLINE is set, and huggingface_hub's inference client then refuses every request, even to a "
+                "server on this machine. Unset HF_HUB_OFFLINE for runs with an endpoint engine (models in local "
+                "folders load without the Hub either way)."
+            )
         token = self._token()
         clients = {url: AsyncInferenceClient(base_url=url, api_key=token, timeout=self.timeout) for url in self.base_urls}
         in_flight = Counter({url: 0 for url in self.base_urls})
