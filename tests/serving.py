@@ -1,70 +1,18 @@
-"""Serving helpers for the tests: a real ``transformers serve`` on 127.0.0.1, and a loopback proxy in front
-of it that injects faults (429, 503, timeouts, malformed JSON, 401, 404) and counts what it forwards."""
+"""Serving helpers for the tests (the server itself is :class:`xinstruct.inference.server.TransformersServer`): a
+loopback proxy in front of it that injects faults (429, 503, timeouts, malformed JSON, 401, 404) and counts what it forwards."""
 
 from __future__ import annotations
 
 import json
 import random
-import socket
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
 import urllib.request
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 from xinstruct.inference.replay import request_key
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_healthy(url: str, proc: subprocess.Popen | None = None, timeout: float = 120.0) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.3)
-    raise RuntimeError(f"{url} not healthy after {timeout}s")
-
-
-class TransformersServe:
-    """``transformers serve`` in a subprocess on a free loopback port (``force_model`` pins one model)."""
-
-    def __init__(self, force_model: str | None = None, extra_args: tuple[str, ...] = (), log: Path | None = None):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        exe = Path(sys.executable).with_name("transformers")
-        cmd = [str(exe), "serve", *([force_model] if force_model else []), "--host", "127.0.0.1",
-               "--port", str(self.port), "--device", "cpu", *extra_args]
-        self._log = open(log, "w") if log else subprocess.DEVNULL  # noqa: SIM115
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT)
-        try:
-            wait_healthy(self.url, self.proc)
-        except BaseException:
-            self.stop()
-            raise
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        if self._log is not subprocess.DEVNULL:
-            self._log.close()
 
 
 class FaultProxy:
@@ -167,6 +115,64 @@ class FaultProxy:
         with self.lock:
             self.outcomes[outcome] += 1
         handler._send(status, json.dumps(obj).encode(), headers)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class LogprobServer:
+    """A test double of the three logprob formats the engine reads (``transformers serve`` returns none):
+    vLLM's ``/v1/completions`` with ``logprobs: N``, the chat route's ``top_logprobs`` and TGI's native
+    ``top_n_tokens``. The numbers are the real next-token log-probabilities of ``engine``'s model (the prompt
+    is used as is on every route)."""
+
+    def __init__(self, engine):
+        import torch
+
+        server = self
+
+        def top(prompt: str, n: int) -> list[tuple[str, float]]:
+            tok = engine.tokenizer
+            with torch.inference_mode():
+                logits = engine.model(**tok(prompt, return_tensors="pt")).logits[0, -1].float()
+            values, ids = torch.log_softmax(logits, -1).topk(n)
+            return [(tok.decode([i]), v) for i, v in zip(ids.tolist(), values.tolist())]
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers.get("content-length") or 0)))
+                server.paths.append(self.path)
+                if self.path == "/v1/completions":
+                    alts = top(body["prompt"], body["logprobs"])
+                    out = {"choices": [{"text": alts[0][0], "logprobs": {"top_logprobs": [dict(alts)]}}],
+                           "usage": {"prompt_tokens": 1, "completion_tokens": 1}}
+                elif self.path == "/v1/chat/completions":
+                    alts = top(body["messages"][0]["content"], body["top_logprobs"])
+                    out = {"id": "x", "created": 0, "model": body["model"], "object": "chat.completion", "system_fingerprint": "",
+                           "choices": [{"index": 0, "finish_reason": "length", "message": {"role": "assistant", "content": alts[0][0]},
+                                        "logprobs": {"content": [{"token": alts[0][0], "logprob": alts[0][1],
+                                                                  "top_logprobs": [{"token": t, "logprob": v} for t, v in alts]}]}}],
+                           "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+                else:  # TGI's native route
+                    alts = top(body["inputs"], body["parameters"]["top_n_tokens"])
+                    tokens = [{"id": 0, "text": t, "logprob": v, "special": False} for t, v in alts]
+                    out = [{"generated_text": alts[0][0], "details": {"finish_reason": "length", "generated_tokens": 1,
+                                                                     "prefill": [], "tokens": tokens[:1], "top_tokens": [tokens]}}]
+                data = json.dumps(out).encode()
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.paths: list[str] = []
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def close(self) -> None:
         self.server.shutdown()

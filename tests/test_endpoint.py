@@ -12,7 +12,7 @@ import time
 
 import pytest
 from datasets import load_from_disk
-from serving import FaultProxy, TransformersServe
+from serving import FaultProxy
 
 from conftest import FAST
 from conftest import TINY_RECIPE as TINY
@@ -20,6 +20,7 @@ from xinstruct.config import RecipeError, load_recipe
 from xinstruct.inference import GenerationParams, make_engine
 from xinstruct.inference.endpoint import EndpointEngine, EndpointError
 from xinstruct.inference.replay import ReplayStore
+from xinstruct.inference.server import TransformersServer
 from xinstruct.pipeline import run
 
 GREEDY = ["candidates.decoding.do_sample=false", "candidates.shard_size=1000"]
@@ -35,7 +36,7 @@ def endpoint_override(*urls: str, **extra) -> str:
 @pytest.fixture(scope="module")
 def server(tiny_model, tmp_path_factory):
     """A real ``transformers serve`` (unpinned: it loads the model each request names, here the run's generator)."""
-    srv = TransformersServe(log=tmp_path_factory.mktemp("serve") / "serve.log")
+    srv = TransformersServer(log=tmp_path_factory.mktemp("serve") / "serve.log")
     yield srv
     srv.stop()
 
@@ -264,3 +265,25 @@ def test_recipe_engine_blocks_per_role():
         load_recipe(TINY, ["generator.engine={type: endpoint, base_urls: [http://x], concurency: 3}"])
     with pytest.raises(RecipeError, match="score_route"):
         load_recipe(TINY, ["engine.score_route=logits"])
+
+
+@pytest.mark.parametrize("route", ["completions", "chat", "generate"])
+def test_scores_from_server_logprobs_equal_the_local_scores(route, tiny_engine, tmp_path):
+    from serving import LogprobServer
+
+    from xinstruct.prompts import RATING_OPTIONS, rating_prompt
+
+    server = LogprobServer(tiny_engine)
+    try:
+        prompts = [rating_prompt("Describe rain.", text, "Swahili") for text in ("Mvua ni maji.", "Jua kali.")]
+        engine = EndpointEngine([server.url], "evaluator", score_route=route, top_logprobs=len(tiny_engine.tokenizer), store=ReplayStore(tmp_path),
+                                progress=False)
+        remote = engine.score(prompts, list(RATING_OPTIONS))
+        local = tiny_engine.score(prompts, list(RATING_OPTIONS))
+        for got, want in zip(remote, local):
+            assert got == pytest.approx(want, abs=1e-4)
+        assert server.paths[0] == {"completions": "/v1/completions", "chat": "/v1/chat/completions", "generate": "/"}[route]
+        # a second call is answered from the store
+        assert engine.score(prompts, list(RATING_OPTIONS)) == remote and len(server.paths) == 2
+    finally:
+        server.close()

@@ -29,10 +29,9 @@ def make_engine(config, model: str, requests_dir: str | Path | None = None, prog
             progress=progress,
         )
     if config.type == "endpoint":
+        from ..models import resolve_model
         from .endpoint import make_endpoint_engine
         from .replay import ReplayStore
-
-        from ..models import resolve_model
 
         if config.model is None:
             model = resolve_model(model)  # the built-in names become local folders
