@@ -57,3 +57,20 @@ def test_extra_language_from_recipe(tmp_path):
 def test_wrong_type_is_reported():
     with pytest.raises(RecipeError, match="seed must be of type int"):
         load_recipe(None, ["seed=abc"])
+
+
+def test_serving_recipes_extend_their_base_and_point_roles_at_servers(tmp_path):
+    tgi = load_recipe(REPO / "recipes" / "serving" / "tgi.yaml")
+    base = load_recipe(REPO / "recipes" / "gemma-7b" / "config_lora.yaml")
+    assert tgi.base_model == base.base_model and tgi.generator.training == base.generator.training
+    assert tgi.engine_for(tgi.refinement.evaluator).base_urls == ["http://127.0.0.1:8082"]
+    assert tgi.engine_for(tgi.refinement.evaluator).score_route == "generate"
+    vllm = load_recipe(REPO / "recipes" / "serving" / "vllm.yaml")
+    assert len(vllm.engine_for(vllm.generator).base_urls) == 2 and vllm.engine_for(vllm.generator).model == "xinstruct-generator"
+    local = load_recipe(REPO / "recipes" / "serving" / "transformers-serve.yaml")
+    assert local.engine_for(local.refinement.evaluator).type == "local" and local.engine_for(local.generator).type == "endpoint"
+    assert local.candidates.decoding.max_new_tokens == 48 and local.candidates.decoding.min_new_tokens == 0  # merged
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(RecipeError, match="extends itself"):
+        load_recipe(tmp_path / "a.yaml")

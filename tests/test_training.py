@@ -52,3 +52,15 @@ def test_lora_is_merged_into_a_plain_model(tmp_path, tiny_model):
     assert not (saved / "adapter_config.json").exists()
     model = AutoModelForCausalLM.from_pretrained(saved)
     assert not any("lora" in n for n, _ in model.named_parameters())
+
+
+def test_a_step_stopped_after_training_does_not_train_again(tmp_path, tiny_model, monkeypatch):
+    from xinstruct import training
+    from xinstruct.config import LauncherConfig
+
+    args = (LauncherConfig(), "tiny", _data(), tmp_path, {"max_steps": 1, "per_device_train_batch_size": 8})
+    first = training.run_training(*args)
+    weights = next((tmp_path / "model").glob("*.safetensors"))
+    stamp = weights.stat().st_mtime_ns
+    monkeypatch.setattr(training, "train_sft", lambda *a, **k: (_ for _ in ()).throw(AssertionError("trained again")))
+    assert training.run_training(*args) == first and weights.stat().st_mtime_ns == stamp

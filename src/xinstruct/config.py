@@ -407,19 +407,36 @@ class Recipe:
 
 def load_recipe(path: str | Path | None = None, overrides: list[str] | None = None) -> Recipe:
     """Read a YAML recipe, apply ``a.b=value`` overrides, validate every key and register languages."""
-    raw: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.exists():
-            raise RecipeError(f"Recipe file {path} does not exist.")
-        raw = _yaml(path.read_text(encoding="utf-8")) or {}
-        if not isinstance(raw, dict):
-            raise RecipeError(f"{path}: a recipe is a YAML mapping at the top level.")
+    raw: dict[str, Any] = read_recipe_file(path) if path is not None else {}
     for item in overrides or []:
         _apply_override(raw, item)
     recipe = _build(Recipe, raw, "")
     _check_recipe(recipe)
     return recipe
+
+
+def read_recipe_file(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read a recipe's YAML. ``extends: other.yaml`` (relative to the file) starts from that recipe and
+    merges this one over it, block by block (lists and scalars replace)."""
+    path = Path(path).resolve()
+    if not path.exists():
+        raise RecipeError(f"Recipe file {path} does not exist.")
+    if path in _seen:
+        raise RecipeError(f"Recipe {path} extends itself (through {' -> '.join(p.name for p in _seen)}).")
+    raw = _yaml(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{path}: a recipe is a YAML mapping at the top level.")
+    parent = raw.pop("extends", None)
+    if parent is None:
+        return raw
+    return _merge(read_recipe_file(path.parent / parent, (*_seen, path)), raw)
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def _apply_override(raw: dict[str, Any], item: str) -> None:

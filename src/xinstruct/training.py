@@ -173,12 +173,19 @@ def run_training(
 ) -> dict[str, Any]:
     """Run :func:`train_sft` in this process (``launcher.type: python``) or through ``accelerate launch``.
 
+    A model already saved in ``output_dir`` (the step's folder, cleared whenever its settings change) is
+    reused: a step that stopped after training, before it finished, does not train again.
+
     With accelerate, the dataset and the arguments are written to ``output_dir`` (``train_data/`` and
     ``train_spec.json``) and every process runs ``python -m xinstruct.training train_spec.json``.
     """
+    output_dir = Path(output_dir)
+    done = output_dir / "model" / "metrics.json"  # written last, after the model
+    if done.exists():  # the step stopped after training (e.g. its endpoint was not up yet): keep the model
+        logger.info("%s is already trained with these settings; reusing it", done.parent)
+        return json.loads(done.read_text())
     if launcher.type == "python":
         return train_sft(model, train_dataset, output_dir, training, lora, seed)
-    output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     train_dataset.save_to_disk(str(output_dir / "train_data"))
     spec = {"model": model, "data": str(output_dir / "train_data"), "output_dir": str(output_dir),
