@@ -40,8 +40,11 @@ test: install  ## run the test suite (tiny models, offline)
 bench: install-gemma  ## side-by-side benchmarks; prints ratios, writes bench.json
 	$(BIN)/xinstruct bench --out bench.json
 
+space: install  ## run the Gradio chat Space on http://127.0.0.1:7860 (XINSTRUCT_MODEL / XINSTRUCT_ENDPOINT pick the backend)
+	$(BIN)/python space/app.py
+
 lint: install
 	$(BIN)/python -m ruff check src tests
 
 clean:  ## remove runs and caches of this checkout (not the venv)
-	rm -rf runs bench.json .pytest_cache
+	rm -rf runs bench.json .pytest_cache test-artifacts

@@ -10,6 +10,8 @@ os.environ.setdefault("HF_HUB_DISABLE_XET", "1")  # read when huggingface_hub is
 
 import pytest  # noqa: E402
 
+pytest_plugins = ["fake_hub"]  # the `hub` fixture (an in-process fake Hugging Face Hub)
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 TINY_RECIPE = REPO / "recipes" / "tiny.yaml"

@@ -11,7 +11,12 @@ import re
 from dataclasses import dataclass, field
 from urllib.parse import unquote
 
+import pytest
+from huggingface_hub import set_client_factory
 from huggingface_hub.utils import httpx
+from huggingface_hub.utils._http import default_client_factory
+
+SENTINEL = "hf_SENTINELtokenDONOTLEAK1234567890"
 
 
 def git_blob_sha1(data: bytes) -> str:
@@ -148,3 +153,14 @@ class FakeHub:
         oid = self._new_commit(repo, files, parent)
         repo.branches[branch] = oid
         return httpx.Response(200, json={"commitOid": oid, "commitUrl": f"{repo.url}/commit/{oid}", "success": True, "summary": summary})
+
+
+@pytest.fixture
+def hub(monkeypatch, tmp_path):
+    """A fresh :class:`FakeHub` wired into huggingface_hub; ``HF_TOKEN`` is the sentinel token."""
+    fake = FakeHub(SENTINEL)
+    monkeypatch.setenv("HF_TOKEN", SENTINEL)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    set_client_factory(lambda: httpx.Client(transport=fake.transport()))
+    yield fake
+    set_client_factory(default_client_factory)

@@ -7,14 +7,10 @@ import logging
 import pytest
 import yaml
 from datasets import load_dataset
-from fake_hub import FakeHub
-from huggingface_hub import DatasetCard, ModelCard, set_client_factory
-from huggingface_hub.utils import httpx
-from huggingface_hub.utils._http import default_client_factory
+from fake_hub import SENTINEL
+from huggingface_hub import DatasetCard, ModelCard
 
 from xinstruct.publish import PublishError, build_dataset_repo, push, render_model_card
-
-SENTINEL = "hf_SENTINELtokenDONOTLEAK1234567890"
 
 
 @pytest.fixture(scope="module")
@@ -96,16 +92,6 @@ def test_bad_input(tiny_run, tmp_path):
     (run_copy / "recipe.yaml").write_text(yaml.safe_dump(recipe))
     with pytest.raises(PublishError, match="No rows for ur"):
         build_dataset_repo(run_copy, tmp_path / "out")
-
-
-@pytest.fixture
-def hub(monkeypatch, tmp_path):
-    fake = FakeHub(SENTINEL)
-    monkeypatch.setenv("HF_TOKEN", SENTINEL)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
-    set_client_factory(lambda: httpx.Client(transport=fake.transport()))
-    yield fake
-    set_client_factory(default_client_factory)
 
 
 def test_push_puts_each_iteration_on_its_own_revision_and_repush_is_a_no_op(hub, tiny_run, caplog, capsys, tmp_path):

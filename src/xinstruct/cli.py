@@ -70,6 +70,16 @@ def _cmd_push(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_push_space(args: argparse.Namespace) -> int:
+    from .publish.space import push_space
+
+    result = push_space(args.repo, private=args.private)
+    state = "new commit" if result["new_commit"] else "unchanged (no commit)"
+    print(f"space {args.repo}: {state} {result['commit']}")
+    print("Set XINSTRUCT_MODEL or XINSTRUCT_ENDPOINT (and the HF_TOKEN secret) in the Space's settings.")
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from .bench import main as bench_main
 
@@ -121,6 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", action="store_true", help="also push the generator, evaluator and final model with cards")
     p.add_argument("--private", action="store_true")
     p.set_defaults(func=_cmd_push)
+
+    p = sub.add_parser("push-space", help="deploy the Gradio chat Space (space/ + the xinstruct package) to the Hub")
+    p.add_argument("--repo", required=True, help="Space repo id, USER/x-instruction-chat")
+    p.add_argument("--private", action="store_true")
+    p.set_defaults(func=_cmd_push_space)
 
     p = sub.add_parser("bench", help="side-by-side benchmarks; prints ratios and writes JSON")
     p.add_argument("--out", default="bench.json", help="JSON results file")

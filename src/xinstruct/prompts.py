@@ -23,6 +23,11 @@ ASSISTANT_TEMPLATE = (
 )
 
 
+# Zero-shot: the instruction is written in the target language, so the follower frame is used without the
+# " Answer in {language_name}." clause; every other byte (including the space before "\n\n### Response:") stays.
+ZERO_SHOT_TEMPLATE = FOLLOWER_TEMPLATE.replace(" Answer in {language_name}.", "")
+
+
 def generator_prompt(text: str) -> str:
     """Prompt asking the generator for an English instruction answered by ``text``."""
     return GENERATOR_TEMPLATE.format(text=text)
@@ -32,6 +37,11 @@ def follower_prompt(instruction: str, language_name: str, assistant_style: bool 
     """Cross-lingual prompt: English ``instruction`` to be answered in ``language_name``."""
     template = ASSISTANT_TEMPLATE if assistant_style else FOLLOWER_TEMPLATE
     return template.format(instruction=instruction, language_name=language_name)
+
+
+def zero_shot_prompt(instruction: str) -> str:
+    """Zero-shot prompt: ``instruction`` written in the target language, inside the same Alpaca frame."""
+    return ZERO_SHOT_TEMPLATE.format(instruction=instruction)
 
 
 def generator_example(instruction: str, output: str) -> dict[str, str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 
@@ -42,6 +43,11 @@ class Engine(ABC):
     @abstractmethod
     def generate(self, prompts: list[str], params: GenerationParams) -> list[str]:
         """Return one continuation per prompt, in the prompts' order, without the prompt."""
+
+    def stream(self, prompt: str, params: GenerationParams) -> Iterator[str]:
+        """Yield the continuation of one prompt piece by piece as it is generated (for chat UIs).
+        Engines that cannot stream yield the whole text once."""
+        yield self.generate([prompt], params)[0]
 
     @abstractmethod
     def score(self, prompts: list[str], options: list[str]) -> list[list[float]]:

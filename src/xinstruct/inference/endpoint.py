@@ -32,10 +32,11 @@ import os
 import random
 import time
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 
 import httpx2
-from huggingface_hub import AsyncInferenceClient, constants
+from huggingface_hub import AsyncInferenceClient, InferenceClient, constants
 from huggingface_hub.errors import HfHubHTTPError, InferenceTimeoutError
 from huggingface_hub.inference._common import RequestParameters
 from huggingface_hub.utils import build_hf_headers
@@ -134,18 +135,45 @@ class EndpointEngine(Engine):
     # ------------------------------------------------------------------------------------------
     def generate(self, prompts: list[str], params: GenerationParams) -> list[str]:
         """One continuation per prompt (see :meth:`Engine.generate`); ``params.seed`` goes into every request."""
-        fields = {"max_tokens": params.max_new_tokens, "seed": params.seed}
-        if params.do_sample:
-            fields.update(temperature=params.temperature, top_p=params.top_p)
-        else:
-            fields["temperature"] = 0.0
-        # Not OpenAI fields: only sent when set (vLLM and TGI know them; transformers serve refuses them).
-        if params.min_new_tokens:
-            fields["min_tokens"] = params.min_new_tokens
-        if params.repetition_penalty != 1.0:
-            fields["repetition_penalty"] = params.repetition_penalty
+        fields = self._decoding_fields(params)
         requests = [self._payload(self.route, prompt, fields) for prompt in prompts]
         return asyncio.run(self._run(requests, "generate"))
+
+    def stream(self, prompt: str, params: GenerationParams) -> Iterator[str]:
+        """Yield text pieces as the server streams them (SSE). Failures before the first piece are retried
+        like any request; a stream cut after it raises :class:`EndpointError`. Nothing is stored."""
+        self._check_online()
+        request = self._payload(self.route, prompt, self._decoding_fields(params))
+        fields = {k: v for k, v in request.items() if k not in ("key", "route", "model", "prompt")}
+        for attempt in range(self.max_retries + 1):
+            url = self.base_urls[(self.stats["sent"] + attempt) % len(self.base_urls)]
+            self.stats["sent"] += 1
+            started = False
+            try:
+                client = InferenceClient(base_url=url, api_key=self._token(), timeout=self.timeout)
+                if self.route == "chat":
+                    known, extra = _split_chat_fields(fields)
+                    chunks = client.chat_completion([{"role": "user", "content": prompt}], model=self.model, stream=True,
+                                                    **known, extra_body=extra)
+                    pieces = (c.choices[0].delta.content for c in chunks if c.choices)
+                else:
+                    lines = client._inner_post(self._completions_request(client, url, {**request, "stream": True}), stream=True)
+                    pieces = _completion_pieces(lines)
+                for piece in pieces:
+                    if piece:
+                        started = True
+                        yield piece
+                return
+            except Exception as error:  # noqa: BLE001 - classified below
+                mapped = self._classify(url, error)
+                if started:
+                    raise EndpointError(f"The stream from {url} broke off: {mapped}") from None
+                if not isinstance(mapped, _Retryable):
+                    raise mapped from None
+                if attempt == self.max_retries:
+                    raise EndpointError(f"No answer from {url} after {self.max_retries} retries: {mapped}") from None
+                self.stats["retries"] += 1
+                time.sleep(random.uniform(0, min(self.backoff_max, self.backoff * 2**attempt)))
 
     def score(self, prompts: list[str], options: list[str]) -> list[list[float]]:
         """Probabilities of each option as the next token, from the server's top alternatives, renormalised
@@ -162,9 +190,41 @@ class EndpointEngine(Engine):
     # ------------------------------------------------------------------------------------------
     # requests
     # ------------------------------------------------------------------------------------------
+    @staticmethod
+    def _decoding_fields(params: GenerationParams) -> dict[str, Any]:
+        fields: dict[str, Any] = {"max_tokens": params.max_new_tokens, "seed": params.seed}
+        if params.do_sample:
+            fields.update(temperature=params.temperature, top_p=params.top_p)
+        else:
+            fields["temperature"] = 0.0
+        # Not OpenAI fields: only sent when set (vLLM and TGI know them; transformers serve refuses them).
+        if params.min_new_tokens:
+            fields["min_tokens"] = params.min_new_tokens
+        if params.repetition_penalty != 1.0:
+            fields["repetition_penalty"] = params.repetition_penalty
+        return fields
+
     def _payload(self, route: str, prompt: str, fields: dict[str, Any]) -> dict[str, Any]:
         payload = {"route": route, "model": self.model, "prompt": prompt, **fields, **self.extra_body}
         return {"key": request_key(payload), **payload}
+
+    @staticmethod
+    def _check_online() -> None:
+        if constants.is_offline_mode():
+            raise EndpointError(
+                "HF_HUB_OFFLINE is set, and huggingface_hub's inference client then refuses every request, even to a "
+                "server on this machine. Unset HF_HUB_OFFLINE for runs with an endpoint engine (models in local "
+                "folders load without the Hub either way)."
+            )
+
+    def _completions_request(self, client, url: str, request: dict[str, Any]) -> RequestParameters:
+        """``POST {url}/v1/completions`` with the prompt as is (AsyncInferenceClient/InferenceClient have no
+        public method for this OpenAI route, so the request goes through the client's own transport)."""
+        body = {k: v for k, v in request.items() if k not in ("key", "route", "top_logprobs")}
+        if "top_logprobs" in request:
+            body["logprobs"] = request["top_logprobs"]
+        return RequestParameters(url=f"{url}/v1/completions", task="text-generation", model=request["model"], json=body,
+                                 data=None, headers=build_hf_headers(token=self._token(), headers=client.headers))
 
     def _token(self) -> str | None:
         return os.environ.get(self.token_env) or None
@@ -183,12 +243,7 @@ class EndpointEngine(Engine):
         self.stats["requests"] += len(requests)
         if not todo:
             return results
-        if constants.is_offline_mode():
-            raise EndpointError(
-                "HF_HUB_OFFLINE is set, and huggingface_hub's inference client then refuses every request, even to a "
-                "server on this machine. Unset HF_HUB_OFFLINE for runs with an endpoint engine (models in local "
-                "folders load without the Hub either way)."
-            )
+        self._check_online()
         token = self._token()
         clients = {url: AsyncInferenceClient(base_url=url, api_key=token, timeout=self.timeout) for url in self.base_urls}
         in_flight = Counter({url: 0 for url in self.base_urls})
@@ -289,12 +344,9 @@ class EndpointEngine(Engine):
             if route == "chat":
                 if scoring:
                     fields.update(logprobs=True, top_logprobs=request["top_logprobs"])
-                known = {"max_tokens", "seed", "temperature", "top_p", "logprobs", "top_logprobs"}
-                out = await client.chat_completion(
-                    [{"role": "user", "content": request["prompt"]}], model=request["model"],
-                    **{k: v for k, v in fields.items() if k in known},
-                    extra_body={k: v for k, v in fields.items() if k not in known} or None,
-                )
+                known, extra = _split_chat_fields(fields)
+                out = await client.chat_completion([{"role": "user", "content": request["prompt"]}], model=request["model"],
+                                                   **known, extra_body=extra)
                 data = dict(out)  # huggingface_hub's outputs are dicts
             elif route == "generate":  # TGI's native route, used for scoring only
                 out = await client.text_generation(
@@ -302,30 +354,31 @@ class EndpointEngine(Engine):
                 )
                 data = dict(out)
             else:
-                if scoring:
-                    fields["logprobs"] = request["top_logprobs"]
-                body = {"model": request["model"], "prompt": request["prompt"], **fields}
-                raw = await client._inner_post(  # AsyncInferenceClient has no public /v1/completions method
-                    RequestParameters(url=f"{url}/v1/completions", task="text-generation", model=request["model"],
-                                      json=body, data=None, headers=build_hf_headers(token=self._token(), headers=client.headers)),
-                )
-                try:
-                    data = json.loads(raw)
-                except (json.JSONDecodeError, UnicodeDecodeError) as error:
-                    raise _Retryable("malformed", f"{url} answered with malformed JSON ({error}): {raw[:200]!r}") from None
-        except InferenceTimeoutError:
-            raise _Retryable("timeout", f"{url} did not answer within {self.timeout}s") from None
-        except HfHubHTTPError as error:
-            raise self._http_error(url, error) from None
-        except (httpx2.TransportError, OSError) as error:
-            raise _Retryable("connection", f"cannot reach {url}: {type(error).__name__}: {error}") from None
-        except (json.JSONDecodeError, UnicodeDecodeError, ValueError, KeyError, TypeError) as error:
-            raise _Retryable("malformed", f"{url} answered with something that is not a valid completion: {error}") from None
+                raw = await client._inner_post(self._completions_request(client, url, request))
+                data = json.loads(raw)
+        except Exception as error:  # noqa: BLE001 - classified below
+            raise self._classify(url, error) from None
         return self._parse(url, route, scoring, data)
+
+    def _classify(self, url: str, error: Exception) -> Exception:
+        """Map a client exception to :class:`_Retryable` (retry it) or :class:`EndpointError` (stop)."""
+        if isinstance(error, (_Retryable, EndpointError)):
+            return error
+        if isinstance(error, InferenceTimeoutError):
+            return _Retryable("timeout", f"{url} did not answer within {self.timeout}s")
+        if isinstance(error, HfHubHTTPError) and error.response is not None:
+            return self._http_error(url, error)
+        if isinstance(error, (httpx2.TransportError, OSError)):
+            return _Retryable("connection", f"cannot reach {url}: {type(error).__name__}: {error}")
+        if isinstance(error, (json.JSONDecodeError, UnicodeDecodeError)):
+            return _Retryable("malformed", f"{url} answered with malformed JSON ({error})")
+        if isinstance(error, (ValueError, KeyError, TypeError)):
+            return _Retryable("malformed", f"{url} answered with something that is not a valid completion: {error}")
+        raise error
 
     def _http_error(self, url: str, error: HfHubHTTPError) -> Exception:
         status = error.response.status_code
-        detail = error.response.text[:300] if error.response is not None else ""
+        detail = error.response.text[:300]
         if status in RETRYABLE_STATUS:
             retry_after = error.response.headers.get("retry-after")
             try:
@@ -400,6 +453,31 @@ class EndpointEngine(Engine):
         probs = [0.0 if lp is None else math.exp(lp) for lp in logps]
         total = sum(probs)
         return [p / total for p in probs]
+
+
+_CHAT_FIELDS = {"max_tokens", "seed", "temperature", "top_p", "logprobs", "top_logprobs"}
+
+
+def _split_chat_fields(fields: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Fields ``chat_completion`` takes as arguments, and the rest (sent as ``extra_body``)."""
+    extra = {k: v for k, v in fields.items() if k not in _CHAT_FIELDS}
+    return {k: v for k, v in fields.items() if k in _CHAT_FIELDS}, extra or None
+
+
+def _completion_pieces(lines) -> Iterator[str]:
+    """Text pieces of a streamed ``/v1/completions`` answer (SSE ``data:`` lines, ``[DONE]`` at the end)."""
+    for line in lines:
+        line = line.strip() if isinstance(line, str) else line.decode().strip()
+        if not line.startswith("data:"):
+            continue
+        data = line[5:].strip()
+        if data == "[DONE]":
+            return
+        chunk = json.loads(data)
+        if "error" in chunk:
+            raise ValueError(f"server error in stream: {chunk['error']}")
+        if chunk.get("choices"):
+            yield chunk["choices"][0].get("text") or ""
 
 
 def make_endpoint_engine(config, model: str, store: ReplayStore | None = None, progress: bool = True) -> EndpointEngine:

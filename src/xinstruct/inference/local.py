@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections.abc import Iterator
 
 import torch
 from tqdm.auto import tqdm
-from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, TextIteratorStreamer
 
 from ..models import resolve_model
 from .base import Engine, GenerationParams
@@ -112,6 +114,30 @@ class LocalEngine(Engine):
         self.stats["prompts"] += len(prompts)
         self.stats["seconds"] += time.perf_counter() - started
         return out  # type: ignore[return-value]
+
+    def stream(self, prompt: str, params: GenerationParams) -> Iterator[str]:
+        """Yield decoded text pieces as ``model.generate`` produces them (``TextIteratorStreamer``)."""
+        torch.manual_seed(params.seed)
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
+        enc = self._encode([prompt])
+        errors: list[BaseException] = []
+
+        def work() -> None:
+            try:
+                with torch.inference_mode():
+                    self.model.generate(**enc, generation_config=self._generation_config(params), streamer=streamer)
+            except BaseException as error:  # surfaced in the caller's thread below
+                errors.append(error)
+                streamer.end()
+
+        thread = threading.Thread(target=work, daemon=True)
+        thread.start()
+        for piece in streamer:
+            if piece:
+                yield piece
+        thread.join()
+        if errors:
+            raise errors[0]
 
     def option_token_ids(self, options: list[str], context: str | None = None) -> list[int]:
         """Token id of each option; every option must be exactly one distinct token, and, after

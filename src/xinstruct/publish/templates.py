@@ -1,5 +1,5 @@
-"""Where the Jinja card templates live: ``hub_cards/`` of the checkout, or the copy installed with the
-wheel under ``<prefix>/share/x-instruction/hub_cards``."""
+"""Where the files shipped beside the package live: ``hub_cards/`` and ``space/`` of the checkout, or the
+copies installed with the wheel under ``<prefix>/share/x-instruction/``."""
 
 from __future__ import annotations
 
@@ -7,13 +7,19 @@ import sys
 from pathlib import Path
 
 
-def template_path(name: str) -> Path:
-    """Path of ``hub_cards/<name>``; a missing template is an error naming both places looked at."""
+def shipped_path(folder: str, name: str) -> Path:
+    """Path of ``<folder>/<name>`` (``hub_cards/...``, ``space/...``); a missing file is an error naming
+    both places looked at."""
     candidates = [
-        Path(__file__).resolve().parents[3] / "hub_cards" / name,
-        Path(sys.prefix) / "share" / "x-instruction" / "hub_cards" / name,
+        Path(__file__).resolve().parents[3] / folder / name,
+        Path(sys.prefix) / "share" / "x-instruction" / folder / name,
     ]
     for path in candidates:
         if path.exists():
             return path
-    raise FileNotFoundError(f"Card template {name} not found in {', '.join(map(str, candidates))}.")
+    raise FileNotFoundError(f"{folder}/{name} not found in {', '.join(map(str, candidates))}.")
+
+
+def template_path(name: str) -> Path:
+    """Path of the card template ``hub_cards/<name>``."""
+    return shipped_path("hub_cards", name)

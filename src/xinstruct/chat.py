@@ -1,0 +1,194 @@
+"""Chat with an X-Instruction model: the prompts of the two chat modes, multi-turn folding, and the backend
+chosen from the environment. The Gradio Space (``space/app.py``) is a thin UI over this module.
+
+Modes (what the model receives):
+
+- **cross-lingual**: the user writes in English and picks a language; the prompt is the official
+  FOLLOWER template ``"... ### Instruction:\\n{instruction} Answer in {Language}. \\n\\n### Response:"`` (or its
+  assistant-style variant), byte for byte.
+- **zero-shot**: the user writes in the target language; the prompt is the same frame without the
+  ``" Answer in {Language}."`` clause (:data:`xinstruct.prompts.ZERO_SHOT_TEMPLATE`).
+
+Multi-turn. The paper's models are single-turn, so earlier turns are folded into the instruction slot::
+
+    Earlier in this conversation:
+    User: {message 1}
+    Assistant: {answer 1}
+    ...
+
+    User: {current message}
+
+A first turn has no history, so its prompt is exactly the single-turn template. At most ``max_turns``
+earlier turns are kept, and the oldest are dropped until the prompt plus ``max_new_tokens`` fits the
+model's context.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import languages
+from .inference import Engine, GenerationParams
+from .prompts import follower_prompt, zero_shot_prompt
+
+MODES = ("cross-lingual", "zero-shot")
+HISTORY_HEADER = "Earlier in this conversation:"
+
+
+class InputTooLong(ValueError):
+    """The user's message is over the length cap (the message is shown to the user)."""
+
+
+def fold_history(history: list[tuple[str, str]], message: str) -> str:
+    """The instruction for ``message`` with earlier (user, assistant) turns folded in (see the module docstring)."""
+    if not history:
+        return message
+    lines = [HISTORY_HEADER]
+    for user, assistant in history:
+        lines += [f"User: {user}", f"Assistant: {assistant}"]
+    return "\n".join(lines) + f"\n\nUser: {message}"
+
+
+def build_prompt(mode: str, message: str, language: str, assistant_style: bool = False,
+                 history: list[tuple[str, str]] | None = None) -> str:
+    """The exact prompt for one chat turn.
+
+    Args:
+        mode: ``cross-lingual`` or ``zero-shot``.
+        message: the user's message (English in cross-lingual mode, the target language in zero-shot).
+        language: language code or English name ("sw" or "Swahili"); used by the cross-lingual template.
+        assistant_style: the assistant-style variant of the cross-lingual template.
+        history: earlier (user, assistant) turns, oldest first, already trimmed.
+    """
+    instruction = fold_history(history or [], message)
+    if mode == "cross-lingual":
+        return follower_prompt(instruction, language_name(language), assistant_style)
+    if mode == "zero-shot":
+        return zero_shot_prompt(instruction)
+    raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+
+
+def language_name(language: str) -> str:
+    """English name of a registered language given by code or name; any other text is taken as a name
+    (so the UI can offer languages beyond the registry)."""
+    language = language.strip()
+    if not language:
+        raise ValueError("Pick an output language.")
+    for code in languages.known_codes():
+        lang = languages.get(code)
+        if language.lower() in (lang.code, lang.name.lower()):
+            return lang.name
+    return language
+
+
+def fit_history(history: list[tuple[str, str]], prompt_of: Callable[[list[tuple[str, str]]], str],
+                count_tokens: Callable[[str], int], budget: int, max_turns: int) -> list[tuple[str, str]]:
+    """The last ``max_turns`` turns, minus the oldest ones while ``count_tokens(prompt_of(turns)) > budget``."""
+    kept = list(history[-max_turns:]) if max_turns > 0 else []
+    while kept and count_tokens(prompt_of(kept)) > budget:
+        kept.pop(0)
+    return kept
+
+
+@dataclass
+class ChatSettings:
+    """Limits of a chat deployment (read from the environment by :func:`settings_from_env`)."""
+
+    max_input_chars: int = 2000
+    max_turns: int = 4
+    context_tokens: int = 2048
+    concurrency_limit: int = 1
+    queue_size: int = 16
+
+
+class ChatSession:
+    """One backend engine plus the limits: turns a chat request into a prompt and streams the answer.
+
+    Args:
+        engine: the engine that generates (local or endpoint).
+        settings: limits; ``context_tokens`` bounds prompt + answer.
+        count_tokens: token counter of the model (default: about 4 characters per token).
+    """
+
+    def __init__(self, engine: Engine, settings: ChatSettings | None = None, count_tokens: Callable[[str], int] | None = None):
+        self.engine = engine
+        self.settings = settings or ChatSettings()
+        self.count_tokens = count_tokens or (lambda text: len(text) // 4 + 1)
+
+    def prompt(self, mode: str, message: str, language: str, assistant_style: bool,
+               history: list[tuple[str, str]], max_new_tokens: int) -> str:
+        """Check the cap, fit the history into the context and build the prompt."""
+        message = message.strip()
+        if not message:
+            raise InputTooLong("Write a message first.")
+        if len(message) > self.settings.max_input_chars:
+            raise InputTooLong(
+                f"Your message is {len(message)} characters long; this demo accepts at most "
+                f"{self.settings.max_input_chars}. Shorten it and send it again."
+            )
+        budget = max(1, self.settings.context_tokens - max_new_tokens)
+        kept = fit_history(history, lambda h: build_prompt(mode, message, language, assistant_style, h),
+                           self.count_tokens, budget, self.settings.max_turns)
+        return build_prompt(mode, message, language, assistant_style, kept)
+
+    def reply(self, mode: str, message: str, language: str, assistant_style: bool, history: list[tuple[str, str]],
+              temperature: float, top_p: float, max_new_tokens: int, seed: int = 0) -> Iterator[str]:
+        """Yield the answer so far, growing piece by piece."""
+        prompt = self.prompt(mode, message, language, assistant_style, history, max_new_tokens)
+        params = GenerationParams(max_new_tokens=int(max_new_tokens), do_sample=temperature > 0,
+                                  temperature=max(float(temperature), 1e-5), top_p=float(top_p), seed=seed)
+        text = ""
+        for piece in self.engine.stream(prompt, params):
+            text += piece
+            yield text
+
+
+def settings_from_env(local: bool) -> ChatSettings:
+    """Limits from ``XINSTRUCT_MAX_INPUT_CHARS``, ``XINSTRUCT_MAX_TURNS``, ``XINSTRUCT_CONTEXT_TOKENS``,
+    ``XINSTRUCT_CONCURRENCY`` and ``XINSTRUCT_QUEUE_SIZE``. A local model serves one request at a time by
+    default; an endpoint takes 8."""
+    env = os.environ.get
+    return ChatSettings(
+        max_input_chars=int(env("XINSTRUCT_MAX_INPUT_CHARS", "2000")),
+        max_turns=int(env("XINSTRUCT_MAX_TURNS", "4")),
+        context_tokens=int(env("XINSTRUCT_CONTEXT_TOKENS", "2048")),
+        concurrency_limit=int(env("XINSTRUCT_CONCURRENCY", "1" if local else "8")),
+        queue_size=int(env("XINSTRUCT_QUEUE_SIZE", "16")),
+    )
+
+
+def default_model(runs_dir: str | Path = "runs") -> str:
+    """The final model of the most recent local run (``runs/*/final/model``), else the offline Gemma-3-270M."""
+    finals = [p for p in Path(runs_dir).glob("*/final/model") if (p / "config.json").exists()]
+    if finals:
+        return str(max(finals, key=lambda p: (p / "config.json").stat().st_mtime))
+    return "gemma-3-270m"
+
+
+def session_from_env() -> tuple[ChatSession, str]:
+    """The chat backend the environment asks for, and a one-line description of it.
+
+    - ``XINSTRUCT_ENDPOINT``: a TGI / vLLM / OpenAI-compatible URL (``XINSTRUCT_ENDPOINT_MODEL`` names the
+      model, default ``tgi``; the token comes from ``HF_TOKEN`` and is never shown);
+    - else ``XINSTRUCT_MODEL``: a Hub id or local path loaded here;
+    - else the final model of the last local run, else Gemma-3-270M (offline).
+    """
+    endpoint = os.environ.get("XINSTRUCT_ENDPOINT")
+    if endpoint:
+        from .inference.endpoint import EndpointEngine
+
+        model = os.environ.get("XINSTRUCT_ENDPOINT_MODEL", "tgi")
+        engine = EndpointEngine([endpoint], model, max_retries=3, timeout=120, progress=False)
+        return ChatSession(engine, settings_from_env(local=False)), f"endpoint {endpoint} (model {model})"
+    from .inference.local import LocalEngine
+
+    model = os.environ.get("XINSTRUCT_MODEL") or default_model(os.environ.get("XINSTRUCT_RUNS", "runs"))
+    engine = LocalEngine(model, batch_size=1, progress=False)
+    context = getattr(engine.model.config, "max_position_embeddings", None) or 2048
+    settings = settings_from_env(local=True)
+    settings.context_tokens = min(settings.context_tokens, int(context))
+    counter = lambda text: len(engine.tokenizer(text)["input_ids"])  # noqa: E731
+    return ChatSession(engine, settings, counter), f"local model {model}"

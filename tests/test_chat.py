@@ -1,0 +1,65 @@
+"""Chat prompts: the two modes, multi-turn folding within the context, the input cap, streaming engines."""
+
+import pytest
+
+from xinstruct.chat import (
+    ChatSession,
+    ChatSettings,
+    InputTooLong,
+    build_prompt,
+    fit_history,
+    fold_history,
+    language_name,
+)
+from xinstruct.inference import GenerationParams
+from xinstruct.prompts import FOLLOWER_TEMPLATE, ZERO_SHOT_TEMPLATE
+
+FRAME = "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n### Instruction:\n"
+
+
+def test_first_turn_prompts_are_the_single_turn_templates():
+    assert build_prompt("cross-lingual", "Give three tips.", "sw") == FRAME + "Give three tips. Answer in Swahili. \n\n### Response:"
+    assert build_prompt("cross-lingual", "Give three tips.", "Tamil", assistant_style=True) == (
+        FRAME + "Give three tips. Answer in Tamil and the style of an AI assistant. \n\n### Response:")
+    assert build_prompt("zero-shot", "Toa vidokezo vitatu.", "sw") == FRAME + "Toa vidokezo vitatu. \n\n### Response:"
+    assert ZERO_SHOT_TEMPLATE == FOLLOWER_TEMPLATE.replace(" Answer in {language_name}.", "")
+
+
+def test_earlier_turns_are_folded_into_the_instruction():
+    history = [("Hi", "Habari"), ("Name a fruit", "Embe")]
+    folded = fold_history(history, "And a vegetable?")
+    assert folded == "Earlier in this conversation:\nUser: Hi\nAssistant: Habari\nUser: Name a fruit\nAssistant: Embe\n\nUser: And a vegetable?"
+    assert build_prompt("cross-lingual", "And a vegetable?", "sw", history=history) == FOLLOWER_TEMPLATE.format(
+        instruction=folded, language_name="Swahili")
+
+
+def test_history_keeps_the_last_turns_that_fit():
+    history = [(f"question {i} " * 20, f"answer {i} " * 20) for i in range(6)]
+    words = lambda text: len(text.split())  # noqa: E731
+    prompt_of = lambda h: build_prompt("zero-shot", "now", "sw", history=h)  # noqa: E731
+    assert fit_history(history, prompt_of, words, budget=10_000, max_turns=3) == history[-3:]
+    kept = fit_history(history, prompt_of, words, budget=130, max_turns=6)
+    assert kept == history[-(len(kept)):] and 0 < len(kept) < 6 and words(prompt_of(kept)) <= 130
+    assert fit_history(history, prompt_of, words, budget=5, max_turns=6) == []
+
+
+def test_language_names_codes_and_free_names():
+    assert language_name("ta") == "Tamil" and language_name("swahili") == "Swahili"
+    assert language_name("Amharic") == "Amharic"  # beyond the registry: used as given
+    with pytest.raises(ValueError, match="Pick an output language"):
+        language_name(" ")
+
+
+def test_session_caps_input_and_streams(tiny_engine):
+    session = ChatSession(tiny_engine, ChatSettings(max_input_chars=50))
+    with pytest.raises(InputTooLong, match="60 characters long; this demo accepts at most 50"):
+        session.prompt("zero-shot", "x" * 60, "sw", False, [], 16)
+    partial = list(session.reply("cross-lingual", "Say hello", "sw", False, [], 0.0, 1.0, 24))
+    assert partial and all(b.startswith(a) for a, b in zip(partial, partial[1:]))
+
+
+def test_local_streaming_equals_generation(tiny_engine):
+    prompt = build_prompt("cross-lingual", "Describe the sea.", "sw")
+    params = GenerationParams(max_new_tokens=24, do_sample=False)
+    pieces = list(tiny_engine.stream(prompt, params))
+    assert "".join(pieces).strip() == tiny_engine.generate([prompt], params)[0]
