@@ -287,3 +287,23 @@ def test_scores_from_server_logprobs_equal_the_local_scores(route, tiny_engine, 
         assert engine.score(prompts, list(RATING_OPTIONS)) == remote and len(server.paths) == 2
     finally:
         server.close()
+
+
+def test_chat_backend_from_the_environment_streams_through_the_endpoint(server, proxy, tiny_model, monkeypatch):
+    from xinstruct.chat import session_from_env
+
+    flaky = proxy(fault_rate=0.0)
+    monkeypatch.setenv("XINSTRUCT_ENDPOINT", flaky.url)
+    monkeypatch.setenv("XINSTRUCT_ENDPOINT_MODEL", tiny_model)
+    session, description = session_from_env()
+    assert isinstance(session.engine, EndpointEngine) and description.startswith(f"endpoint {flaky.url}")
+    partial = list(session.reply("cross-lingual", "Say hello", "sw", False, [], 1.0, 1.0, 24))
+    assert len(partial) > 1 and all(b.startswith(a) for a, b in zip(partial, partial[1:]))
+    prompt = session.prompt("cross-lingual", "Say hello", "sw", False, [], 24)
+    greedy = GenerationParams(max_new_tokens=24, do_sample=False)
+    streamed = "".join(session.engine.stream(prompt, greedy))
+    assert streamed.strip() == session.engine.generate([prompt], greedy)[0]
+    # a refused stream is an error with the server's reason, before any text
+    guarded = proxy(token="other-token")
+    with pytest.raises(EndpointError, match=r"\(401\)"):
+        list(EndpointEngine([guarded.url], tiny_model, progress=False).stream(prompt, greedy))
