@@ -62,3 +62,13 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     return path
+
+
+@pytest.fixture(scope="session")
+def transformers_server(tiny_model, tmp_path_factory):
+    """A real ``transformers serve`` on 127.0.0.1 (unpinned: it loads whatever model path a request names)."""
+    from xinstruct.inference.server import TransformersServer
+
+    server = TransformersServer(log=tmp_path_factory.mktemp("serve") / "serve.log")
+    yield server
+    server.stop()

@@ -20,7 +20,6 @@ from xinstruct.config import RecipeError, load_recipe
 from xinstruct.inference import GenerationParams, make_engine
 from xinstruct.inference.endpoint import EndpointEngine, EndpointError
 from xinstruct.inference.replay import ReplayStore
-from xinstruct.inference.server import TransformersServer
 from xinstruct.pipeline import run
 
 GREEDY = ["candidates.decoding.do_sample=false", "candidates.shard_size=1000"]
@@ -34,11 +33,9 @@ def endpoint_override(*urls: str, **extra) -> str:
 
 
 @pytest.fixture(scope="module")
-def server(tiny_model, tmp_path_factory):
-    """A real ``transformers serve`` (unpinned: it loads the model each request names, here the run's generator)."""
-    srv = TransformersServer(log=tmp_path_factory.mktemp("serve") / "serve.log")
-    yield srv
-    srv.stop()
+def server(transformers_server):
+    """The session's real ``transformers serve`` (it loads the model each request names, here the run's generator)."""
+    return transformers_server
 
 
 @pytest.fixture

@@ -80,6 +80,51 @@ def _cmd_push_space(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import yaml
+
+    from .config import EngineConfig
+    from .evaluation.answers import MODES
+    from .evaluation.harness import TASK_LANGUAGES
+    from .evaluation.run import EvalConfig, JudgeConfig, evaluate_models
+    from .stages.generation import StageError
+
+    model, baseline, langs, out = args.model, args.baseline, None, args.out
+    if args.run:
+        run_dir = Path(args.run)
+        if not (run_dir / "recipe.yaml").exists():
+            raise StageError(f"{run_dir} is not a run directory (no recipe.yaml).")
+        recipe = yaml.safe_load((run_dir / "recipe.yaml").read_text())
+        model = model or str(run_dir / "final" / "model")
+        baseline = baseline or recipe["base_model"]
+        langs = recipe["languages"]
+        out = out or str(run_dir / "eval")
+    if not model:
+        raise StageError("Give --model (or --run RUN to evaluate RUN/final/model against its base model).")
+    if args.languages:
+        langs = [c.strip() for c in args.languages.split(",") if c.strip()]
+    engine = EngineConfig(type="endpoint", base_urls=[args.engine_url]) if args.engine_url else EngineConfig()
+    judge = JudgeConfig(args.judge_url, args.judge_model, token_env=args.judge_token_env) if args.judge_url else None
+    if judge and not args.judge_model:
+        raise StageError("--judge-url needs --judge-model (the model name the judge server expects).")
+    modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
+    tasks = [t.strip() for t in (args.harness or "").split(",") if t.strip()]
+    for value, allowed, what in ((modes, MODES, "--modes"), (tasks, tuple(TASK_LANGUAGES), "--harness")):
+        unknown = [v for v in value if v not in allowed]
+        if unknown:
+            raise StageError(f"{what}: unknown {', '.join(unknown)}; use {', '.join(allowed)}.")
+    if any("=" not in item for item in args.harness_data):
+        raise StageError("--harness-data takes TASK=DIR, e.g. xcopa=../shared/data/xcopa.")
+    data_dirs = dict(item.split("=", 1) for item in args.harness_data)
+    cfg = EvalConfig(candidate=model, baseline=baseline, questions=args.questions, limit=args.limit,
+                     modes=modes, max_new_tokens=args.max_new_tokens, engine=engine, judge=judge,
+                     harness=tasks, harness_data=data_dirs,
+                     harness_limit=args.harness_limit, **({"languages": langs} if langs else {}))
+    evaluate_models(cfg, out or "eval")
+    print(f"report: {Path(out or 'eval') / 'report.md'}")
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from .bench import main as bench_main
 
@@ -136,6 +181,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repo", required=True, help="Space repo id, USER/x-instruction-chat")
     p.add_argument("--private", action="store_true")
     p.set_defaults(func=_cmd_push_space)
+
+    p = sub.add_parser("evaluate", help="pairwise judging, zero-shot retention, language fidelity, lm-eval benchmarks; writes a report")
+    p.add_argument("--run", help="a run directory: evaluate RUN/final/model against the recipe's base model, write RUN/eval")
+    p.add_argument("--model", help="candidate model (path or Hub id)")
+    p.add_argument("--baseline", help="baseline model (path or Hub id); needed for pairwise judging")
+    p.add_argument("--languages", help="comma-separated codes (default: the run's, or the ten paper languages)")
+    p.add_argument("--questions", default="builtin", help="question set folder with <code>.jsonl files (default: the built-in 42 questions)")
+    p.add_argument("--limit", type=int, help="at most this many questions per language")
+    p.add_argument("--modes", default="cross-lingual,zero-shot", help="answer modes")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--engine-url", help="answer through this OpenAI-compatible server instead of loading the models here")
+    p.add_argument("--judge-url", help="OpenAI-compatible judge, e.g. https://api.openai.com or http://127.0.0.1:8000")
+    p.add_argument("--judge-model", help="judge model name, e.g. gpt-4o")
+    p.add_argument("--judge-token-env", default="HF_TOKEN", help="environment variable with the judge's key (e.g. OPENAI_API_KEY)")
+    p.add_argument("--harness", help="lm-eval benchmarks: any of xcopa,xnli,xstorycloze")
+    p.add_argument("--harness-data", action="append", default=[], metavar="TASK=DIR", help="local data for a benchmark, e.g. xcopa=../shared/data/xcopa")
+    p.add_argument("--harness-limit", type=int, help="at most this many documents per benchmark task")
+    p.add_argument("--out", help="output folder (default: RUN/eval or ./eval)")
+    p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("bench", help="side-by-side benchmarks; prints ratios and writes JSON")
     p.add_argument("--out", default="bench.json", help="JSON results file")

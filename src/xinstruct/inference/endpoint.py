@@ -84,6 +84,7 @@ class EndpointEngine(Engine):
         token_env (`str`, defaults to `"HF_TOKEN"`): environment variable with the bearer token. When it is
             unset, huggingface_hub's own lookup applies (the saved ``hf auth login`` token, if any).
         extra_body (`dict`, *optional*): fields added to every request.
+        system_prompt (`str`, *optional*): chat route only: a system message sent before each prompt.
         store (`ReplayStore`, *optional*): stored answers; without one nothing is replayed.
         progress (`bool`, defaults to `True`): progress bar with rows/s and tokens/s.
     """
@@ -105,6 +106,7 @@ class EndpointEngine(Engine):
         backoff_max: float = 30.0,
         token_env: str = "HF_TOKEN",
         extra_body: dict[str, Any] | None = None,
+        system_prompt: str | None = None,
         store: ReplayStore | None = None,
         progress: bool = True,
     ):
@@ -123,6 +125,7 @@ class EndpointEngine(Engine):
         self.backoff_max = backoff_max
         self.token_env = token_env
         self.extra_body = dict(extra_body or {})
+        self.system_prompt = system_prompt
         self.store = store
         self.progress = progress
         self.stats: dict[str, Any] = {
@@ -144,7 +147,7 @@ class EndpointEngine(Engine):
         like any request; a stream cut after it raises :class:`EndpointError`. Nothing is stored."""
         self._check_online()
         request = self._payload(self.route, prompt, self._decoding_fields(params))
-        fields = {k: v for k, v in request.items() if k not in ("key", "route", "model", "prompt")}
+        fields = {k: v for k, v in request.items() if k not in ("key", "route", "model", "prompt", "system")}
         for attempt in range(self.max_retries + 1):
             url = self.base_urls[(self.stats["sent"] + attempt) % len(self.base_urls)]
             self.stats["sent"] += 1
@@ -153,8 +156,7 @@ class EndpointEngine(Engine):
                 client = InferenceClient(base_url=url, api_key=self._token(), timeout=self.timeout)
                 if self.route == "chat":
                     known, extra = _split_chat_fields(fields)
-                    chunks = client.chat_completion([{"role": "user", "content": prompt}], model=self.model, stream=True,
-                                                    **known, extra_body=extra)
+                    chunks = client.chat_completion(_messages(request), model=self.model, stream=True, **known, extra_body=extra)
                     pieces = (c.choices[0].delta.content for c in chunks if c.choices)
                 else:
                     lines = client._inner_post(self._completions_request(client, url, {**request, "stream": True}), stream=True)
@@ -206,6 +208,8 @@ class EndpointEngine(Engine):
 
     def _payload(self, route: str, prompt: str, fields: dict[str, Any]) -> dict[str, Any]:
         payload = {"route": route, "model": self.model, "prompt": prompt, **fields, **self.extra_body}
+        if route == "chat" and self.system_prompt:
+            payload["system"] = self.system_prompt
         return {"key": request_key(payload), **payload}
 
     @staticmethod
@@ -339,14 +343,13 @@ class EndpointEngine(Engine):
         """One HTTP request; returns (answer, usage). Raises :class:`_Retryable` or :class:`EndpointError`."""
         route = request["route"]
         scoring = "top_logprobs" in request
-        fields = {k: v for k, v in request.items() if k not in ("key", "route", "model", "prompt", "top_logprobs")}
+        fields = {k: v for k, v in request.items() if k not in ("key", "route", "model", "prompt", "top_logprobs", "system")}
         try:
             if route == "chat":
                 if scoring:
                     fields.update(logprobs=True, top_logprobs=request["top_logprobs"])
                 known, extra = _split_chat_fields(fields)
-                out = await client.chat_completion([{"role": "user", "content": request["prompt"]}], model=request["model"],
-                                                   **known, extra_body=extra)
+                out = await client.chat_completion(_messages(request), model=request["model"], **known, extra_body=extra)
                 data = dict(out)  # huggingface_hub's outputs are dicts
             elif route == "generate":  # TGI's native route, used for scoring only
                 out = await client.text_generation(
@@ -453,6 +456,12 @@ class EndpointEngine(Engine):
         probs = [0.0 if lp is None else math.exp(lp) for lp in logps]
         total = sum(probs)
         return [p / total for p in probs]
+
+
+def _messages(request: dict[str, Any]) -> list[dict[str, str]]:
+    """Chat messages of a request: the optional system message, then the prompt as the user's."""
+    system = [{"role": "system", "content": request["system"]}] if request.get("system") else []
+    return [*system, {"role": "user", "content": request["prompt"]}]
 
 
 _CHAT_FIELDS = {"max_tokens", "seed", "temperature", "top_p", "logprobs", "top_logprobs"}

@@ -37,7 +37,9 @@ def render_model_card(
     Args:
         repo_id: the model repo the card is for.
         dataset: dataset repo id recorded under ``datasets`` (and linked, with its revision).
-        evaluation: metric name -> value, shown in the card when present.
+        evaluation: metric name -> value, shown in the card when present. For the final model, by default
+            the results of ``xinstruct evaluate --run`` (``<run>/eval/results.json``) when they exist; they
+            also go into the card's ``model-index`` (``eval_results``).
     """
     if role not in ROLES:
         raise PublishError(f"Unknown role {role!r}; use one of {', '.join(ROLES)}.")
@@ -48,6 +50,12 @@ def render_model_card(
     if not manifest_path.exists():
         raise PublishError(f"{run_dir} has no trained {role} ({manifest_path} missing); run the recipe first.")
     manifest = json.loads(manifest_path.read_text())
+    eval_results: list[Any] = []
+    eval_file = run_dir / "eval" / "results.json"
+    if role == "final" and evaluation is None and eval_file.exists():  # written by `xinstruct evaluate --run`
+        from ..evaluation.report import card_eval_results
+
+        eval_results, evaluation = card_eval_results(json.loads(eval_file.read_text(encoding="utf-8")))
     block = recipe["final"] if role == "final" else recipe["generator"] if role == "generator" else recipe["refinement"]["evaluator"]
     base = block.get("model") or recipe["base_model"]
     card_data = ModelCardData(
@@ -59,6 +67,8 @@ def render_model_card(
         license="other",
         tags=["x-instruction", "trl", "sft", "cross-lingual", role] + (["lora"] if block.get("lora") else []),
         dataset_revision=dataset_revision,
+        model_name=repo_id.split("/")[-1],
+        eval_results=eval_results or None,
     )
     return ModelCard.from_template(
         card_data,

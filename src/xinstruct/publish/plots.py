@@ -55,3 +55,19 @@ def cluster_sizes(sizes: dict[str, dict[str, int]], path: Path) -> Path:
     ax.set_ylabel("instructions")
     ax.legend(ncol=5, fontsize="small")
     return _save(fig, path)
+
+
+def grouped_bars(series: dict[str, dict[str, float | None]], path: Path, ylabel: str, title: str) -> Path:
+    """Bars per language (x) for each series (legend); missing values are left out. Values in [0, 1]."""
+    langs = sorted({code for values in series.values() for code in values})
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(langs) + 2), 3.5))
+    width = 0.8 / max(1, len(series))
+    for n, (name, values) in enumerate(series.items()):
+        xs = [i + n * width for i, code in enumerate(langs) if values.get(code) is not None]
+        ax.bar(xs, [values[code] for code in langs if values.get(code) is not None], width, label=name)
+    ax.set_xticks([i + width * (len(series) - 1) / 2 for i in range(len(langs))], langs)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize="small")
+    return _save(fig, path)
