@@ -133,9 +133,8 @@ def test_evaluate_end_to_end_with_a_served_judge(tiny_run, transformers_server, 
     from xinstruct.publish import render_model_card
 
     run_dir = tmp_path / "run"
-    for name in ("recipe.yaml", "final", "diversified"):
-        src = tiny_run[0] / name
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, run_dir / name if src.is_dir() else run_dir)
+    shutil.copytree(tiny_run[0] / "final", run_dir / "final")
+    shutil.copy(tiny_run[0] / "recipe.yaml", run_dir / "recipe.yaml")
     judge_model = str(tiny_run[0] / "final" / "model")
     args = [sys.executable, "-m", "xinstruct.cli", "evaluate", "--run", str(run_dir), "--languages", "sw,ta",
             "--limit", "3", "--max-new-tokens", "12", "--judge-url", transformers_server.url, "--judge-model", judge_model]
