@@ -169,3 +169,20 @@ def test_evaluate_end_to_end_with_a_served_judge(tiny_run, transformers_server, 
     again = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env)
     assert again.returncode == 0, again.stderr[-3000:]
     assert json.loads((eval_dir / "results.json").read_text())["judge_stats"]["sent"] == 0
+
+
+def test_evaluate_bad_input_is_a_clear_error(tmp_path):
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "xinstruct.cli", "evaluate", *args], capture_output=True, text=True, timeout=120)
+
+    out = cli()
+    assert out.returncode == 2 and "Give --model" in out.stderr
+    out = cli("--model", "tiny", "--harness", "xcopa,mmlu")
+    assert out.returncode == 2 and "--harness: unknown mmlu" in out.stderr
+    (tmp_path / "qs").mkdir()
+    (tmp_path / "qs" / "en.jsonl").write_text('{"question_id": 1, "text": "Hi?"}\n')
+    (tmp_path / "qs" / "sw.jsonl").write_text('{"question_id": 1, "text": ""}\n')
+    out = cli("--model", "tiny", "--languages", "sw", "--questions", str(tmp_path / "qs"), "--out", str(tmp_path / "e"))
+    assert out.returncode == 2 and "question 1 needs question_id and a non-empty text" in out.stderr
+    out = cli("--model", "tiny", "--languages", "ta", "--questions", str(tmp_path / "qs"), "--out", str(tmp_path / "e"))
+    assert out.returncode == 2 and "No questions for 'ta'" in out.stderr and "Traceback" not in out.stderr

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import languages
+from ..data.readers import read_jsonl
 from ..inference import Engine, GenerationParams
 from ..prompts import follower_prompt, zero_shot_prompt
 
@@ -30,7 +31,7 @@ def generate_answers(engine: Engine, questions: list[dict[str, Any]], language: 
     path = Path(path)
     ids = [q["question_id"] for q in questions]
     if path.exists():
-        done = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        done = list(read_jsonl(path))
         if [a["question_id"] for a in done] == ids and all(a.get("model") == model for a in done):
             return done
     prompts = [answer_prompt(mode, q, language) for q in questions]

@@ -4,11 +4,10 @@ questions in five categories, in English and the ten paper languages."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from ..data.readers import DataError
+from ..data.readers import DataError, read_jsonl
 
 BUILTIN = Path(__file__).parent / "questions"
 
@@ -24,19 +23,13 @@ def question_file(source: str | Path, language: str) -> Path:
 
 def load_questions(source: str | Path, language: str, limit: int | None = None) -> list[dict[str, Any]]:
     """Questions of ``language`` (``question_id``, ``text``, ``category``), in file order; bad lines are errors
-    that name the file and line."""
+    that name the file and the question."""
     path = question_file(source, language)
     rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{n}: not JSON ({e.msg}).") from None
+    for n, row in enumerate(read_jsonl(path), 1):
         missing = {"question_id", "text"} - set(row)
         if missing or not str(row.get("text", "")).strip():
-            raise DataError(f"{path}:{n}: a question needs question_id and a non-empty text (missing {sorted(missing)}).")
+            raise DataError(f"{path}: question {n} needs question_id and a non-empty text (missing {sorted(missing)}).")
         rows.append({"question_id": row["question_id"], "text": row["text"], "category": row.get("category", "generic")})
     return rows[:limit] if limit else rows
 
