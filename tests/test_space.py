@@ -29,9 +29,13 @@ class CapturingEngine:
     def __init__(self, engine):
         self.engine = engine
         self.prompts = []
+        self.fail_with: Exception | None = None  # set to make the next generation fail
 
     def stream(self, prompt, params):
         self.prompts.append(prompt)
+        if self.fail_with is not None:
+            error, self.fail_with = self.fail_with, None
+            raise error
         yield from self.engine.stream(prompt, params)
 
 
@@ -84,6 +88,17 @@ def test_over_long_input_gets_the_cap_message(space, client):
     with pytest.raises(AppError, match="250 characters long; this demo accepts at most 200"):
         client.predict("x" * 250, "Swahili", False, 0.7, 0.9, 16, api_name="/cross_lingual")
     assert len(engine.prompts) == before  # nothing reached the model
+
+
+def test_generation_errors_are_shown_as_text_without_a_traceback(space, client):
+    from gradio_client.exceptions import AppError
+
+    _, engine = space
+    engine.fail_with = RuntimeError("the server at http://gpu-1:8080 answered 503")
+    with pytest.raises(AppError) as caught:
+        client.predict("Hello", "Swahili", False, 0.0, 0.9, 16, api_name="/cross_lingual")
+    assert str(caught.value) == "Generation failed: the server at http://gpu-1:8080 answered 503"
+    assert "Traceback" not in str(caught.value)
 
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"Chromium not installed at {CHROMIUM} (apt-get install chromium)")
