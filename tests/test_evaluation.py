@@ -7,12 +7,18 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from conftest import REPO, SHARED
-from xinstruct.evaluation import extract_scores, judge_pairs, load_questions, pair_verdict, summarize, zero_shot_retention
+from xinstruct.evaluation import (
+    extract_scores,
+    judge_pairs,
+    load_questions,
+    pair_verdict,
+    summarize,
+    zero_shot_retention,
+)
 from xinstruct.evaluation.fidelity import language_fidelity
 from xinstruct.evaluation.judge import JUDGE_PROMPT, judge_prompt
 from xinstruct.evaluation.questions import BUILTIN, paired_questions

@@ -17,11 +17,11 @@ def write_report(results: dict[str, Any], out_dir: str | Path) -> Path:
     out_dir = Path(out_dir)
     (out_dir / "plots").mkdir(parents=True, exist_ok=True)
     lines = [f"# Evaluation: {results['candidate']}", ""]
-    if results.get("baseline"):
-        lines.append(f"Baseline: `{results['baseline']}`. Judge: `{results.get('judge') or 'none'}`. "
-                     f"Questions: {results['questions']} ({results['questions_per_language']} per language).")
-    if results.get("note"):
-        lines += ["", f"> {results['note']}"]
+    counts = set(results["questions_per_language"].values())
+    per_language = f"{counts.pop()} per language" if len(counts) == 1 else ", ".join(
+        f"{code}: {n}" for code, n in results["questions_per_language"].items())
+    lines.append(f"Baseline: `{results.get('baseline') or 'none'}`. Judge: `{results.get('judge') or 'none'}`. "
+                 f"Questions: `{results['questions']}` ({per_language}).")
     judged = results.get("pairwise") or {}
     if judged:
         lines += ["", "## Pairwise (candidate vs baseline, both answer orders)", "",
