@@ -157,11 +157,11 @@ class LogprobServer:
                                         "logprobs": {"content": [{"token": alts[0][0], "logprob": alts[0][1],
                                                                   "top_logprobs": [{"token": t, "logprob": v} for t, v in alts]}]}}],
                            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
-                else:  # TGI's native route
+                else:  # TGI's native /generate route
                     alts = top(body["inputs"], body["parameters"]["top_n_tokens"])
                     tokens = [{"id": 0, "text": t, "logprob": v, "special": False} for t, v in alts]
-                    out = [{"generated_text": alts[0][0], "details": {"finish_reason": "length", "generated_tokens": 1,
-                                                                     "prefill": [], "tokens": tokens[:1], "top_tokens": [tokens]}}]
+                    out = {"generated_text": alts[0][0], "details": {"finish_reason": "length", "generated_tokens": 1,
+                                                                    "prefill": [], "tokens": tokens[:1], "top_tokens": [tokens]}}
                 data = json.dumps(out).encode()
                 self.send_response(200)
                 self.send_header("content-type", "application/json")

@@ -54,8 +54,22 @@ def test_session_caps_input_and_streams(tiny_engine):
     session = ChatSession(tiny_engine, ChatSettings(max_input_chars=50))
     with pytest.raises(InputTooLong, match="60 characters long; this demo accepts at most 50"):
         session.prompt("zero-shot", "x" * 60, "sw", False, [], 16)
+    small = ChatSession(tiny_engine, ChatSettings(context_tokens=64), lambda text: len(text.split()))
+    with pytest.raises(InputTooLong, match="leaves room for 48"):
+        small.prompt("zero-shot", "word " * 40, "sw", False, [], 16)  # 40 words + the frame > 64 - 16
     partial = list(session.reply("cross-lingual", "Say hello", "sw", False, [], 0.0, 1.0, 24))
     assert partial and all(b.startswith(a) for a, b in zip(partial, partial[1:]))
+
+
+def test_closing_a_stream_stops_the_generation(tiny_engine):
+    import time
+
+    prompt = build_prompt("cross-lingual", "Describe the sea.", "sw")
+    pieces = tiny_engine.stream(prompt, GenerationParams(max_new_tokens=4000, do_sample=True, temperature=1.0, seed=1))
+    next(pieces)
+    started = time.perf_counter()
+    pieces.close()  # joins the generation thread, which must stop at the next token
+    assert time.perf_counter() - started < 5
 
 
 def test_local_streaming_equals_generation(tiny_engine):

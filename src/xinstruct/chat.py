@@ -26,6 +26,8 @@ model's context.
 from __future__ import annotations
 
 import os
+import random
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,6 +119,8 @@ class ChatSession:
         self.engine = engine
         self.settings = settings or ChatSettings()
         self.count_tokens = count_tokens or (lambda text: len(text) // 4 + 1)
+        # one limit for every tab of the app (each Gradio event has its own concurrency_limit)
+        self.slots = threading.BoundedSemaphore(self.settings.concurrency_limit)
 
     def prompt(self, mode: str, message: str, language: str, assistant_style: bool,
                history: list[tuple[str, str]], max_new_tokens: int) -> str:
@@ -132,18 +136,31 @@ class ChatSession:
         budget = max(1, self.settings.context_tokens - max_new_tokens)
         kept = fit_history(history, lambda h: build_prompt(mode, message, language, assistant_style, h),
                            self.count_tokens, budget, self.settings.max_turns)
-        return build_prompt(mode, message, language, assistant_style, kept)
+        prompt = build_prompt(mode, message, language, assistant_style, kept)
+        used = self.count_tokens(prompt)
+        if used > budget:
+            raise InputTooLong(
+                f"Your message needs {used} tokens with the prompt; with {max_new_tokens} new tokens the model's "
+                f"context of {self.settings.context_tokens} leaves room for {budget}. Shorten it or lower max new tokens."
+            )
+        return prompt
 
     def reply(self, mode: str, message: str, language: str, assistant_style: bool, history: list[tuple[str, str]],
-              temperature: float, top_p: float, max_new_tokens: int, seed: int = 0) -> Iterator[str]:
-        """Yield the answer so far, growing piece by piece."""
+              temperature: float, top_p: float, max_new_tokens: int, seed: int | None = None) -> Iterator[str]:
+        """Yield the answer so far, growing piece by piece (``seed``: default a fresh one per reply when sampling)."""
         prompt = self.prompt(mode, message, language, assistant_style, history, max_new_tokens)
         params = GenerationParams(max_new_tokens=int(max_new_tokens), do_sample=temperature > 0,
-                                  temperature=max(float(temperature), 1e-5), top_p=float(top_p), seed=seed)
+                                  temperature=max(float(temperature), 1e-5), top_p=float(top_p),
+                                  seed=random.randrange(2**31) if seed is None else seed)
         text = ""
-        for piece in self.engine.stream(prompt, params):
-            text += piece
-            yield text
+        with self.slots:
+            pieces = self.engine.stream(prompt, params)
+            try:
+                for piece in pieces:
+                    text += piece
+                    yield text
+            finally:
+                pieces.close()  # a user who stops the answer stops the generation
 
 
 def settings_from_env(local: bool) -> ChatSettings:
@@ -182,7 +199,7 @@ def session_from_env() -> tuple[ChatSession, str]:
 
         model = os.environ.get("XINSTRUCT_ENDPOINT_MODEL", "tgi")
         engine = EndpointEngine([endpoint], model, max_retries=3, timeout=120, progress=False)
-        return ChatSession(engine, settings_from_env(local=False)), f"endpoint {endpoint} (model {model})"
+        return ChatSession(engine, settings_from_env(local=False)), f"an inference endpoint (model {model})"
     from .inference.local import LocalEngine
 
     model = os.environ.get("XINSTRUCT_MODEL") or default_model(os.environ.get("XINSTRUCT_RUNS", "runs"))
@@ -190,5 +207,6 @@ def session_from_env() -> tuple[ChatSession, str]:
     context = getattr(engine.model.config, "max_position_embeddings", None) or 2048
     settings = settings_from_env(local=True)
     settings.context_tokens = min(settings.context_tokens, int(context))
+    engine.max_input_tokens = settings.context_tokens  # the history is fitted to this, so nothing is cut off
     counter = lambda text: len(engine.tokenizer(text)["input_ids"])  # noqa: E731
     return ChatSession(engine, settings, counter), f"local model {model}"

@@ -107,6 +107,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     judge = JudgeConfig(args.judge_url, args.judge_model, token_env=args.judge_token_env) if args.judge_url else None
     if judge and not args.judge_model:
         raise StageError("--judge-url needs --judge-model (the model name the judge server expects).")
+    if judge and not baseline:
+        raise StageError("Pairwise judging compares against a baseline: give --baseline (or --run, whose base model is the default).")
     modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
     tasks = [t.strip() for t in (args.harness or "").split(",") if t.strip()]
     for value, allowed, what in ((modes, MODES, "--modes"), (tasks, tuple(TASK_LANGUAGES), "--harness")):
@@ -191,10 +193,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="at most this many questions per language")
     p.add_argument("--modes", default="cross-lingual,zero-shot", help="answer modes")
     p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--engine-url", help="answer through this OpenAI-compatible server instead of loading the models here")
+    p.add_argument("--engine-url", help="answer through this OpenAI-compatible server instead of loading the models here "
+                   "(it must load models by name, like transformers serve or a vLLM serving both; TGI ignores the name)")
     p.add_argument("--judge-url", help="OpenAI-compatible judge, e.g. https://api.openai.com or http://127.0.0.1:8000")
     p.add_argument("--judge-model", help="judge model name, e.g. gpt-4o")
-    p.add_argument("--judge-token-env", default="HF_TOKEN", help="environment variable with the judge's key (e.g. OPENAI_API_KEY)")
+    p.add_argument("--judge-token-env", help="environment variable with the judge's key, e.g. OPENAI_API_KEY (default: send no token)")
     p.add_argument("--harness", help="lm-eval benchmarks: any of xcopa,xnli,xstorycloze")
     p.add_argument("--harness-data", action="append", default=[], metavar="TASK=DIR", help="local data for a benchmark, e.g. xcopa=../shared/data/xcopa")
     p.add_argument("--harness-limit", type=int, help="at most this many documents per benchmark task")

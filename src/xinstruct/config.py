@@ -326,7 +326,8 @@ class EngineConfig:
             retry, with full jitter, capped by ``backoff_max``.
         backoff_max (`float`, *optional*, defaults to `30`): endpoint: longest backoff in seconds.
         token_env (`str`, *optional*, defaults to `"HF_TOKEN"`): endpoint: environment variable holding the
-            bearer token, if any. The token is never logged or written.
+            bearer token; sent to every base URL when the variable is set (``null``: never). Nothing else is
+            sent, not even a saved ``hf auth login``. The token is never logged or written.
         extra_body (`dict`, *optional*): endpoint: server-specific fields added to every request.
     """
 
@@ -346,7 +347,7 @@ class EngineConfig:
     max_retries: int = 6
     backoff: float = 0.5
     backoff_max: float = 30.0
-    token_env: str = "HF_TOKEN"
+    token_env: str | None = "HF_TOKEN"
     extra_body: dict[str, Any] = field(default_factory=dict)
 
 

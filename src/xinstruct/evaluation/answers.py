@@ -27,17 +27,18 @@ def answer_prompt(mode: str, question: dict[str, Any], language: str) -> str:
 
 def generate_answers(engine: Engine, questions: list[dict[str, Any]], language: str, mode: str, model: str,
                      params: GenerationParams, path: str | Path) -> list[dict[str, Any]]:
-    """Answer every question (or read the answers already in ``path``, when complete) and write them to ``path``."""
+    """Answer every question and write the answers to ``path``; answers already there are reused when they were
+    made by the same model from the same prompts and decoding settings."""
     path = Path(path)
-    ids = [q["question_id"] for q in questions]
-    if path.exists():
-        done = list(read_jsonl(path))
-        if [a["question_id"] for a in done] == ids and all(a.get("model") == model for a in done):
-            return done
     prompts = [answer_prompt(mode, q, language) for q in questions]
+    decoding = {"max_new_tokens": params.max_new_tokens, "do_sample": params.do_sample, "seed": params.seed}
+    if path.exists():  # reused only when asked the same way: same model, prompts and decoding
+        done = list(read_jsonl(path))
+        if [(a.get("model"), a.get("prompt"), a.get("decoding")) for a in done] == [(model, p, decoding) for p in prompts]:
+            return done
     outputs = engine.generate(prompts, params)
     rows = [{"question_id": q["question_id"], "category": q["category"], "language": language, "mode": mode,
-             "model": model, "prompt": prompt, "output": output}
+             "model": model, "decoding": decoding, "prompt": prompt, "output": output}
             for q, prompt, output in zip(questions, prompts, outputs)]
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")

@@ -53,6 +53,12 @@ def local_xcopa_task(data_dir: str | Path, lang: str) -> dict[str, Any]:
     }
 
 
+def _default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def run_harness(model: str, tasks: list[str], langs: list[str], data_dirs: dict[str, str] | None = None,
                 limit: int | None = None, batch_size: int = 8, device: str | None = None) -> dict[str, Any]:
     """Accuracy per task and language: ``{task: {lang: {"acc", "acc_stderr", "task"}}}`` plus skipped languages.
@@ -63,6 +69,7 @@ def run_harness(model: str, tasks: list[str], langs: list[str], data_dirs: dict[
         langs: the run's languages; each task runs for those it covers.
         data_dirs: task -> local data folder (only ``xcopa`` supports this).
         limit: at most this many documents per task (quick checks).
+        device: ``cuda``, ``cpu``, ...; default: CUDA when available.
     """
     import lm_eval
 
@@ -92,7 +99,7 @@ def run_harness(model: str, tasks: list[str], langs: list[str], data_dirs: dict[
         model_args={"pretrained": resolve_model(model), "trust_remote_code": False},
         tasks=configs,
         batch_size=batch_size,
-        device=device or "cpu",
+        device=device or _default_device(),
         limit=limit,
         log_samples=False,
     )

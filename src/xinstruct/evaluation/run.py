@@ -28,7 +28,7 @@ class JudgeConfig:
 
     base_url: str
     model: str
-    token_env: str = "HF_TOKEN"
+    token_env: str | None = None  # e.g. OPENAI_API_KEY; None sends no token
     concurrency: int = 8
     retries: int = 2
     max_new_tokens: int = 256

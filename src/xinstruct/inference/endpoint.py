@@ -63,8 +63,9 @@ class _Retryable(Exception):
         self.retry_after = retry_after
 
 
-class _Unscorable(Exception):
-    """The server answered, but none of the options is among the alternatives it returned."""
+class _RowError(EndpointError):
+    """A request the server refuses on its own (400, 413, 422: e.g. a prompt over its input limit): not
+    retried, recorded as that row's failure; the other rows go on."""
 
 
 class EndpointEngine(Engine):
@@ -81,8 +82,8 @@ class EndpointEngine(Engine):
         timeout (`float`, defaults to `120`): seconds per request.
         max_retries (`int`, defaults to `6`): retries per request.
         backoff (`float`, defaults to `0.5`), backoff_max (`float`, defaults to `30`): backoff schedule, seconds.
-        token_env (`str`, defaults to `"HF_TOKEN"`): environment variable with the bearer token. When it is
-            unset, huggingface_hub's own lookup applies (the saved ``hf auth login`` token, if any).
+        token_env (`str`, defaults to `"HF_TOKEN"`): environment variable with the bearer token, sent when the
+            variable is set; otherwise (or with ``None``) no token is sent, not even a saved ``hf auth login``.
         extra_body (`dict`, *optional*): fields added to every request.
         system_prompt (`str`, *optional*): chat route only: a system message sent before each prompt.
         store (`ReplayStore`, *optional*): stored answers; without one nothing is replayed.
@@ -104,7 +105,7 @@ class EndpointEngine(Engine):
         max_retries: int = 6,
         backoff: float = 0.5,
         backoff_max: float = 30.0,
-        token_env: str = "HF_TOKEN",
+        token_env: str | None = "HF_TOKEN",
         extra_body: dict[str, Any] | None = None,
         system_prompt: str | None = None,
         store: ReplayStore | None = None,
@@ -144,27 +145,21 @@ class EndpointEngine(Engine):
 
     def stream(self, prompt: str, params: GenerationParams) -> Iterator[str]:
         """Yield text pieces as the server streams them (SSE). Failures before the first piece are retried
-        like any request; a stream cut after it raises :class:`EndpointError`. Nothing is stored."""
+        like any request (on the next base URL); a stream cut after it raises :class:`EndpointError`.
+        Nothing is stored. Closing the generator closes the HTTP stream."""
         self._check_online()
-        request = self._payload(self.route, prompt, self._decoding_fields(params))
-        fields = {k: v for k, v in request.items() if k not in ("key", "route", "model", "prompt", "system")}
+        request = {**self._payload(self.route, prompt, self._decoding_fields(params)), "stream": True}
         for attempt in range(self.max_retries + 1):
-            url = self.base_urls[(self.stats["sent"] + attempt) % len(self.base_urls)]
+            url = self.base_urls[self.stats["sent"] % len(self.base_urls)]
             self.stats["sent"] += 1
             started = False
             try:
-                client = InferenceClient(base_url=url, api_key=self._token(), timeout=self.timeout)
-                if self.route == "chat":
-                    known, extra = _split_chat_fields(fields)
-                    chunks = client.chat_completion(_messages(request), model=self.model, stream=True, **known, extra_body=extra)
-                    pieces = (c.choices[0].delta.content for c in chunks if c.choices)
-                else:
-                    lines = client._inner_post(self._completions_request(client, url, {**request, "stream": True}), stream=True)
-                    pieces = _completion_pieces(lines)
-                for piece in pieces:
-                    if piece:
-                        started = True
-                        yield piece
+                with InferenceClient(base_url=url, timeout=self.timeout) as client:
+                    lines = client._inner_post(self._request(url, request), stream=True)
+                    for piece in _stream_pieces(lines, chat=self.route == "chat"):
+                        if piece:
+                            started = True
+                            yield piece
                 return
             except Exception as error:  # noqa: BLE001 - classified below
                 mapped = self._classify(url, error)
@@ -175,7 +170,7 @@ class EndpointEngine(Engine):
                 if attempt == self.max_retries:
                     raise EndpointError(f"No answer from {url} after {self.max_retries} retries: {mapped}") from None
                 self.stats["retries"] += 1
-                time.sleep(random.uniform(0, min(self.backoff_max, self.backoff * 2**attempt)))
+                time.sleep(self._delay(attempt, mapped))
 
     def score(self, prompts: list[str], options: list[str]) -> list[list[float]]:
         """Probabilities of each option as the next token, from the server's top alternatives, renormalised
@@ -196,7 +191,9 @@ class EndpointEngine(Engine):
     def _decoding_fields(params: GenerationParams) -> dict[str, Any]:
         fields: dict[str, Any] = {"max_tokens": params.max_new_tokens, "seed": params.seed}
         if params.do_sample:
-            fields.update(temperature=params.temperature, top_p=params.top_p)
+            fields["temperature"] = params.temperature
+            if params.top_p < 1.0:  # 1.0 changes nothing, and TGI refuses it (422: top_p must be < 1)
+                fields["top_p"] = params.top_p
         else:
             fields["temperature"] = 0.0
         # Not OpenAI fields: only sent when set (vLLM and TGI know them; transformers serve refuses them).
@@ -221,17 +218,41 @@ class EndpointEngine(Engine):
                 "folders load without the Hub either way)."
             )
 
-    def _completions_request(self, client, url: str, request: dict[str, Any]) -> RequestParameters:
-        """``POST {url}/v1/completions`` with the prompt as is (AsyncInferenceClient/InferenceClient have no
-        public method for this OpenAI route, so the request goes through the client's own transport)."""
-        body = {k: v for k, v in request.items() if k not in ("key", "route", "top_logprobs")}
-        if "top_logprobs" in request:
-            body["logprobs"] = request["top_logprobs"]
-        return RequestParameters(url=f"{url}/v1/completions", task="text-generation", model=request["model"], json=body,
-                                 data=None, headers=build_hf_headers(token=self._token(), headers=client.headers))
+    def _request(self, url: str, request: dict[str, Any]) -> RequestParameters:
+        """The HTTP request of one payload, sent through the inference client's transport (``_inner_post``:
+        AsyncInferenceClient has no public method for ``/v1/completions``, and building every route here
+        keeps one rule for the token: the ``token_env`` variable's value when set, otherwise no token at all,
+        so a saved Hugging Face login never goes to a third-party server)."""
+        fields = {k: v for k, v in request.items() if k not in ("key", "route", "model", "prompt", "system", "top_logprobs")}
+        scoring = "top_logprobs" in request
+        route = request["route"]
+        if route == "chat":
+            path = "/v1/chat/completions"
+            body = {"model": request["model"], "messages": _messages(request), **fields}
+            if scoring:
+                body.update(logprobs=True, top_logprobs=request["top_logprobs"])
+        elif route == "generate":  # TGI's native route (scoring)
+            path = "/generate"
+            body = {"inputs": request["prompt"], "parameters": {"max_new_tokens": 1, "details": True, "do_sample": False,
+                                                               "top_n_tokens": request["top_logprobs"]}}
+        else:
+            path = "/v1/completions"
+            body = {"model": request["model"], "prompt": request["prompt"], **fields}
+            if scoring:
+                body["logprobs"] = request["top_logprobs"]
+        headers = build_hf_headers(token=self._token() or False)
+        return RequestParameters(url=url + path, task="text-generation", model=request["model"], json=body, data=None,
+                                 headers=headers)
+
+    def _delay(self, attempt: int, failure: _Retryable) -> float:
+        """Full-jitter exponential backoff, at least the server's ``Retry-After`` (capped)."""
+        delay = random.uniform(0, min(self.backoff_max, self.backoff * 2**attempt))
+        if failure.retry_after is not None:
+            delay = max(delay, min(failure.retry_after, self.backoff_max))
+        return delay
 
     def _token(self) -> str | None:
-        return os.environ.get(self.token_env) or None
+        return (os.environ.get(self.token_env) or None) if self.token_env else None
 
     async def _run(self, requests: list[dict[str, Any]], what: str) -> list[Any]:
         """Answer every request (stored ones from the store), ``concurrency`` in flight per base URL."""
@@ -248,8 +269,7 @@ class EndpointEngine(Engine):
         if not todo:
             return results
         self._check_online()
-        token = self._token()
-        clients = {url: AsyncInferenceClient(base_url=url, api_key=token, timeout=self.timeout) for url in self.base_urls}
+        clients = {url: AsyncInferenceClient(base_url=url, timeout=self.timeout) for url in self.base_urls}
         in_flight = Counter({url: 0 for url in self.base_urls})
         cycle = itertools.cycle(self.base_urls)
         queue = iter(todo)
@@ -270,16 +290,19 @@ class EndpointEngine(Engine):
                 request = requests[i]
                 try:
                     answer, usage = await self._with_retries(request, clients, in_flight, pick)
-                except _Retryable as error:
+                except (_Retryable, _RowError) as error:
                     failures.append((i, str(error)))
                     self.stats["failed"] += 1
                     if self.store is not None:
-                        self.store.fail(request["key"], str(error), self.max_retries + 1)
+                        self.store.fail(request["key"], str(error), getattr(error, "attempts", 1))
                     if state["answered"] == 0:
+                        where = f" (answers so far are stored in {self.store.folder})" if self.store is not None else ""
+                        if isinstance(error, _RowError):
+                            raise EndpointError(f"{error} No request of this call was answered, so it stops here; "
+                                                f"nothing was lost{where}.") from None
                         raise EndpointError(
                             f"No answer from {', '.join(self.base_urls)} after {self.max_retries} retries: {error}. "
-                            "Check that the server is up and reachable (engine.base_urls); nothing was lost"
-                            + (f" (answers so far are stored in {self.store.folder})." if self.store is not None else ".")
+                            f"Check that the server is up and reachable (engine.base_urls); nothing was lost{where}."
                         ) from None
                     continue
                 if self.store is not None:
@@ -310,7 +333,7 @@ class EndpointEngine(Engine):
         if failures:
             where = f"; their errors are in {self.store.failures_path}" if self.store is not None else ""
             raise EndpointError(
-                f"{len(failures)} of {len(requests)} requests failed after {self.max_retries} retries "
+                f"{len(failures)} of {len(requests)} requests failed (after up to {self.max_retries} retries) "
                 f"(first: {failures[0][1]}){where}. The {len(requests) - len(failures)} others are answered"
                 + (" and stored; run again to send only the failed ones." if self.store is not None else ".")
             )
@@ -325,43 +348,30 @@ class EndpointEngine(Engine):
                 return await self._send(clients[url], url, request)
             except _Retryable as error:
                 failure = error
+            except _RowError as error:
+                error.attempts = attempt + 1
+                raise
             finally:
                 in_flight[url] -= 1
             if attempt == self.max_retries:
+                failure.attempts = attempt + 1
                 raise failure
             self.stats["retries"] += 1
             kinds = self.stats["retries_by_kind"]
             kinds[failure.kind] = kinds.get(failure.kind, 0) + 1
-            delay = random.uniform(0, min(self.backoff_max, self.backoff * 2**attempt))
-            if failure.retry_after is not None:
-                delay = max(delay, min(failure.retry_after, self.backoff_max))
+            delay = self._delay(attempt, failure)
             logger.debug("retrying after %s (%.2fs): %s", failure.kind, delay, failure)
             await asyncio.sleep(delay)
         raise AssertionError("unreachable")
 
     async def _send(self, client: AsyncInferenceClient, url: str, request: dict[str, Any]) -> tuple[Any, dict[str, int]]:
-        """One HTTP request; returns (answer, usage). Raises :class:`_Retryable` or :class:`EndpointError`."""
-        route = request["route"]
-        scoring = "top_logprobs" in request
-        fields = {k: v for k, v in request.items() if k not in ("key", "route", "model", "prompt", "top_logprobs", "system")}
+        """One HTTP request; returns (answer, usage). Raises :class:`_Retryable`, :class:`_RowError` or
+        :class:`EndpointError`."""
         try:
-            if route == "chat":
-                if scoring:
-                    fields.update(logprobs=True, top_logprobs=request["top_logprobs"])
-                known, extra = _split_chat_fields(fields)
-                out = await client.chat_completion(_messages(request), model=request["model"], **known, extra_body=extra)
-                data = dict(out)  # huggingface_hub's outputs are dicts
-            elif route == "generate":  # TGI's native route, used for scoring only
-                out = await client.text_generation(
-                    request["prompt"], max_new_tokens=1, details=True, top_n_tokens=request["top_logprobs"], do_sample=False
-                )
-                data = dict(out)
-            else:
-                raw = await client._inner_post(self._completions_request(client, url, request))
-                data = json.loads(raw)
+            data = json.loads(await client._inner_post(self._request(url, request)))
         except Exception as error:  # noqa: BLE001 - classified below
             raise self._classify(url, error) from None
-        return self._parse(url, route, scoring, data)
+        return self._parse(url, request["route"], "top_logprobs" in request, data)
 
     def _classify(self, url: str, error: Exception) -> Exception:
         """Map a client exception to :class:`_Retryable` (retry it) or :class:`EndpointError` (stop)."""
@@ -394,18 +404,25 @@ class EndpointEngine(Engine):
                 f"{url} refused the request ({status}): {detail}. Set {self.token_env} (engine.token_env) to a "
                 "token this server accepts."
             )
+        if status in (400, 413, 422):
+            hint = ""
+            if "min_tokens" in detail or "repetition_penalty" in detail:
+                hint = " This server does not take min_tokens/repetition_penalty: set decoding.min_new_tokens: 0 and repetition_penalty: 1.0."
+            return _RowError(
+                f"{url} refused the request ({status}): {detail}.{hint} (A prompt longer than the server accepts is "
+                "refused on its own: raise TGI's --max-input-tokens / vLLM's --max-model-len or lower data.filters.max_chars.)"
+            )
         if status == 404:
             return EndpointError(
                 f"{url} answered 404 for model {self.model!r}: {detail}. Check engine.model against the name the "
                 "server serves (vLLM: --served-model-name; TGI accepts any) and the URL (a server root, no /v1)."
             )
-        hint = ""
-        if "min_tokens" in detail or "repetition_penalty" in detail:
-            hint = " This server does not take min_tokens/repetition_penalty: set decoding.min_new_tokens: 0 and repetition_penalty: 1.0."
-        return EndpointError(f"{url} refused the request ({status}): {detail}.{hint}")
+        return EndpointError(f"{url} refused the request ({status}): {detail}.")
 
     def _parse(self, url: str, route: str, scoring: bool, data: Any) -> tuple[Any, dict[str, int]]:
         try:
+            if isinstance(data, list) and route == "generate":  # TGI's "/" route answers a list of one
+                data = data[0]
             usage = data.get("usage") or {}
             usage = {k: int(usage.get(k) or 0) for k in ("prompt_tokens", "completion_tokens")}
             if route == "generate":
@@ -444,19 +461,16 @@ class EndpointEngine(Engine):
         )
 
     def _option_probs(self, alternatives: dict[str, float], options: list[str]) -> list[float]:
-        logps = [alternatives.get(option) for option in options]
-        missing = sum(lp is None for lp in logps)
-        self.stats["options_missing"] += missing
-        if missing == len(options):
-            raise EndpointError(
-                f"None of the options {options} is among the top {self.top_logprobs} next tokens "
-                f"({sorted(alternatives, key=alternatives.get, reverse=True)}); raise engine.top_logprobs or check "
-                "that this is the evaluator model."
-            )
-        probs = [0.0 if lp is None else math.exp(lp) for lp in logps]
-        total = sum(probs)
-        return [p / total for p in probs]
-
+        """Renormalised probabilities of ``options``. An option missing from the server's top alternatives
+        gets the lowest listed log-probability (an upper bound of its own) and is counted in
+        ``stats["options_missing"]``; a row with none of them listed comes out uniform."""
+        floor = min(alternatives.values())
+        logps = [alternatives.get(option, floor) for option in options]
+        self.stats["options_missing"] += sum(option not in alternatives for option in options)
+        top = max(logps)
+        weights = [math.exp(lp - top) for lp in logps]
+        total = sum(weights)
+        return [w / total for w in weights]
 
 def _messages(request: dict[str, Any]) -> list[dict[str, str]]:
     """Chat messages of a request: the optional system message, then the prompt as the user's."""
@@ -464,17 +478,8 @@ def _messages(request: dict[str, Any]) -> list[dict[str, str]]:
     return [*system, {"role": "user", "content": request["prompt"]}]
 
 
-_CHAT_FIELDS = {"max_tokens", "seed", "temperature", "top_p", "logprobs", "top_logprobs"}
-
-
-def _split_chat_fields(fields: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """Fields ``chat_completion`` takes as arguments, and the rest (sent as ``extra_body``)."""
-    extra = {k: v for k, v in fields.items() if k not in _CHAT_FIELDS}
-    return {k: v for k, v in fields.items() if k in _CHAT_FIELDS}, extra or None
-
-
-def _completion_pieces(lines) -> Iterator[str]:
-    """Text pieces of a streamed ``/v1/completions`` answer (SSE ``data:`` lines, ``[DONE]`` at the end)."""
+def _stream_pieces(lines, chat: bool) -> Iterator[str]:
+    """Text pieces of a streamed answer (SSE ``data:`` lines, ``[DONE]`` at the end), completions or chat."""
     for line in lines:
         line = line.strip() if isinstance(line, str) else line.decode().strip()
         if not line.startswith("data:"):
@@ -486,7 +491,8 @@ def _completion_pieces(lines) -> Iterator[str]:
         if "error" in chunk:
             raise ValueError(f"server error in stream: {chunk['error']}")
         if chunk.get("choices"):
-            yield chunk["choices"][0].get("text") or ""
+            choice = chunk["choices"][0]
+            yield ((choice.get("delta") or {}).get("content") if chat else choice.get("text")) or ""
 
 
 def make_endpoint_engine(config, model: str, store: ReplayStore | None = None, progress: bool = True) -> EndpointEngine:

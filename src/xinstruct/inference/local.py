@@ -9,7 +9,14 @@ from collections.abc import Iterator
 
 import torch
 from tqdm.auto import tqdm
-from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, TextIteratorStreamer
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GenerationConfig,
+    StoppingCriteria,
+    StoppingCriteriaList,
+    TextIteratorStreamer,
+)
 
 from ..models import resolve_model
 from .base import Engine, GenerationParams
@@ -17,6 +24,16 @@ from .base import Engine, GenerationParams
 logger = logging.getLogger(__name__)
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class _StopWhen(StoppingCriteria):
+    """Stops generation once ``event`` is set (the streaming caller went away)."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids, scores, **kwargs) -> torch.BoolTensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
 class LocalEngine(Engine):
@@ -116,26 +133,32 @@ class LocalEngine(Engine):
         return out  # type: ignore[return-value]
 
     def stream(self, prompt: str, params: GenerationParams) -> Iterator[str]:
-        """Yield decoded text pieces as ``model.generate`` produces them (``TextIteratorStreamer``)."""
+        """Yield decoded text pieces as ``model.generate`` produces them (``TextIteratorStreamer``). Closing
+        the generator early (a user pressing Stop) stops the generation at the next token."""
         torch.manual_seed(params.seed)
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
         enc = self._encode([prompt])
+        stop = threading.Event()
         errors: list[BaseException] = []
 
         def work() -> None:
             try:
                 with torch.inference_mode():
-                    self.model.generate(**enc, generation_config=self._generation_config(params), streamer=streamer)
+                    self.model.generate(**enc, generation_config=self._generation_config(params), streamer=streamer,
+                                        stopping_criteria=StoppingCriteriaList([_StopWhen(stop)]))
             except BaseException as error:  # surfaced in the caller's thread below
                 errors.append(error)
                 streamer.end()
 
         thread = threading.Thread(target=work, daemon=True)
         thread.start()
-        for piece in streamer:
-            if piece:
-                yield piece
-        thread.join()
+        try:
+            for piece in streamer:
+                if piece:
+                    yield piece
+        finally:
+            stop.set()
+            thread.join()
         if errors:
             raise errors[0]
 

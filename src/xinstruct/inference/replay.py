@@ -45,15 +45,26 @@ class ReplayStore:
         self.truncated_lines = 0
         for record in self._read(ANSWERS):
             self.answers[record["key"]] = record["answer"]
-        self._answers = (self.folder / ANSWERS).open("a", encoding="utf-8")
-        self._failures = (self.folder / FAILURES).open("a", encoding="utf-8")
+        self._answers = self._append(ANSWERS)
+        self._failures = self._append(FAILURES)
+
+    def _append(self, name: str):
+        """Open for appending; a line cut short by a kill gets its newline first, so the next record stays whole."""
+        path = self.folder / name
+        handle = path.open("a", encoding="utf-8")
+        if path.stat().st_size:
+            with path.open("rb") as fh:
+                fh.seek(-1, 2)
+                if fh.read(1) != b"\n":
+                    handle.write("\n")
+        return handle
 
     def _read(self, name: str) -> list[dict[str, Any]]:
         path = self.folder / name
         if not path.exists():
             return []
         records = []
-        for line in path.read_text(encoding="utf-8").splitlines():
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
             try:
                 records.append(json.loads(line))
             except json.JSONDecodeError:  # the last line of a killed run
