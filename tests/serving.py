@@ -25,13 +25,15 @@ class FaultProxy:
         delay: seconds added before forwarding every POST (to slow a run down for a kill).
         token: when set, requests without ``Authorization: Bearer <token>`` get 401.
         served_model: when set, requests naming another model get vLLM's 404.
+        refuse_marker: when set, prompts containing it get TGI's 422 for an over-long input.
 
     ``forwarded`` lists the request keys (as :func:`request_key` computes them for the completions route)
     of the POSTs sent upstream, in order; ``outcomes`` counts what was answered.
     """
 
     def __init__(self, upstream: str, fault_rate: float = 0.0, faults=("429", "503", "timeout"), hang: float = 3.0,
-                 delay: float = 0.0, token: str | None = None, served_model: str | None = None, seed: int = 0):
+                 delay: float = 0.0, token: str | None = None, served_model: str | None = None,
+                 refuse_marker: str | None = None, seed: int = 0):
         self.upstream = upstream.rstrip("/")
         self.fault_rate = fault_rate
         self.faults = list(faults)
@@ -39,6 +41,7 @@ class FaultProxy:
         self.delay = delay
         self.token = token
         self.served_model = served_model
+        self.refuse_marker = refuse_marker
         self.rng = random.Random(seed)
         self.lock = threading.Lock()
         self.forwarded: list[str] = []
@@ -87,6 +90,9 @@ class FaultProxy:
         if self.served_model is not None and payload.get("model") != self.served_model:
             msg = f"The model `{payload.get('model')}` does not exist."
             return self._answer(handler, "404", 404, {"object": "error", "message": msg, "type": "NotFoundError", "code": 404})
+        if self.refuse_marker is not None and self.refuse_marker in str(payload.get("prompt", "")):
+            msg = "Input validation error: `inputs` tokens + `max_new_tokens` must be <= 4096."
+            return self._answer(handler, "422", 422, {"error": msg, "error_type": "validation"})
         if fault == "timeout":
             time.sleep(self.hang)
             return self._answer(handler, "timeout", 504, {"error": "late"})

@@ -183,6 +183,20 @@ def test_partial_failures_finish_the_others_then_raise(server, proxy, tiny_model
     assert len(ReplayStore(tmp_path)) == 12 - engine.stats["failed"]
 
 
+def test_a_request_the_server_refuses_fails_alone(server, proxy, tiny_model, tmp_path):
+    picky = proxy(refuse_marker="VERY LONG")
+    prompts = [f"Row {i}" for i in range(6)]
+    prompts[3] = "Row 3 VERY LONG"
+    engine = EndpointEngine([picky.url], tiny_model, concurrency=1, store=ReplayStore(tmp_path), progress=False)
+    with pytest.raises(EndpointError, match=r"1 of 6 requests failed .*\(422\).*max-input-tokens"):
+        engine.generate(prompts, GenerationParams(max_new_tokens=2, do_sample=False))
+    assert picky.outcomes["422"] == 1 and len(ReplayStore(tmp_path)) == 5  # not retried; the others are stored
+    # refused before anything was answered (a field the server does not know, say): the call stops at once
+    engine = EndpointEngine([picky.url], tiny_model, concurrency=1, progress=False)
+    with pytest.raises(EndpointError, match="No request of this call was answered"):
+        engine.generate(["VERY LONG first", "fine"], GenerationParams(max_new_tokens=2, do_sample=False))
+
+
 def test_several_base_urls_share_the_load_and_cover_a_dead_one(server, proxy, tiny_model):
     a, b = proxy(), proxy()
     engine = EndpointEngine([a.url, b.url], tiny_model, concurrency=2, progress=False)

@@ -5,8 +5,13 @@ through :class:`huggingface_hub.AsyncInferenceClient`.
   request as soon as theirs is answered: requests stream in as slots free up, never batch by batch.
 - **Several base URLs** are used together, least-busy first (or round-robin); a retry may go to another one.
 - **Retries** with exponential backoff and full jitter on 429, 5xx, timeouts, connection errors and
-  malformed answers (``Retry-After`` is honoured). 400, 401, 403, 404 and 422 are not retried: every other
-  request would fail the same way, so the call stops at once with the server's reason.
+  malformed answers (``Retry-After`` is honoured). 401, 403 and 404 are not retried and stop the call at once
+  with the server's reason (every other request would fail the same way). 400, 413 and 422 are refused
+  requests of their own (a prompt over the server's input limit): not retried, recorded as that row's
+  failure, unless no request of the call has been answered yet (then the call stops: e.g. a field the server
+  does not know).
+- **Token**: the value of ``token_env`` (default ``HF_TOKEN``) when that variable is set, otherwise none; a
+  saved ``hf auth login`` is never sent to a server.
 - **Replay** (with a :class:`~xinstruct.inference.replay.ReplayStore`): each answer is stored as it arrives,
   keyed by the request's content, so a killed run re-sends nothing that was answered. Requests that still
   fail after all retries are recorded with their error and the call raises :class:`EndpointError` once the
