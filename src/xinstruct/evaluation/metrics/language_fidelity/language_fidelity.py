@@ -4,10 +4,10 @@ X-Instruction project's language ID (lingua; the most likely language must be th
 Load it offline with ``evaluate.load("<path>/language_fidelity")``.
 """
 
-import datasets
 import evaluate
 
 from xinstruct.evaluation.fidelity import language_fidelity
+from xinstruct.evaluation.modules import text_pair_info
 
 _DESCRIPTION = """Share of answers in the requested language (ISO 639-1 code), by lingua language ID. Empty
 answers count as not in the language."""
@@ -28,12 +28,7 @@ Examples:
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class LanguageFidelity(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation="",
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features({"predictions": datasets.Value("string"), "references": datasets.Value("string")}),
-        )
+        return text_pair_info(_DESCRIPTION, _KWARGS_DESCRIPTION)
 
     def _compute(self, predictions, references):
         per_language = {}

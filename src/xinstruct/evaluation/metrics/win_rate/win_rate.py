@@ -5,10 +5,10 @@ Load it offline with ``evaluate.load("<path>/win_rate")``. Each example is one p
 baseline as answer 1 (both in the authors' ``<score1>``/``<score2>`` format).
 """
 
-import datasets
 import evaluate
 
 from xinstruct.evaluation.judge import extract_scores, pair_verdict
+from xinstruct.evaluation.modules import text_pair_info
 
 _DESCRIPTION = """Win rate of a candidate against a baseline from pairwise judge outputs in both orders. Each
 order gives +1/0/-1 to the candidate; the pair is a win when the sum is positive, a loss when negative, a tie
@@ -31,12 +31,7 @@ Examples:
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class WinRate(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation="",
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features({"predictions": datasets.Value("string"), "references": datasets.Value("string")}),
-        )
+        return text_pair_info(_DESCRIPTION, _KWARGS_DESCRIPTION)
 
     def _compute(self, predictions, references):
         counts = {"win": 0, "tie": 0, "loss": 0, "failed": 0}
