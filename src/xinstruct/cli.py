@@ -216,6 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``xinstruct`` console script."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:  # one line per HTTP request is too much at INFO (endpoint engines send thousands)
+        for name in ("httpx", "httpx2"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     from .config import RecipeError
     from .data.readers import DataError
     from .inference.endpoint import EndpointError
