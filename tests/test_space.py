@@ -43,7 +43,7 @@ class CapturingEngine:
 def space(tiny_engine):
     app = load_app_module()
     engine = CapturingEngine(tiny_engine)
-    session = ChatSession(engine, ChatSettings(max_input_chars=200, context_tokens=512))
+    session = ChatSession(engine, ChatSettings(max_input_chars=200, context_tokens=512, seed=0))
     demo = app.build_app(session, "local model tiny")
     port = free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, show_error=True)

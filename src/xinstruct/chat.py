@@ -104,6 +104,7 @@ class ChatSettings:
     context_tokens: int = 2048
     concurrency_limit: int = 1
     queue_size: int = 16
+    seed: int | None = None  # None: a fresh sampling seed per reply; set it for reproducible demos and tests
 
 
 class ChatSession:
@@ -147,11 +148,11 @@ class ChatSession:
 
     def reply(self, mode: str, message: str, language: str, assistant_style: bool, history: list[tuple[str, str]],
               temperature: float, top_p: float, max_new_tokens: int, seed: int | None = None) -> Iterator[str]:
-        """Yield the answer so far, growing piece by piece (``seed``: default a fresh one per reply when sampling)."""
+        """Yield the answer so far, growing piece by piece (``seed``: default ``settings.seed``, else a fresh one)."""
         prompt = self.prompt(mode, message, language, assistant_style, history, max_new_tokens)
         params = GenerationParams(max_new_tokens=int(max_new_tokens), do_sample=temperature > 0,
                                   temperature=max(float(temperature), 1e-5), top_p=float(top_p),
-                                  seed=random.randrange(2**31) if seed is None else seed)
+                                  seed=next(s for s in (seed, self.settings.seed, random.randrange(2**31)) if s is not None))
         text = ""
         with self.slots:
             pieces = self.engine.stream(prompt, params)
