@@ -197,7 +197,7 @@ def run_training(
     proc = subprocess.run(cmd)
     if proc.returncode != 0:
         raise RuntimeError(f"accelerate launch failed with exit code {proc.returncode}: {' '.join(cmd)}")
-    return json.loads((output_dir / "model" / "metrics.json").read_text())
+    return json.loads(done.read_text())
 
 
 def _main(argv: list[str] | None = None) -> None:

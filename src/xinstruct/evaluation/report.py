@@ -39,9 +39,8 @@ def write_report(results: dict[str, Any], out_dir: str | Path) -> Path:
         lines += ["", "![win rate](plots/win_rate.png)"]
     fidelity = results.get("language_fidelity") or {}
     if fidelity:
-        lines += ["", "## Language fidelity (answers in the requested language)", "",
-                  "| model | mode | " + " | ".join(sorted(next(iter(next(iter(fidelity.values())).values())))) + " |"]
-        langs = sorted(next(iter(next(iter(fidelity.values())).values())))
+        langs = sorted({code for per_mode in fidelity.values() for per_lang in per_mode.values() for code in per_lang})
+        lines += ["", "## Language fidelity (answers in the requested language)", "", "| model | mode | " + " | ".join(langs) + " |"]
         lines.append("|---|---|" + "---:|" * len(langs))
         series = {}
         for label, per_mode in fidelity.items():

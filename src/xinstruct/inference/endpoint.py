@@ -428,8 +428,6 @@ class EndpointEngine(Engine):
         try:
             if isinstance(data, list) and route == "generate":  # TGI's "/" route answers a list of one
                 data = data[0]
-            usage = data.get("usage") or {}
-            usage = {k: int(usage.get(k) or 0) for k in ("prompt_tokens", "completion_tokens")}
             if route == "generate":
                 details = data["details"]
                 usage = {"prompt_tokens": 0, "completion_tokens": int(details.get("generated_tokens") or 1)}
@@ -437,6 +435,7 @@ class EndpointEngine(Engine):
                 if not top:
                     raise self._no_logprobs(url)
                 return {t["text"]: t["logprob"] for t in top[0]}, usage
+            usage = {k: int((data.get("usage") or {}).get(k) or 0) for k in ("prompt_tokens", "completion_tokens")}
             choice = data["choices"][0]
             if not scoring:
                 text = choice["message"]["content"] if route == "chat" else choice["text"]
