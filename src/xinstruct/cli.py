@@ -10,14 +10,21 @@ from pathlib import Path
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from .config import load_recipe
-    from .pipeline import format_iteration_report, iteration_report, run
+    from .pipeline import run
+    from .run_report import format_iteration_report, format_run_summary, iteration_report, run_summary
 
     recipe = load_recipe(args.recipe, args.set)
     run_dir = Path(args.run_dir or Path("runs") / recipe.name)
+    from .hardware import auto_dtype, cpu_kind
+
+    print(f"CPU: {cpu_kind()}; dtype auto -> {auto_dtype()} (engine: {recipe.engine.dtype})")
     results = run(recipe, run_dir, until=args.until, start=args.start)
     report = iteration_report(run_dir, recipe.refinement.iterations)
     if report:
-        print("\nRefinement, per iteration:\n" + format_iteration_report(report))
+        print("\nRefinement, per iteration (reference in brackets):\n" + format_iteration_report(report))
+    summary = format_run_summary(run_summary(run_dir))
+    if summary:
+        print("\n" + summary)
     print(f"\nRun directory: {run_dir.resolve()}")
     for r in results:
         print(f"  {r.name:<22} {r.status:<8} {r.seconds:7.1f}s  {r.path}")
@@ -84,10 +91,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     import yaml
 
     from .config import EngineConfig
+    from .errors import StageError
     from .evaluation.answers import MODES
     from .evaluation.harness import TASK_LANGUAGES
     from .evaluation.run import EvalConfig, JudgeConfig, evaluate_models
-    from .stages.generation import StageError
 
     model, baseline, langs, out = args.model, args.baseline, None, args.out
     if args.run:
@@ -141,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
         "for low-resource languages.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error instead of one line")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="run (or resume) a recipe", description="Run or resume a recipe; finished steps are skipped.")
@@ -219,16 +227,13 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verbose:  # one line per HTTP request is too much at INFO (endpoint engines send thousands)
         for name in ("httpx", "httpx2"):
             logging.getLogger(name).setLevel(logging.WARNING)
-    from .config import RecipeError
-    from .data.readers import DataError
-    from .inference.endpoint import EndpointError
-    from .languages import UnknownLanguageError
-    from .publish import PublishError
-    from .stages.generation import StageError
+    from .errors import XInstructError
 
     try:
         return args.func(args)
-    except (RecipeError, DataError, UnknownLanguageError, StageError, PublishError, EndpointError) as e:
+    except XInstructError as e:
+        if args.debug:
+            raise
         print(f"error: {e}", file=sys.stderr)
         return 2
 

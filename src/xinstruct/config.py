@@ -20,6 +20,8 @@ from typing import Any
 import yaml
 
 from . import languages as lang_registry
+from .errors import RecipeError
+from .hardware import DTYPES
 
 
 class _Loader(yaml.SafeLoader):
@@ -35,10 +37,6 @@ _Loader.add_implicit_resolver(
 
 def _yaml(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)
-
-
-class RecipeError(ValueError):
-    """A recipe that cannot be used as written; the message says what to change."""
 
 
 @dataclass
@@ -78,6 +76,11 @@ class SeedConfig:
         instruction_field (`str`, *optional*, defaults to `"instruction"`): column of the English instruction.
         output_field (`str`, *optional*, defaults to `"output"`): column of the target-language response.
         limit_per_language (`int`, *optional*): use at most this many pairs per language.
+        heldout_fraction (`float`, *optional*, defaults to `0.1`): share of each language's seed pairs held out
+            (chosen by a hash of their id) before anything trains. Held-out pairs never reach a training set of any
+            role, not even as another row's mismatched response; they measure every role.
+        heldout_min_per_language (`int`, *optional*, defaults to `2`): at least this many held-out pairs per
+            language (the larger of the two counts wins).
     """
 
     path: str = "sample"
@@ -86,6 +89,8 @@ class SeedConfig:
     instruction_field: str = "instruction"
     output_field: str = "output"
     limit_per_language: int | None = None
+    heldout_fraction: float = 0.1
+    heldout_min_per_language: int = 2
 
 
 @dataclass
@@ -140,12 +145,17 @@ class RoleConfig:
         training (`dict`, *optional*): arguments of :class:`trl.SFTConfig`, passed unchanged.
         engine (`dict`, *optional*): keys of the recipe's ``engine`` block to override for this role, e.g.
             ``{type: endpoint, base_urls: [http://gpu-1:8080], model: xinstruct-generator}``.
+        lm_head_on_loss_only (`bool`, *optional*, defaults to `True`): compute the LM head (and its backward) only
+            at positions whose next token carries loss (the completion), on every device. The loss and gradients are
+            unchanged (a test compares them with TRL's default); prompt positions simply skip the output layer.
+            ``false`` keeps TRL's own choice (all positions except on CUDA/XPU).
     """
 
     model: str | None = None
     lora: dict[str, Any] | None = None
     training: dict[str, Any] = field(default_factory=dict)
     engine: dict[str, Any] = field(default_factory=dict)
+    lm_head_on_loss_only: bool = True
 
 
 @dataclass
@@ -181,12 +191,16 @@ class CandidatesConfig:
         english_min_confidence (`float`, *optional*, defaults to `0.0`): the gate keeps an instruction when
             English is its most likely language and the confidence of English is at least this.
         min_instruction_chars (`int`, *optional*, defaults to `8`): the gate drops shorter instructions.
+        text_tokens (`int`, *optional*, defaults to `256`): the text inside a GENERATOR prompt is cut to this many
+            tokens, in generator training (seed responses) and in candidate generation (web texts) alike; the
+            template around it is never cut. Cut texts are counted in the manifests. ``null``: no cut.
     """
 
     decoding: DecodingConfig = field(default_factory=DecodingConfig)
     shard_size: int = 64
     english_min_confidence: float = 0.0
     min_instruction_chars: int = 8
+    text_tokens: int | None = 256
 
 
 @dataclass
@@ -199,16 +213,15 @@ class PseudoRatingConfig:
             ``base`` (the untuned base model answering it). Level ``1``: ``mismatched`` (another seed's response
             in the same language) or ``other_language`` (a seed response in another language).
             Defaults to ``{3: seed, 2: follower, 1: mismatched}``.
-        heldout_fraction (`float`, *optional*, defaults to `0.1`): share of seed pairs (all their levels)
-            held out to measure the evaluator's accuracy.
-        seeds_per_language (`int`, *optional*): use at most this many seed pairs per language (chosen by a
-            hash of their id) to build the set; all of them by default.
-        decoding (`DecodingConfig`): decoding of the level-2 responses.
+        seeds_per_language (`int`, *optional*): build the training part from at most this many training seed
+            pairs per language (chosen by a hash of their id); all of them by default. Held-out seed pairs
+            (``data.seeds.heldout_fraction``) are always all used, for the held-out part.
+        decoding (`DecodingConfig`): decoding of the level-2 responses (``max_new_tokens`` is
+            ``refinement.response_tokens``, so level 2 is as long as the other levels).
         shard_size (`int`, *optional*, defaults to `64`): rows per shard of the level-2 generation.
     """
 
     level_sources: dict[int, str] = field(default_factory=lambda: {3: "seed", 2: "follower", 1: "mismatched"})
-    heldout_fraction: float = 0.1
     seeds_per_language: int | None = None
     decoding: DecodingConfig = field(default_factory=lambda: DecodingConfig(max_new_tokens=128))
     shard_size: int = 64
@@ -230,6 +243,13 @@ class RefinementConfig:
             is 3; ``threshold`` keeps rows with P(3) >= ``keep_threshold``.
         keep_threshold (`float`, *optional*, defaults to `0.5`): threshold of the ``threshold`` rule.
         shard_size (`int`, *optional*, defaults to `256`): rows per rating shard (resume granularity).
+        response_tokens (`int`, *optional*, defaults to `128`): the response inside a rating prompt is cut to this
+            many tokens, for the evaluator's training rows and for every rated candidate alike. The three levels of
+            a seed are cut to the same length (level 2 is generated up to this budget), so no level can be told
+            apart by length or by truncation.
+        planted_share (`float`, *optional*, defaults to `0.1`): before rating, this share of the pool is added as
+            planted negatives: copies of candidates whose instruction is swapped with another row of the same
+            language. They are rated and reported (drop rate of planted vs real rows), never kept or trained on.
     """
 
     iterations: int = 3
@@ -240,6 +260,8 @@ class RefinementConfig:
     keep_rule: str = "argmax"
     keep_threshold: float = 0.5
     shard_size: int = 256
+    response_tokens: int = 128
+    planted_share: float = 0.1
 
 
 @dataclass
@@ -297,15 +319,19 @@ class LauncherConfig:
 @dataclass
 class EngineConfig:
     """How inference runs: in this process (``local``) or through OpenAI-compatible servers (``endpoint``:
-    TGI, vLLM, SGLang, Inference Endpoints, ``transformers serve``). Engine settings change speed and where
-    rows are computed, not what a step means, so they are not part of any step hash.
+    TGI, vLLM, SGLang, Inference Endpoints, ``transformers serve``). Engine settings that change only speed
+    (batch size, concurrency, URLs) are not part of any step hash; ``dtype`` and ``max_input_tokens`` are.
 
     Args:
         type (`str`, *optional*, defaults to `"local"`): ``local`` or ``endpoint``.
         batch_size (`int`, *optional*, defaults to `16`): local: prompts per forward pass.
-        dtype (`str`, *optional*, defaults to `"float32"`): local: ``float32``, ``bfloat16`` or ``float16``.
+        dtype (`str`, *optional*, defaults to `"auto"`): local: ``auto`` (bfloat16 where the hardware runs it
+            natively: CUDA with bf16, a CPU with AVX512-BF16 or AMX; float32 elsewhere), ``float32``, ``bfloat16``
+            or ``float16``.
         device (`str`, *optional*): local: ``cpu``, ``cuda``, ...; default: CUDA when available.
-        max_input_tokens (`int`, *optional*, defaults to `1024`): local: prompts are truncated on the left to this.
+        max_input_tokens (`int`, *optional*, defaults to `1024`): local: the longest prompt the engine accepts.
+            Stages fit their prompts to it by cutting the content (a web text, a response), never the template or
+            the instruction; a prompt still over it is an error, not a silent cut.
         base_urls (`list[str]`, *optional*): endpoint: server roots (``http://127.0.0.1:8080``), used together.
         model (`str`, *optional*): endpoint: the ``model=`` of every request (vLLM checks it against its served
             name; TGI ignores it; ``transformers serve`` loads it). Default: the role's model path or Hub id.
@@ -333,7 +359,7 @@ class EngineConfig:
 
     type: str = "local"
     batch_size: int = 16
-    dtype: str = "float32"
+    dtype: str = "auto"
     device: str | None = None
     max_input_tokens: int = 1024
     base_urls: list[str] = field(default_factory=list)
@@ -424,7 +450,12 @@ def read_recipe_file(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str
         raise RecipeError(f"Recipe file {path} does not exist.")
     if path in _seen:
         raise RecipeError(f"Recipe {path} extends itself (through {' -> '.join(p.name for p in _seen)}).")
-    raw = _yaml(path.read_text(encoding="utf-8")) or {}
+    try:
+        raw = _yaml(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        at = f" (line {where.line + 1}, column {where.column + 1})" if where is not None else ""
+        raise RecipeError(f"{path} is not valid YAML{at}: {getattr(e, 'problem', None) or e}.") from None
     if not isinstance(raw, dict):
         raise RecipeError(f"{path}: a recipe is a YAML mapping at the top level.")
     parent = raw.pop("extends", None)
@@ -450,7 +481,10 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise RecipeError(f"Override {item!r}: {part!r} is not a block.")
-    node[parts[-1]] = _yaml(value)
+    try:
+        node[parts[-1]] = _yaml(value)
+    except yaml.YAMLError as e:
+        raise RecipeError(f"Override {item!r}: the value is not valid YAML ({getattr(e, 'problem', None) or e}).") from None
 
 
 def _unknown_key(key: str, valid: list[str], where: str) -> RecipeError:
@@ -555,8 +589,11 @@ def _check_recipe(recipe: Recipe) -> None:
     _choice(sources[2], ("follower", "base"), "level_sources[2]")
     _choice(sources[1], ("mismatched", "other_language"), "level_sources[1]")
     ref.pseudo_ratings.level_sources = sources
-    if not 0.0 < ref.pseudo_ratings.heldout_fraction < 1.0:
-        raise RecipeError("refinement.pseudo_ratings.heldout_fraction must be between 0 and 1.")
+    seeds = recipe.data.seeds
+    if not 0.0 < seeds.heldout_fraction < 1.0 or seeds.heldout_min_per_language < 1:
+        raise RecipeError("data.seeds.heldout_fraction must be between 0 and 1 and heldout_min_per_language >= 1.")
+    if not 0.0 <= ref.planted_share < 1.0 or ref.response_tokens < 1:
+        raise RecipeError("refinement.planted_share must be in [0, 1) and refinement.response_tokens >= 1.")
     div = recipe.diversification
     if div.clusters < 1 or div.target_per_language < 1:
         raise RecipeError("diversification.clusters and diversification.target_per_language must be >= 1.")
@@ -572,6 +609,7 @@ def _check_recipe(recipe: Recipe) -> None:
 def check_engine(engine: EngineConfig, where: str) -> None:
     """Validate an engine block (choices, positive sizes, base URLs of an endpoint engine)."""
     _choice(engine.type, ("local", "endpoint"), f"{where}.type")
+    _choice(engine.dtype, DTYPES, f"{where}.dtype")
     _choice(engine.route, ("completions", "chat"), f"{where}.route")
     _choice(engine.score_route, ("completions", "chat", "generate"), f"{where}.score_route")
     _choice(engine.balance, ("least-busy", "round-robin"), f"{where}.balance")

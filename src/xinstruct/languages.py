@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .errors import UnknownLanguageError
+
 
 @dataclass(frozen=True)
 class Language:
@@ -46,10 +48,6 @@ PAPER_LANGUAGES: tuple[Language, ...] = (
 )
 
 _REGISTRY: dict[str, Language] = {lang.code: lang for lang in PAPER_LANGUAGES}
-
-
-class UnknownLanguageError(ValueError):
-    """Raised for a language code that is not registered."""
 
 
 def get(code: str) -> Language:

@@ -3,17 +3,18 @@
 =================  ==================  =====================================================================
 stage              step (folder)       output
 =================  ==================  =====================================================================
-generation         ``seed``            seed pairs
+generation         ``seed``            seed pairs with their train / held-out split
+generation         ``baseline``        the base model on the held-out pairs (the reference of every figure)
 generation         ``webtext``         filtered web texts (+ ``dropped`` with reasons)
-generation         ``generator``       the generator model (``generator/model``)
+generation         ``generator``       the generator model (``generator/model``) and its held-out figures
 generation         ``candidates``      (English instruction, native text) candidates (+ ``dropped``)
 refinement         ``iter-k/follower``        follower model trained on the current kept set
 refinement         ``iter-k/pseudo_ratings``  seed-based rating set, levels 3/2/1, with held-out split
-refinement         ``iter-k/evaluator``       evaluator model and its held-out accuracy
-refinement         ``iter-k/ratings``         P(1), P(2), P(3) and expected rating per candidate
+refinement         ``iter-k/evaluator``       evaluator model and its held-out figures (vs length only)
+refinement         ``iter-k/ratings``         P(1), P(2), P(3) per candidate (+ planted negatives, apart)
 refinement         ``iter-k/kept``            rows that meet the keep rule
 diversification    ``diversified``     equal share of every instruction cluster, per language
-tuning             ``final``           the X-Instruction model (``final/model``)
+tuning             ``final``           the X-Instruction model (``final/model``) and its fidelity
 =================  ==================  =====================================================================
 """
 
@@ -30,10 +31,11 @@ from typing import Any
 import yaml
 
 from .config import Recipe, RoleConfig
+from .hardware import resolve_dtype
 from .inference import make_engine
 from .rundir import Step
 from .stages import diversification, generation, refinement, tuning
-from .training import output_settings
+from .training import role_settings
 
 logger = logging.getLogger(__name__)
 
@@ -60,9 +62,11 @@ class StepResult:
     manifest: dict[str, Any]
 
 
-def _role_settings(recipe: Recipe, role: RoleConfig) -> dict[str, Any]:
-    return {"model": recipe.model_for(role), "lora": role.lora, "training": output_settings(role.training),
-            "seed": recipe.seed, "launcher": recipe.launcher.type}
+def _engine_settings(recipe: Recipe, role: RoleConfig | None) -> dict[str, Any]:
+    """The engine settings that change a step's outputs: kind, resolved dtype, input limit."""
+    cfg = recipe.engine_for(role)
+    dtype = resolve_dtype(cfg.dtype, cfg.device) if cfg.type == "local" else cfg.dtype
+    return {"type": cfg.type, "dtype": dtype, "max_input_tokens": cfg.max_input_tokens}
 
 
 def plan(recipe: Recipe, run_dir: str | Path) -> list[PlannedStep]:
@@ -79,38 +83,55 @@ def plan(recipe: Recipe, run_dir: str | Path) -> list[PlannedStep]:
         return step
 
     # --- generation --------------------------------------------------------------------------------
-    seed = Step(run_dir, "seed", {"seeds": dataclasses.asdict(data.seeds), "languages": recipe.languages})
+    ref = recipe.refinement
+    seed = Step(run_dir, "seed", {"seeds": dataclasses.asdict(data.seeds), "languages": recipe.languages, "seed": recipe.seed})
     add(seed, "generation", lambda: generation.build_seed(recipe, seed))
+    measured = {"candidates": dataclasses.asdict(recipe.candidates), "answers": dataclasses.asdict(ref.pseudo_ratings.decoding),
+                "response_tokens": ref.response_tokens, "embedder": recipe.diversification.embedder}
+    baseline = Step(run_dir, "baseline", {**measured, "base_model": recipe.base_model, "engine": _engine_settings(recipe, None)}, [seed])
+    add(baseline, "generation", lambda: generation.measure_baseline(recipe, seed.load(), baseline, engine(None, recipe.base_model, baseline)))
+    base_figure = lambda key: (baseline.manifest() or {}).get(key)  # noqa: E731
     webtext_settings = {k: v for k, v in dataclasses.asdict(data.webtext).items() if k != "streaming"}
     webtext = Step(run_dir, "webtext", {"webtext": webtext_settings, "filters": dataclasses.asdict(data.filters), "languages": recipe.languages})
     add(webtext, "generation", lambda: generation.build_webtext(recipe, webtext))
-    generator = Step(run_dir, "generator", _role_settings(recipe, recipe.generator), [seed])
-    add(generator, "generation", lambda: generation.train_generator(recipe, seed.load(), generator))
+    generator = Step(run_dir, "generator", {**role_settings(recipe, recipe.generator), **measured,
+                                            "engine": _engine_settings(recipe, recipe.generator)}, [seed, baseline])
+    add(generator, "generation", lambda: generation.train_generator(
+        recipe, seed.load(), generator, lambda path: engine(recipe.generator, path, generator), baseline.manifest() or {}))
     candidates = Step(run_dir, "candidates", {"candidates": dataclasses.asdict(recipe.candidates), "seed": recipe.seed,
-                                              "generator_hash": generator.hash}, [webtext, generator])
+                                              "generator_hash": generator.hash, "engine": _engine_settings(recipe, recipe.generator)},
+                      [webtext, generator])
     add(candidates, "generation", lambda: generation.generate_candidates(
         recipe, webtext.load(), model_of(generator), candidates, engine(recipe.generator, model_of(generator), candidates)))
 
     # --- refinement --------------------------------------------------------------------------------
-    ref = recipe.refinement
+    rating_settings = {"response_tokens": ref.response_tokens, "max_length": ref.evaluator.training.get("max_length")}
     train_src = pool_src = candidates
     for k in range(1, ref.iterations + 1):
         it = f"iter-{k}"
-        follower = Step(run_dir, f"{it}/follower", _role_settings(recipe, ref.follower), [train_src])
+        follower = Step(run_dir, f"{it}/follower", {**role_settings(recipe, ref.follower),
+                                                    "assistant_share": recipe.final.assistant_share}, [train_src])
         add(follower, "refinement", lambda f=follower, src=train_src: refinement.train_follower(recipe, src.load(), f))
         level2_from_follower = ref.pseudo_ratings.level_sources[2] == "follower"
+        l2_role = ref.follower if level2_from_follower else None
         pseudo = Step(run_dir, f"{it}/pseudo_ratings",
                       {"pseudo_ratings": dataclasses.asdict(ref.pseudo_ratings), "seed": recipe.seed,
-                       "base_model": None if level2_from_follower else recipe.base_model},
+                       "response_tokens": ref.response_tokens, "evaluator_model": recipe.model_for(ref.evaluator),
+                       "base_model": None if level2_from_follower else recipe.base_model,
+                       "engine": _engine_settings(recipe, l2_role)},
                       [seed, follower] if level2_from_follower else [seed])
-        add(pseudo, "refinement", lambda p=pseudo, f=follower, l2=level2_from_follower: refinement.build_pseudo_ratings(
-            recipe, seed.load(), p, engine(ref.follower if l2 else None, model_of(f) if l2 else recipe.base_model, p)))
-        evaluator = Step(run_dir, f"{it}/evaluator", _role_settings(recipe, ref.evaluator), [pseudo])
+        add(pseudo, "refinement", lambda p=pseudo, f=follower, l2=l2_role: refinement.build_pseudo_ratings(
+            recipe, seed.load(), p, engine(l2, model_of(f) if l2 else recipe.base_model, p), base_figure("fidelity")))
+        evaluator = Step(run_dir, f"{it}/evaluator", {**role_settings(recipe, ref.evaluator), **rating_settings,
+                                                      "engine": _engine_settings(recipe, ref.evaluator)}, [pseudo])
         add(evaluator, "refinement", lambda e=evaluator, p=pseudo: refinement.train_evaluator(
             recipe, p.load(), e, lambda path, e=e: engine(ref.evaluator, path, e)))
-        ratings = Step(run_dir, f"{it}/ratings", {"iteration": k, "rate": ref.rate}, [evaluator, pool_src])
+        ratings = Step(run_dir, f"{it}/ratings", {"iteration": k, "rate": ref.rate, **rating_settings, "seed": recipe.seed,
+                                                  "planted_share": ref.planted_share, "keep_rule": ref.keep_rule,
+                                                  "keep_threshold": ref.keep_threshold,
+                                                  "engine": _engine_settings(recipe, ref.evaluator)}, [evaluator, pool_src])
         add(ratings, "refinement", lambda r=ratings, e=evaluator, src=pool_src, k=k: refinement.rate_candidates(
-            recipe, src.load(), r, engine(ref.evaluator, model_of(e), r), k))
+            recipe, src.load(), r, engine(ref.evaluator, model_of(e), r), k, model_of(e)))
         kept = Step(run_dir, f"{it}/kept", {"keep_rule": ref.keep_rule, "keep_threshold": ref.keep_threshold}, [ratings])
         add(kept, "refinement", lambda kp=kept, r=ratings, k=k: refinement.keep_rated(recipe, r.load(), kp, k))
         train_src = kept
@@ -118,11 +139,12 @@ def plan(recipe: Recipe, run_dir: str | Path) -> list[PlannedStep]:
 
     # --- diversification and final tuning ----------------------------------------------------------
     div_settings = {k: v for k, v in dataclasses.asdict(recipe.diversification).items() if k != "batch_size"}
-    diversified = Step(run_dir, "diversified", {**div_settings, "seed": recipe.seed}, [train_src])
+    diversified = Step(run_dir, "diversified", {**div_settings, "seed": recipe.seed, "languages": recipe.languages}, [train_src])
     add(diversified, "diversification", lambda src=train_src: diversification.diversify(recipe, src.load(), diversified))
-    final = Step(run_dir, "final", {**_role_settings(recipe, recipe.final), "assistant_share": recipe.final.assistant_share},
-                 [diversified])
-    add(final, "tuning", lambda: tuning.train_final(recipe, diversified.load(), final))
+    final = Step(run_dir, "final", {**role_settings(recipe, recipe.final), "assistant_share": recipe.final.assistant_share,
+                                    **measured, "engine": _engine_settings(recipe, recipe.final)}, [diversified, seed])
+    add(final, "tuning", lambda: tuning.train_final(recipe, diversified.load(), final, seed.load(),
+                                                    lambda path: engine(recipe.final, path, final), base_figure("fidelity")))
     return out
 
 
@@ -193,38 +215,3 @@ def _summary(manifest: dict[str, Any]) -> str:
     if "heldout_accuracy" in manifest:
         parts.append(f"heldout_accuracy={manifest['heldout_accuracy']}")
     return ", ".join(parts) or "ok"
-
-
-def iteration_report(run_dir: str | Path, iterations: int) -> list[dict[str, Any]]:
-    """Per iteration: rows in and kept per language, rating histogram, evaluator held-out accuracy,
-    follower training loss (read from the manifests; iterations not run yet are left out)."""
-    run_dir = Path(run_dir)
-    report = []
-    for k in range(1, iterations + 1):
-        paths = {name: run_dir / f"iter-{k}" / name / "manifest.json" for name in ("follower", "evaluator", "ratings", "kept")}
-        if not all(p.exists() for p in paths.values()):
-            continue
-        m = {name: yaml.safe_load(p.read_text()) for name, p in paths.items()}
-        report.append({
-            "iteration": k,
-            "rows_in": m["kept"]["rows_in"],
-            "kept": m["kept"]["rows_out"],
-            "rows_in_per_language": m["kept"]["rows_in_per_language"],
-            "kept_per_language": m["kept"]["rows_out_per_language"],
-            "rating_histogram": m["ratings"]["rating_histogram"],
-            "evaluator_heldout_accuracy": m["evaluator"].get("heldout_accuracy"),
-            "follower_train_loss": m["follower"]["metrics"].get("train_loss"),
-        })
-    return report
-
-
-def format_iteration_report(report: list[dict[str, Any]]) -> str:
-    """The per-iteration report as a text table."""
-    lines = ["iteration  rows_in  kept  evaluator_acc  follower_loss  ratings(1/2/3)   kept per language"]
-    for r in report:
-        hist = r["rating_histogram"]
-        ratings = "/".join(str(hist.get(str(k), 0)) for k in (1, 2, 3))
-        acc = "n/a" if r["evaluator_heldout_accuracy"] is None else f"{r['evaluator_heldout_accuracy']:.3f}"
-        per_lang = " ".join(f"{c}:{n}/{r['rows_in_per_language'][c]}" for c, n in sorted(r["kept_per_language"].items()))
-        lines.append(f"{r['iteration']:>9}  {r['rows_in']:>7}  {r['kept']:>4}  {acc:>13}  {r['follower_train_loss']:>13.4f}  {ratings:<15}  {per_lang}")
-    return "\n".join(lines)

@@ -19,8 +19,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import torch
 from datasets import Dataset, concatenate_datasets, load_from_disk
 from tqdm.auto import tqdm
+
+from .hardware import cpu_kind
 
 logger = logging.getLogger(__name__)
 
@@ -156,6 +159,7 @@ class Step:
             "seconds": round(time.time() - self._started, 2),
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "versions": package_versions(),
+            "machine": {"cpu": cpu_kind(), "cuda": torch.cuda.is_available()},
             **report,
         }
         tmp = self.manifest_path.with_suffix(".tmp")

@@ -1,8 +1,13 @@
-"""One TRL SFT entry for every role (generator now; follower, evaluator and final model later).
+"""One TRL SFT entry for every role: generator, follower, evaluator and final model.
 
 Data are prompt/completion pairs, so TRL computes the loss on the completion only. The recipe's
 ``training`` block goes to :class:`trl.SFTConfig` unchanged; ``lora`` goes to :class:`peft.LoraConfig`.
-On a machine without CUDA the run is forced onto the CPU in fp32 (TRL defaults to bf16). The trained
+Without ``bf16``/``fp16`` in the block, the precision is ``auto`` (:mod:`xinstruct.hardware`): bf16 where
+the device runs it natively, fp32 elsewhere. By default the LM head runs only at the positions that carry
+loss (``lm_head_on_loss_only``), which leaves the loss and gradients unchanged.
+
+Nothing is dropped or cut silently: the metrics record the rows given, the rows TRL actually trained on
+after its own filtering, and the rows whose completion ``max_length`` cut, with the reasons. The trained
 model (LoRA merged in) is saved with its tokenizer, a generation config whose EOS is the tokenizer's,
 and ``metrics.json``. A run killed mid-training resumes from its last checkpoint when the recipe saves
 checkpoints (``save_strategy: steps``).
@@ -14,13 +19,16 @@ import json
 import logging
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 from datasets import Dataset
 
-from .config import LauncherConfig
+from .config import LauncherConfig, Recipe, RoleConfig
+from .errors import StageError
+from .hardware import resolve_dtype
 from .models import resolve_model
 
 logger = logging.getLogger(__name__)
@@ -30,7 +38,7 @@ PROJECT_DEFAULTS: dict[str, Any] = {"report_to": "none", "save_strategy": "no", 
 
 # SFTConfig fields that change logging or speed but not the trained weights (left out of step hashes).
 NON_OUTPUT_KEYS = frozenset(
-    {"logging_steps", "logging_strategy", "report_to", "save_strategy", "save_steps", "save_total_limit",
+    {"gradient_checkpointing", "gradient_checkpointing_kwargs", "logging_steps", "logging_strategy", "report_to", "save_strategy", "save_steps", "save_total_limit",
      "dataloader_num_workers", "disable_tqdm", "log_level", "logging_dir", "push_to_hub", "hub_model_id"}
 )
 
@@ -46,17 +54,63 @@ def _last_checkpoint(output_dir: Path) -> str | None:
     return get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
 
 
+def training_dtype(training: dict[str, Any] | None) -> str:
+    """The precision a ``training`` block trains in: its own ``bf16``/``fp16`` when set, else ``auto``."""
+    training = training or {}
+    if training.get("bf16"):
+        return "bfloat16"
+    if training.get("fp16"):
+        return "float16"
+    if "bf16" in training or "fp16" in training:
+        return "float32"
+    return resolve_dtype("auto", "cpu" if training.get("use_cpu") else None)
+
+
 def make_sft_config(training: dict[str, Any] | None, output_dir: str | Path, seed: int = 42):
     """:class:`trl.SFTConfig` from a recipe's ``training`` block, unchanged but for the project defaults
-    (no reporting, no checkpoints unless asked) and, without CUDA, ``use_cpu=True`` and ``bf16=False``
-    unless the block sets ``bf16`` itself."""
+    (no reporting, no checkpoints unless asked), ``use_cpu=True`` without CUDA, and the ``auto`` precision
+    (:func:`training_dtype`) unless the block sets ``bf16`` or ``fp16`` itself."""
     from trl import SFTConfig
 
     args: dict[str, Any] = {**PROJECT_DEFAULTS, "seed": seed, **(training or {})}
     if not torch.cuda.is_available():
         args.setdefault("use_cpu", True)
-        args.setdefault("bf16", False)  # TRL's default (bf16) is for GPUs; `bf16: true` in a recipe means CPU autocast
+    if "bf16" not in args and "fp16" not in args:
+        args["bf16"] = training_dtype(args) == "bfloat16"
     return SFTConfig(output_dir=str(output_dir), **args)
+
+
+@contextmanager
+def lm_head_on_loss_positions(enabled: bool = True):
+    """Within this block, TRL's fused LM head projects only the positions whose label carries loss, on every
+    device. TRL 1.16 does so on CUDA/XPU only (elsewhere it projects every position and masks the result); the
+    selected rows are the same, so the loss and its gradients do not change (``tests/test_training.py``)."""
+    import trl.trainer.utils as trl_utils
+
+    original = getattr(trl_utils, "_use_triton", None)
+    if not enabled or original is None:
+        if enabled:
+            logger.warning("This TRL has no fused-LM-head switch; training computes the LM head at every position")
+        yield
+        return
+    trl_utils._use_triton = lambda device: True  # read as "score only the valid positions" by add_fused_lm_head
+    try:
+        yield
+    finally:
+        trl_utils._use_triton = original
+
+
+def row_accounting(tokenizer, rows: Dataset, max_length: int | None) -> dict[str, Any]:
+    """Which rows ``max_length`` will cut (completion shortened) or empty (the prompt alone fills it, so TRL drops
+    the row as fully masked), measured with the model's tokenizer before training."""
+    if max_length is None or len(rows) == 0:
+        return {"truncated": 0, "fully_masked": 0}
+    prompts = tokenizer(list(rows["prompt"]))["input_ids"]
+    full = tokenizer([p + c for p, c in zip(rows["prompt"], rows["completion"])])["input_ids"]
+    eos = 1 if tokenizer.eos_token_id is not None else 0
+    masked = sum(len(p) >= max_length for p in prompts)
+    cut = sum(len(f) + eos > max_length and len(p) < max_length for p, f in zip(prompts, full))
+    return {"truncated": cut, "fully_masked": masked}
 
 
 def train_sft(
@@ -67,6 +121,7 @@ def train_sft(
     lora: dict[str, Any] | None = None,
     seed: int = 42,
     trust_remote_code: bool = False,
+    lm_head_on_loss_only: bool = True,
 ) -> dict[str, Any]:
     """Fine-tune ``model`` on prompt/completion rows with :class:`trl.SFTTrainer` and save the result.
 
@@ -78,9 +133,12 @@ def train_sft(
         lora (`dict`, *optional*): :class:`peft.LoraConfig` arguments; the adapter is merged before saving.
         seed (`int`, defaults to `42`): training seed (a ``seed`` in ``training`` wins).
         trust_remote_code (`bool`, defaults to `False`): passed to transformers.
+        lm_head_on_loss_only (`bool`, defaults to `True`): see :func:`lm_head_on_loss_positions`.
 
     Returns:
-        The training metrics (``train_loss``, ``train_runtime``, ...), also written to ``model/metrics.json``.
+        The training metrics (``train_loss``, ``train_runtime``, ...), also written to ``model/metrics.json``,
+        with the row accounting: ``rows_in``, ``train_rows`` (what TRL trained on), ``dropped`` and
+        ``truncated`` (reason -> count).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTTrainer
@@ -104,16 +162,24 @@ def train_sft(
         peft_config = LoraConfig(task_type="CAUSAL_LM", **lora)
 
     # --- train (resuming from the last checkpoint if any) ---------------------------------------
-    trainer = SFTTrainer(
-        model=net,
-        args=sft_config,
-        train_dataset=train_dataset.select_columns(["prompt", "completion"]),
-        processing_class=tokenizer,
-        peft_config=peft_config,
-    )
-    result = trainer.train(resume_from_checkpoint=_last_checkpoint(Path(sft_config.output_dir)))
+    rows = train_dataset.select_columns(["prompt", "completion"])
+    planned = row_accounting(tokenizer, rows, sft_config.max_length)
+    with lm_head_on_loss_positions(lm_head_on_loss_only):
+        trainer = SFTTrainer(model=net, args=sft_config, train_dataset=rows, processing_class=tokenizer, peft_config=peft_config)
+        trained = len(trainer.train_dataset)
+        if trained == 0:
+            raise StageError(
+                f"TRL kept none of the {len(rows)} training rows: every prompt fills max_length={sft_config.max_length}. "
+                "Raise the role's training.max_length or shorten the prompts."
+            )
+        result = trainer.train(resume_from_checkpoint=_last_checkpoint(Path(sft_config.output_dir)))
     metrics = dict(result.metrics)
-    metrics["train_rows"] = len(train_dataset)
+    metrics["rows_in"] = len(rows)
+    metrics["train_rows"] = trained
+    metrics["dropped"] = {"fully_masked_by_max_length": len(rows) - trained} if trained < len(rows) else {}
+    metrics["truncated"] = {"completion_cut_at_max_length": planned["truncated"]} if planned["truncated"] else {}
+    metrics["dtype"] = "bfloat16" if sft_config.bf16 else "float16" if sft_config.fp16 else "float32"
+    metrics["lm_head_on_loss_only"] = lm_head_on_loss_only
     metrics["world_size"] = trainer.args.world_size
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     metrics["loss_history"] = losses
@@ -162,6 +228,19 @@ def accelerate_command(launcher: LauncherConfig, spec_path: Path) -> list[str]:
     return cmd
 
 
+def train_role(recipe: Recipe, role: RoleConfig, train_dataset: Dataset, output_dir: str | Path) -> dict[str, Any]:
+    """Train one role of ``recipe`` (its model, ``training``, ``lora``, LM-head setting, the recipe's seed and
+    launcher) on prompt/completion rows; the model goes to ``output_dir/model``. Every stage trains through this."""
+    return run_training(recipe.launcher, recipe.model_for(role), train_dataset, output_dir, role.training, role.lora,
+                        recipe.seed, role.lm_head_on_loss_only)
+
+
+def role_settings(recipe: Recipe, role: RoleConfig) -> dict[str, Any]:
+    """The settings of a role that change its trained model (for step hashes), the resolved precision included."""
+    return {"model": recipe.model_for(role), "lora": role.lora, "training": output_settings(role.training),
+            "dtype": training_dtype(role.training), "seed": recipe.seed, "launcher": recipe.launcher.type}
+
+
 def run_training(
     launcher: LauncherConfig,
     model: str,
@@ -170,6 +249,7 @@ def run_training(
     training: dict[str, Any] | None = None,
     lora: dict[str, Any] | None = None,
     seed: int = 42,
+    lm_head_on_loss_only: bool = True,
 ) -> dict[str, Any]:
     """Run :func:`train_sft` in this process (``launcher.type: python``) or through ``accelerate launch``.
 
@@ -185,11 +265,12 @@ def run_training(
         logger.info("%s is already trained with these settings; reusing it", done.parent)
         return json.loads(done.read_text())
     if launcher.type == "python":
-        return train_sft(model, train_dataset, output_dir, training, lora, seed)
+        return train_sft(model, train_dataset, output_dir, training, lora, seed, lm_head_on_loss_only=lm_head_on_loss_only)
     output_dir.mkdir(parents=True, exist_ok=True)
     train_dataset.save_to_disk(str(output_dir / "train_data"))
     spec = {"model": model, "data": str(output_dir / "train_data"), "output_dir": str(output_dir),
-            "training": {**(training or {}), **({"use_cpu": True} if launcher.cpu else {})}, "lora": lora, "seed": seed}
+            "training": {**(training or {}), **({"use_cpu": True} if launcher.cpu else {})}, "lora": lora, "seed": seed,
+            "lm_head_on_loss_only": lm_head_on_loss_only}
     spec_path = output_dir / "train_spec.json"
     spec_path.write_text(json.dumps(spec, indent=2))
     cmd = accelerate_command(launcher, spec_path)
@@ -207,7 +288,8 @@ def _main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     spec = json.loads(Path(args[0]).read_text())
     logging.basicConfig(level=logging.INFO)
-    train_sft(spec["model"], load_from_disk(spec["data"]), spec["output_dir"], spec["training"], spec["lora"], spec["seed"])
+    train_sft(spec["model"], load_from_disk(spec["data"]), spec["output_dir"], spec["training"], spec["lora"], spec["seed"],
+              lm_head_on_loss_only=spec.get("lm_head_on_loss_only", True))
 
 
 if __name__ == "__main__":

@@ -15,16 +15,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ..errors import DataError
 from ..languages import Language
 from .sample import sample_file
 
 logger = logging.getLogger(__name__)
 
 SUFFIXES = (".jsonl", ".parquet", ".txt")
-
-
-class DataError(ValueError):
-    """Input data that cannot be read as given; the message names the file (and line)."""
 
 
 def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:

@@ -47,16 +47,13 @@ from huggingface_hub.inference._common import RequestParameters
 from huggingface_hub.utils import build_hf_headers
 from tqdm.auto import tqdm
 
+from ..errors import EndpointError
 from .base import Engine, GenerationParams
 from .replay import ReplayStore, request_key
 
 logger = logging.getLogger(__name__)
 
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
-
-
-class EndpointError(RuntimeError):
-    """An endpoint call cannot complete; the message says what the server answered and what to change."""
 
 
 class _Retryable(Exception):

@@ -18,6 +18,8 @@ from transformers import (
     TextIteratorStreamer,
 )
 
+from ..errors import StageError
+from ..hardware import resolve_dtype
 from ..models import resolve_model
 from .base import Engine, GenerationParams
 
@@ -42,9 +44,12 @@ class LocalEngine(Engine):
     Args:
         model (`str`): model name for :func:`xinstruct.models.resolve_model` (Hub id, path, ``tiny``, ``gemma-3-270m``).
         batch_size (`int`, defaults to `16`): prompts per forward pass.
-        dtype (`str`, defaults to `"float32"`): weights dtype.
+        dtype (`str`, defaults to `"auto"`): weights dtype; ``auto`` is bfloat16 where the device runs it natively
+            (CUDA with bf16, a CPU with AVX512-BF16 or AMX) and float32 elsewhere.
         device (`str`, *optional*): defaults to CUDA when available, else CPU.
-        max_input_tokens (`int`, defaults to `1024`): prompts are truncated on the left to this length.
+        max_input_tokens (`int`, defaults to `1024`): the longest prompt accepted. A longer prompt is an error,
+            never cut here: a cut would remove the template header or the instruction, so callers fit the
+            prompt's content first (:class:`xinstruct.budget.PromptFitter`).
         trust_remote_code (`bool`, defaults to `False`): passed to transformers; off unless asked for.
         progress (`bool`, defaults to `True`): show a progress bar.
     """
@@ -55,7 +60,7 @@ class LocalEngine(Engine):
         self,
         model: str,
         batch_size: int = 16,
-        dtype: str = "float32",
+        dtype: str = "auto",
         device: str | None = None,
         max_input_tokens: int = 1024,
         trust_remote_code: bool = False,
@@ -66,11 +71,11 @@ class LocalEngine(Engine):
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         self.tokenizer.padding_side = "left"
-        self.tokenizer.truncation_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.dtype = resolve_dtype(dtype, self.device)
         self.model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=_DTYPES[dtype], trust_remote_code=trust_remote_code
+            path, dtype=_DTYPES[self.dtype], trust_remote_code=trust_remote_code
         ).to(self.device)
         self.model.eval()
         self.batch_size = batch_size
@@ -80,16 +85,22 @@ class LocalEngine(Engine):
 
     # ------------------------------------------------------------------------------------------
     def _batches(self, prompts: list[str]):
-        """Tokenise once, sort by length (longest first, so memory peaks early), yield index batches."""
+        """Tokenise once, sort by length (longest first, so memory peaks early), yield index batches. A prompt
+        over ``max_input_tokens`` is an error that names it: nothing is cut silently."""
         lengths = [len(ids) for ids in self.tokenizer(prompts, add_special_tokens=True)["input_ids"]]
+        over = [i for i, n in enumerate(lengths) if n > self.max_input_tokens]
+        if over:
+            raise StageError(
+                f"{len(over)} prompt(s) exceed engine.max_input_tokens={self.max_input_tokens} (the first, row {over[0]}, "
+                f"has {lengths[over[0]]} tokens). Raise engine.max_input_tokens or lower the step's content budget "
+                "(candidates.text_tokens, refinement.response_tokens)."
+            )
         order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
         for start in range(0, len(order), self.batch_size):
             yield order[start : start + self.batch_size]
 
     def _encode(self, texts: list[str]):
-        return self.tokenizer(
-            texts, return_tensors="pt", padding=True, truncation=True, max_length=self.max_input_tokens
-        ).to(self.device)
+        return self.tokenizer(texts, return_tensors="pt", padding=True).to(self.device)
 
     def _generation_config(self, params: GenerationParams) -> GenerationConfig:
         eos = self.model.generation_config.eos_token_id

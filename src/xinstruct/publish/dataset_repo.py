@@ -16,6 +16,7 @@ import yaml
 from datasets import Dataset, load_from_disk
 from huggingface_hub import DatasetCard, DatasetCardData
 
+from ..errors import PublishError
 from ..languages import get as get_language
 from . import plots
 from .templates import template_path
@@ -29,10 +30,6 @@ CITATION = """@inproceedings{li-etal-2024-x,
 }"""
 
 COLUMNS = ("id", "language", "instruction", "output", "messages", "source", "rating", "cluster", "iteration")
-
-
-class PublishError(ValueError):
-    """A run or repo that cannot be published as asked; the message says what to do."""
 
 
 def _manifest(run_dir: Path, step: str) -> dict[str, Any]:

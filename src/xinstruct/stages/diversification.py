@@ -18,6 +18,7 @@ import numpy as np
 from datasets import Dataset
 
 from ..config import Recipe
+from ..errors import StageError
 from ..models import cache_dir
 from ..rundir import Step
 
@@ -115,6 +116,13 @@ def equal_sample(labels: np.ndarray, target: int, seed: int) -> list[int]:
 def diversify(recipe: Recipe, kept: Dataset, step: Step) -> dict[str, Any]:
     """Cluster each language's kept instructions and sample equally from the clusters."""
     cfg = recipe.diversification
+    empty = [code for code in recipe.languages if code not in set(kept["language"])]
+    if empty:
+        raise StageError(
+            f"No kept rows for {', '.join(empty)} after refinement: these languages would be missing from the data "
+            "set. Give them more web texts (data.webtext.limit_per_language), loosen refinement.keep_rule / "
+            "keep_threshold, or remove them from languages."
+        )
     cache = EmbeddingCache(cfg.embedder, cfg.batch_size)
     vectors, computed = cache.embed(kept["instruction"])
     languages = kept["language"]

@@ -1,51 +1,155 @@
 """Stage 1, X-Instruction generation.
 
-1. ``seed``: read the seed pairs (English instruction, target-language response).
-2. ``webtext``: read and filter native web texts.
-3. ``generator``: SFT the base model on the seed, text -> English instruction (GENERATOR template).
-4. ``candidates``: the generator writes an English instruction for every web text; a gate drops (and
+1. ``seed``: read the seed pairs (English instruction, target-language response) and split off the held-out
+   pairs of every language first (``split`` column). Held-out pairs never reach any role's training set.
+2. ``baseline``: the untrained base model on the held-out pairs, the reference of every quality figure: the
+   English instruction it writes with the GENERATOR prompt, and its answer to the English instruction with
+   the FOLLOWER prompt (language fidelity).
+3. ``webtext``: read and filter native web texts.
+4. ``generator``: SFT the base model on the training seed pairs, text -> English instruction (GENERATOR
+   template), then the same held-out measurement as the baseline.
+5. ``candidates``: the generator writes an English instruction for every web text; a gate drops (and
    counts) empty, too short or non-English instructions. Written in shards, so a killed run resumes
    at the last finished shard with no row lost or repeated.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import logging
+import math
 import re
 from collections import Counter
 from typing import Any
 
 from datasets import Dataset
 
+from ..budget import PromptFitter, load_tokenizer
 from ..config import DecodingConfig, Recipe
 from ..data import lid
 from ..data.seeds import load_seeds
 from ..data.webtext import load_webtext
+from ..errors import StageError
 from ..inference import Engine, GenerationParams
-from ..prompts import generator_example, generator_prompt
+from ..languages import get as get_language
+from ..prompts import follower_prompt, generator_prompt
+from ..quality import fidelity_figures, generator_figures
 from ..rundir import Step
-from ..training import run_training
+from ..training import train_role
 
 logger = logging.getLogger(__name__)
 
 _SECTION = re.compile(r"\n?\s*###")
 
 
-class StageError(RuntimeError):
-    """A stage cannot go on with the data it has; the message says what to change."""
+def unit_hash(key: str, seed: int) -> float:
+    """A deterministic number in [0, 1) for ``key`` (stable across runs and machines)."""
+    digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def heldout_split(seeds: Dataset, fraction: float, minimum: int, seed: int) -> list[str]:
+    """``train`` or ``heldout`` per seed pair: in each language, the ``max(minimum, ceil(fraction * n))`` pairs with
+    the smallest id hash are held out. At least 2 pairs per language stay for training (level 1 needs a partner)."""
+    by_lang: dict[str, list[int]] = {}
+    for i, code in enumerate(seeds["language"]):
+        by_lang.setdefault(code, []).append(i)
+    ids = seeds["id"]
+    split = ["train"] * len(seeds)
+    for code, idx in by_lang.items():
+        n_held = max(minimum, math.ceil(fraction * len(idx)))
+        if len(idx) - n_held < 2:
+            raise StageError(
+                f"Language {code} has {len(idx)} seed pair(s): holding out {n_held} (data.seeds.heldout_fraction / "
+                "heldout_min_per_language) leaves fewer than 2 to train on. Add seed pairs or hold out fewer."
+            )
+        for i in sorted(idx, key=lambda i: unit_hash("heldout:" + ids[i], seed))[:n_held]:
+            split[i] = "heldout"
+    return split
 
 
 def build_seed(recipe: Recipe, step: Step) -> dict[str, Any]:
-    """Load the seed pairs of every recipe language into ``step``."""
-    seeds, report = load_seeds(recipe.data.seeds, recipe.languages)
+    """Load the seed pairs of every recipe language into ``step`` with their ``split`` (train / heldout)."""
+    cfg = recipe.data.seeds
+    seeds, report = load_seeds(cfg, recipe.languages)
     if report["languages_without_seeds"]:
         raise StageError(
-            f"No seed pairs for {', '.join(report['languages_without_seeds'])} in {recipe.data.seeds.path!r}. Every "
+            f"No seed pairs for {', '.join(report['languages_without_seeds'])} in {cfg.path!r}. Every "
             "language needs seed pairs: they train the generator and anchor the evaluator's pseudo-ratings. Add "
             "them (or build them with `xinstruct seed-build`), or remove the language from `languages`."
         )
+    if len(set(seeds["id"])) != len(seeds):
+        seeds = seeds.map(lambda r: {"id": f"{r['language']}:{r['id']}"})  # ids reused across languages
+    split = heldout_split(seeds, cfg.heldout_fraction, cfg.heldout_min_per_language, recipe.seed)
+    seeds = seeds.add_column("split", split)
     step.save(seeds)
-    return report
+    held = Counter(c for c, s in zip(seeds["language"], split) if s == "heldout")
+    return {**report, "heldout_rows": sum(held.values()), "heldout_per_language": dict(sorted(held.items()))}
+
+
+def split_rows(seeds: Dataset, split: str) -> Dataset:
+    """The seed pairs of one split (``train`` or ``heldout``)."""
+    return seeds.filter(lambda s: s == split, input_columns="split")
+
+
+def fitter_for(model: str) -> PromptFitter:
+    """A :class:`PromptFitter` with ``model``'s tokenizer."""
+    return PromptFitter(load_tokenizer(model))
+
+
+def fit_generator_prompts(fitter: PromptFitter, texts: list[str], budget: int | None) -> tuple[list[str], int]:
+    """GENERATOR prompts with each text cut to ``budget`` tokens (the frame is never cut); and how many were cut."""
+    fitted = [fitter.fit(generator_prompt, t, None, budget) for t in texts]
+    return [f.prompt for f in fitted], sum(f.cut for f in fitted)
+
+
+def held_out_outputs(recipe: Recipe, heldout: Dataset, engine: Engine, fitter: PromptFitter,
+                     generate_instructions: bool = True, answer: bool = True) -> dict[str, list[str]]:
+    """What a model writes for the held-out seed pairs: an English instruction for each response (GENERATOR
+    prompt, candidate decoding) and an answer to each English instruction (FOLLOWER prompt, level-2 decoding)."""
+    out: dict[str, list[str]] = {}
+    if generate_instructions:
+        prompts, _ = fit_generator_prompts(fitter, heldout["output"], recipe.candidates.text_tokens)
+        texts = engine.generate(prompts, decoding_params(recipe.candidates.decoding, recipe.seed))
+        out["instruction"] = [clean_instruction(t) for t in texts]
+    if answer:
+        out["answer"] = answer_seed_instructions(recipe, heldout, engine)
+    return out
+
+
+def answer_seed_instructions(recipe: Recipe, seeds: Dataset, engine: Engine, index: int = 0) -> list[str]:
+    """Answers to the seed pairs' English instructions (FOLLOWER prompt): level 2, and every fidelity figure.
+    Decoding: ``refinement.pseudo_ratings.decoding`` with ``refinement.response_tokens`` new tokens at most, so
+    every model is measured the same way and level 2 is never longer than the budget of the other levels."""
+    ref = recipe.refinement
+    params = decoding_params(ref.pseudo_ratings.decoding, recipe.seed + index)
+    params = dataclasses.replace(params, max_new_tokens=ref.response_tokens,
+                                 min_new_tokens=min(params.min_new_tokens, ref.response_tokens))
+    names = [get_language(c).name for c in seeds["language"]]
+    return engine.generate([follower_prompt(i, n) for i, n in zip(seeds["instruction"], names)], params)
+
+
+def measure_baseline(recipe: Recipe, seeds: Dataset, step: Step, engine: Engine) -> dict[str, Any]:
+    """The untrained base model on the held-out seed pairs: generator figures and language fidelity."""
+    heldout = split_rows(seeds, "heldout")
+    outputs = held_out_outputs(recipe, heldout, engine, fitter_for(recipe.base_model))
+    step.save(heldout.add_column("generated_instruction", outputs["instruction"]).add_column("answer", outputs["answer"]))
+    embed = instruction_embedder(recipe)
+    return {
+        "rows_in": len(heldout),
+        "generator": generator_figures(outputs["instruction"], heldout["instruction"], heldout["language"], embed),
+        "fidelity": fidelity_figures(outputs["answer"], heldout["language"]),
+        **engine.report(),
+    }
+
+
+def instruction_embedder(recipe: Recipe):
+    """``embed(texts) -> unit vectors`` with the diversification embedder (cached by content)."""
+    from .diversification import EmbeddingCache
+
+    cache = EmbeddingCache(recipe.diversification.embedder, recipe.diversification.batch_size)
+    return lambda texts: cache.embed(texts)[0]
 
 
 def build_webtext(recipe: Recipe, step: Step) -> dict[str, Any]:
@@ -60,20 +164,36 @@ def build_webtext(recipe: Recipe, step: Step) -> dict[str, Any]:
     return report
 
 
-def generator_training_set(seeds: Dataset) -> Dataset:
-    """Seed pairs as generator examples: prompt = GENERATOR template over the response, completion = instruction."""
-    return seeds.map(
-        lambda r: generator_example(r["instruction"], r["output"]), remove_columns=seeds.column_names
-    )
+def generator_training_set(seeds: Dataset, fitter: PromptFitter, text_tokens: int | None) -> tuple[Dataset, int]:
+    """Training seed pairs as generator examples: prompt = GENERATOR template over the response (cut to
+    ``text_tokens``, as in candidate generation), completion = the English instruction. Also returns the number
+    of responses cut."""
+    prompts, cut = fit_generator_prompts(fitter, seeds["output"], text_tokens)
+    return Dataset.from_dict({"prompt": prompts, "completion": seeds["instruction"]}), cut
 
 
-def train_generator(recipe: Recipe, seeds: Dataset, step: Step) -> dict[str, Any]:
-    """SFT the generator on the seed pairs; the model is saved in ``step/model``."""
+def train_generator(recipe: Recipe, seeds: Dataset, step: Step, make_engine, baseline: dict[str, Any]) -> dict[str, Any]:
+    """SFT the generator on the training seed pairs (``step/model``), then measure it on the held-out pairs
+    next to the base model's figures (``baseline``, the manifest of the baseline step)."""
     role = recipe.generator
-    metrics = run_training(
-        recipe.launcher, recipe.model_for(role), generator_training_set(seeds), step.path, role.training, role.lora, recipe.seed
-    )
-    return {"rows_in": len(seeds), "metrics": metrics, "model": str(step.path / "model")}
+    train = split_rows(seeds, "train")
+    data, cut = generator_training_set(train, fitter_for(recipe.model_for(role)), recipe.candidates.text_tokens)
+    metrics = train_role(recipe, role, data, step.path)
+    heldout = split_rows(seeds, "heldout")
+    model = str(step.path / "model")
+    engine = make_engine(model)
+    outputs = held_out_outputs(recipe, heldout, engine, fitter_for(model), answer=False)
+    step.save(heldout.add_column("generated_instruction", outputs["instruction"]), "heldout")
+    embed = instruction_embedder(recipe)
+    return {
+        "rows_in": len(train),
+        "texts_cut": cut,
+        "metrics": metrics,
+        "model": model,
+        "heldout": generator_figures(outputs["instruction"], heldout["instruction"], heldout["language"], embed),
+        "heldout_base": baseline.get("generator"),
+        **engine.report(),
+    }
 
 
 def decoding_params(dec: DecodingConfig, seed: int) -> GenerationParams:
@@ -103,9 +223,11 @@ def generate_candidates(recipe: Recipe, webtext: Dataset, generator: str, step: 
         engine: engine serving the generator.
     """
     cfg = recipe.candidates
+    fitter = fitter_for(generator)
 
     def shard(rows: Dataset, index: int) -> Dataset:
-        texts = engine.generate([generator_prompt(t) for t in rows["text"]], decoding_params(cfg.decoding, recipe.seed + index))
+        prompts, _ = fit_generator_prompts(fitter, rows["text"], cfg.text_tokens)
+        texts = engine.generate(prompts, decoding_params(cfg.decoding, recipe.seed + index))
         return Dataset.from_dict(
             {
                 "id": rows["id"],
@@ -135,6 +257,7 @@ def generate_candidates(recipe: Recipe, webtext: Dataset, generator: str, step: 
         "rows_in_per_language": dict(per_lang_in),
         "rows_out_per_language": dict(per_lang_out),
         "skipped": dict(skipped),
+        "texts_cut_to_text_tokens": fit_generator_prompts(fitter, webtext["text"], cfg.text_tokens)[1],
         "generator": generator,
         **engine.report(),
     }

@@ -3,42 +3,46 @@
 1. ``follower``: SFT of the base model on the current kept samples (the candidates in iteration 1),
    FOLLOWER template: English instruction + "Answer in {Language}." -> native text.
 2. ``pseudo_ratings``: from the seed pairs, level 3 = the seed's own response, level 2 = the follower's
-   response to the seed instruction, level 1 = another seed's response in the same language (sources
-   are recipe settings). A share of the seed pairs (all their levels) is held out.
-3. ``evaluator``: SFT on the pseudo-ratings with the rating prompt (completion exactly "1", "2" or "3");
-   its accuracy on the held-out pseudo-ratings is measured with ``Engine.score``.
+   response to the seed instruction, level 1 = another seed's response in the same language and the same
+   split (sources are recipe settings). The held-out seed pairs (split off in the ``seed`` step) give the
+   held-out rows; a training row never holds a held-out response. The three levels of a seed are cut to
+   the same token length, so length tells nothing. The follower's language fidelity on the held-out
+   instructions is measured here, next to the base model's.
+3. ``evaluator``: SFT on the training pseudo-ratings with the rating prompt (completion exactly "1", "2" or
+   "3"); on the held-out rows: accuracy, confusion, AUC of P(3) for 3 vs 1 and 3 vs 2, next to a length-only
+   classifier.
 4. ``ratings``: every candidate is scored with ``Engine.score``: P(1), P(2), P(3) and the expected rating.
-   Nothing is parsed, so no row can be "unparseable". Written in shards (resumable).
+   Nothing is parsed, so no row can be "unparseable". Planted negatives (candidates with another row's
+   instruction) are rated alongside and reported, then kept apart. Written in shards (resumable).
 5. ``kept``: rows rated 3 (argmax, or P(3) >= threshold) survive; they train the next iteration's
    follower, and the last iteration's kept set goes to diversification.
+
+Rating prompts, in training and in rating alike, hold the whole frame (template, instruction, cue) and a
+response cut to ``refinement.response_tokens``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections import Counter, defaultdict
 from typing import Any
 
-from datasets import Dataset
+from datasets import Dataset, concatenate_datasets
 
+from ..budget import PromptFitter
 from ..config import Recipe
+from ..errors import StageError
 from ..inference import Engine
 from ..languages import get as get_language
-from ..prompts import RATING_OPTIONS, evaluator_example, follower_example, follower_prompt, rating_prompt
+from ..prompts import RATING_OPTIONS, follower_example, rating_prompt
+from ..quality import LengthBaseline, auc, fidelity_figures, rating_figures
 from ..rundir import Step
-from ..training import run_training
-from .generation import StageError, decoding_params
+from ..training import train_role
+from .generation import answer_seed_instructions, fitter_for, split_rows, unit_hash
 
 logger = logging.getLogger(__name__)
 
 RATING_COLUMNS = ("p1", "p2", "p3", "expected_rating", "rating")
-
-
-def _unit(key: str, seed: int) -> float:
-    """A deterministic number in [0, 1) for ``key`` (stable across runs and machines)."""
-    digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64
 
 
 def follower_training_set(rows: Dataset, assistant_share: float = 0.0, seed: int = 0) -> Dataset:
@@ -49,18 +53,18 @@ def follower_training_set(rows: Dataset, assistant_share: float = 0.0, seed: int
     """
 
     def convert(row: dict[str, Any]) -> dict[str, str]:
-        assistant = assistant_share > 0 and _unit(row["id"], seed) < assistant_share
+        assistant = assistant_share > 0 and unit_hash(row["id"], seed) < assistant_share
         return follower_example(row["instruction"], row["output"], get_language(row["language"]).name, assistant)
 
     return rows.map(convert, remove_columns=rows.column_names)
 
 
 def train_follower(recipe: Recipe, kept: Dataset, step: Step) -> dict[str, Any]:
-    """Follower SFT on the current kept samples; the model goes to ``step/model``."""
+    """Follower SFT on the current kept samples (``assistant_share`` of them in the assistant style, as for the
+    final model); the model goes to ``step/model``."""
     role = recipe.refinement.follower
-    metrics = run_training(
-        recipe.launcher, recipe.model_for(role), follower_training_set(kept), step.path, role.training, role.lora, recipe.seed
-    )
+    data = follower_training_set(kept, recipe.final.assistant_share, recipe.seed)
+    metrics = train_role(recipe, role, data, step.path)
     return {"rows_in": len(kept), "metrics": metrics, "model": str(step.path / "model")}
 
 
@@ -71,7 +75,7 @@ def train_follower(recipe: Recipe, kept: Dataset, step: Step) -> dict[str, Any]:
 
 def _limit_per_language(seeds: Dataset, limit: int, seed: int) -> Dataset:
     """At most ``limit`` seed pairs per language, chosen by a hash of their id (stable), in input order."""
-    ranked = sorted(range(len(seeds)), key=lambda i: _unit("pick:" + seeds[i]["id"], seed))
+    ranked = sorted(range(len(seeds)), key=lambda i: unit_hash("pick:" + seeds[i]["id"], seed))
     taken: Counter = Counter()
     keep = []
     for i in ranked:
@@ -87,11 +91,19 @@ def _level1_partner(seeds: Dataset, source: str, seed: int) -> dict[str, int]:
 
     ``mismatched``: a seeded derangement within each language (never the seed itself).
     ``other_language``: a seed of another language, chosen deterministically.
+    With a ``split`` column, partners are chosen within the seed's own split (train or heldout), so a held-out
+    response never appears in a training row.
     """
     by_lang: dict[str, list[int]] = defaultdict(list)
     for i, lang in enumerate(seeds["language"]):
         by_lang[lang].append(i)
     ids = seeds["id"]
+    if "split" in seeds.column_names and len(set(seeds["split"])) > 1:  # pair within each split, never across
+        partner: dict[str, int] = {}
+        for name in sorted(set(seeds["split"])):
+            where = [i for i, s in enumerate(seeds["split"]) if s == name]
+            partner.update({k: where[v] for k, v in _level1_partner(split_rows(seeds, name), source, seed).items()})
+        return partner
     partner: dict[str, int] = {}
     if source == "mismatched":
         for lang, idx in by_lang.items():
@@ -101,7 +113,7 @@ def _level1_partner(seeds: Dataset, source: str, seed: int) -> dict[str, int]:
                     "the same language) need at least 2. Add seed pairs or set "
                     "refinement.pseudo_ratings.level_sources[1]: other_language."
                 )
-            order = sorted(idx, key=lambda i: _unit(ids[i], seed))
+            order = sorted(idx, key=lambda i: unit_hash(ids[i], seed))
             for pos, i in enumerate(order):  # rotate by one: a derangement
                 partner[ids[i]] = order[(pos + 1) % len(order)]
     else:
@@ -111,45 +123,59 @@ def _level1_partner(seeds: Dataset, source: str, seed: int) -> dict[str, int]:
         for lang_pos, lang in enumerate(langs):
             other = by_lang[langs[(lang_pos + 1) % len(langs)]]
             for i in by_lang[lang]:
-                partner[ids[i]] = other[int(_unit(ids[i], seed) * len(other))]
+                partner[ids[i]] = other[int(unit_hash(ids[i], seed) * len(other))]
     return partner
 
 
-def build_pseudo_ratings(recipe: Recipe, seeds: Dataset, step: Step, engine: Engine) -> dict[str, Any]:
-    """Three rated responses per seed pair (levels 3, 2, 1) with a held-out split; see the module doc.
+def build_pseudo_ratings(recipe: Recipe, seeds: Dataset, step: Step, engine: Engine, base_fidelity: dict | None = None
+                         ) -> dict[str, Any]:
+    """Three rated responses per seed pair (levels 3, 2, 1), training rows from the training split, held-out
+    rows from the held-out split; see the module doc.
 
     ``engine`` serves the level-2 model (the follower, or the base model when ``level_sources[2]: base``).
+    ``base_fidelity`` is the base model's fidelity figure, reported next to the follower's.
     """
-    cfg = recipe.refinement.pseudo_ratings
+    ref = recipe.refinement
+    cfg = ref.pseudo_ratings
     sources = cfg.level_sources
+    train = split_rows(seeds, "train")
     if cfg.seeds_per_language is not None:
-        seeds = _limit_per_language(seeds, cfg.seeds_per_language, recipe.seed)
+        train = _limit_per_language(train, cfg.seeds_per_language, recipe.seed)
+    heldout = split_rows(seeds, "heldout")
+    seeds = concatenate_datasets([train, heldout]) if len(heldout) else train
     langs = [get_language(code).name for code in seeds["language"]]
 
     def answer(rows: Dataset, index: int) -> Dataset:
-        names = [get_language(code).name for code in rows["language"]]
-        prompts = [follower_prompt(i, n) for i, n in zip(rows["instruction"], names)]
-        return Dataset.from_dict({"id": rows["id"], "response": engine.generate(prompts, decoding_params(cfg.decoding, recipe.seed + index))})
+        return Dataset.from_dict({"id": rows["id"], "response": answer_seed_instructions(recipe, rows, engine, index)})
 
     level2 = step.map_shards(seeds, cfg.shard_size, answer, desc=f"level-2 answers ({sources[2]})")
     level2_by_id = dict(zip(level2["id"], level2["response"]))
     partner = _level1_partner(seeds, sources[1], recipe.seed)
+    fitter = fitter_for(recipe.model_for(ref.evaluator))
     rows: list[dict[str, Any]] = []
+    lengths_before: dict[int, list[int]] = defaultdict(list)
+    skipped: Counter = Counter()
     for n, seed_row in enumerate(seeds):
         sid = seed_row["id"]
-        split = "heldout" if _unit("heldout:" + sid, recipe.seed) < cfg.heldout_fraction else "train"
         other = seeds[partner[sid]]
-        for level, response, source in (
-            (3, seed_row["output"], "seed"),
-            (2, level2_by_id[sid], sources[2]),
-            (1, other["output"], f"{sources[1]}:{other['id']}"),
-        ):
+        candidates = [(3, seed_row["output"], "seed"), (2, level2_by_id[sid].strip(), sources[2]),
+                      (1, other["output"], f"{sources[1]}:{other['id']}")]
+        if not candidates[1][1]:
+            skipped["empty_level2_answer"] += 1
+            candidates.pop(1)
+        sizes = [fitter.length(text) for _, text, _ in candidates]
+        same = min([ref.response_tokens, *sizes])  # every level of this seed is cut to the same length
+        for (level, text, source), size in zip(candidates, sizes):
+            lengths_before[level].append(size)
+            response, _ = fitter.head(text, same)
             rows.append({"id": f"{sid}#{level}", "seed_id": sid, "language": seed_row["language"], "language_name": langs[n],
-                         "instruction": seed_row["instruction"], "response": response, "level": level,
-                         "source": source, "split": split})
+                         "instruction": seed_row["instruction"], "response": response, "response_tokens": fitter.length(response),
+                         "level": level, "source": source, "split": seed_row["split"]})
     pseudo = Dataset.from_list(rows)
     step.save(pseudo)
     splits = Counter(pseudo["split"])
+    held_answers = [level2_by_id[i] for i in heldout["id"]]
+    mean = lambda xs: round(sum(xs) / len(xs), 1) if xs else None  # noqa: E731
     return {
         "rows_in": len(seeds),
         "rows_out": len(pseudo),
@@ -157,7 +183,11 @@ def build_pseudo_ratings(recipe: Recipe, seeds: Dataset, step: Step, engine: Eng
         "level_sources": {str(k): v for k, v in sources.items()},
         "train_rows": splits["train"],
         "heldout_rows": splits["heldout"],
-        "empty_level2_responses": sum(1 for r in level2["response"] if not r.strip()),
+        "skipped": dict(skipped),
+        "response_tokens_before_cut": {str(k): mean(v) for k, v in sorted(lengths_before.items())},
+        "response_tokens": {str(lv): mean([r["response_tokens"] for r in rows if r["level"] == lv]) for lv in (1, 2, 3)},
+        "level2_fidelity": fidelity_figures(held_answers, heldout["language"]) if len(heldout) else None,
+        "base_fidelity": base_fidelity,
         **engine.report(),
     }
 
@@ -167,18 +197,35 @@ def build_pseudo_ratings(recipe: Recipe, seeds: Dataset, step: Step, engine: Eng
 # ------------------------------------------------------------------------------------------------
 
 
-def evaluator_training_set(pseudo: Dataset) -> Dataset:
-    """Pseudo-ratings as rating-prompt examples whose completion is exactly the level ("1", "2" or "3")."""
-    return pseudo.map(
-        lambda r: evaluator_example(r["instruction"], r["response"], r["language_name"], r["level"]),
-        remove_columns=pseudo.column_names,
-    )
+def rating_prompt_limit(recipe: Recipe) -> int | None:
+    """The longest rating prompt: the evaluator's ``max_length`` less its completion (the digit and EOS), so that
+    TRL never cuts a training row; the same limit holds when rating."""
+    max_length = recipe.refinement.evaluator.training.get("max_length", 1024)
+    return None if max_length is None else max_length - 2
 
 
-def score_ratings(engine: Engine, rows: Dataset, instruction_col: str, response_col: str) -> dict[str, list]:
-    """P(1), P(2), P(3), expected rating and argmax rating of each row, from one forward pass each."""
-    names = [get_language(code).name for code in rows["language"]]
-    prompts = [rating_prompt(i, r, n) for i, r, n in zip(rows[instruction_col], rows[response_col], names)]
+def fit_rating_prompts(recipe: Recipe, fitter: PromptFitter, instructions: list[str], responses: list[str],
+                       languages: list[str]) -> tuple[list[str], int]:
+    """Rating prompts with the response cut to ``refinement.response_tokens`` and to the prompt limit (the frame
+    and the instruction are never cut); and how many responses were cut."""
+    budget, limit = recipe.refinement.response_tokens, rating_prompt_limit(recipe)
+    fitted = []
+    for instruction, response, code in zip(instructions, responses, languages):
+        name = get_language(code).name
+        render = lambda r, i=instruction, n=name: rating_prompt(i, r, n)  # noqa: E731
+        fitted.append(fitter.fit(render, response, limit, budget))
+    return [f.prompt for f in fitted], sum(f.cut for f in fitted)
+
+
+def evaluator_training_set(recipe: Recipe, pseudo: Dataset, fitter: PromptFitter) -> tuple[Dataset, int]:
+    """Pseudo-ratings as rating-prompt examples whose completion is exactly the level ("1", "2" or "3"); and how
+    many responses the prompt budget cut."""
+    prompts, cut = fit_rating_prompts(recipe, fitter, pseudo["instruction"], pseudo["response"], pseudo["language"])
+    return Dataset.from_dict({"prompt": prompts, "completion": [str(level) for level in pseudo["level"]]}), cut
+
+
+def score_ratings(engine: Engine, prompts: list[str]) -> dict[str, list]:
+    """P(1), P(2), P(3), expected rating and argmax rating of each rating prompt, from one forward pass each."""
     probs = engine.score(prompts, list(RATING_OPTIONS))
     return {
         "p1": [p[0] for p in probs],
@@ -190,25 +237,28 @@ def score_ratings(engine: Engine, rows: Dataset, instruction_col: str, response_
 
 
 def train_evaluator(recipe: Recipe, pseudo: Dataset, step: Step, make_engine) -> dict[str, Any]:
-    """Evaluator SFT on the training split; accuracy measured on the held-out split with ``Engine.score``."""
+    """Evaluator SFT on the training split; on the held-out split: its figures next to a length-only classifier
+    fitted on the same training rows."""
     role = recipe.refinement.evaluator
-    train = pseudo.filter(lambda s: s == "train", input_columns="split")
-    heldout = pseudo.filter(lambda s: s == "heldout", input_columns="split")
-    metrics = run_training(
-        recipe.launcher, recipe.model_for(role), evaluator_training_set(train), step.path, role.training, role.lora, recipe.seed
-    )
-    report: dict[str, Any] = {"rows_in": len(train), "heldout_rows": len(heldout), "metrics": metrics, "model": str(step.path / "model")}
+    train = split_rows(pseudo, "train")
+    heldout = split_rows(pseudo, "heldout")
+    fitter = fitter_for(recipe.model_for(role))
+    data, cut = evaluator_training_set(recipe, train, fitter)
+    metrics = train_role(recipe, role, data, step.path)
+    report: dict[str, Any] = {"rows_in": len(train), "heldout_rows": len(heldout), "responses_cut": cut,
+                              "metrics": metrics, "model": str(step.path / "model")}
     if len(heldout):
         engine = make_engine(str(step.path / "model"))
-        scores = score_ratings(engine, heldout, "instruction", "response")
+        prompts, _ = fit_rating_prompts(recipe, fitter, heldout["instruction"], heldout["response"], heldout["language"])
+        scores = score_ratings(engine, prompts)
         report.update(engine.report())
-        truth = heldout["level"]
-        confusion = Counter(f"{t}->{p}" for t, p in zip(truth, scores["rating"]))
-        report["heldout_accuracy"] = round(sum(t == p for t, p in zip(truth, scores["rating"])) / len(truth), 4)
-        report["heldout_accuracy_per_level"] = {
-            str(level): round(confusion[f"{level}->{level}"] / max(1, truth.count(level)), 4) for level in (1, 2, 3)
-        }
-        report["heldout_confusion"] = dict(sorted(confusion.items()))
+        probs = list(zip(scores["p1"], scores["p2"], scores["p3"]))
+        figures = rating_figures(heldout["level"], probs, heldout["language"])
+        report["heldout"] = figures
+        report["heldout_accuracy"] = figures["accuracy"]
+        baseline = LengthBaseline().fit(train["response_tokens"], train["level"])
+        report["length_baseline"] = rating_figures(heldout["level"], baseline.predict_proba(heldout["response_tokens"]),
+                                                   heldout["language"])
     return report
 
 
@@ -217,24 +267,70 @@ def train_evaluator(recipe: Recipe, pseudo: Dataset, step: Step, make_engine) ->
 # ------------------------------------------------------------------------------------------------
 
 
-def rate_candidates(recipe: Recipe, pool: Dataset, step: Step, engine: Engine, iteration: int) -> dict[str, Any]:
-    """Score every row of ``pool`` with the evaluator, shard by shard (resumable)."""
-    base = pool.remove_columns([c for c in RATING_COLUMNS + ("iteration",) if c in pool.column_names])
+def plant_negatives(pool: Dataset, share: float, seed: int) -> Dataset:
+    """Planted negatives: copies of ``share`` of the pool (chosen by a hash of the id), each with the instruction
+    of another row of the same language (a different instruction). ``planted`` marks them; their ids start with
+    ``planted:``. Languages with fewer than two distinct instructions get none."""
+    if share <= 0 or len(pool) == 0:
+        return pool.select([]).add_column("planted", [])
+    by_lang: dict[str, list[int]] = defaultdict(list)
+    for i, code in enumerate(pool["language"]):
+        by_lang[code].append(i)
+    instructions, ids = pool["instruction"], pool["id"]
+    picks: list[tuple[int, int]] = []
+    for idx in by_lang.values():
+        order = sorted(idx, key=lambda i: unit_hash("plant:" + ids[i], seed))
+        for n, i in enumerate(order[: round(share * len(idx))]):
+            donors = [j for j in order[n + 1 :] + order[:n] if instructions[j] != instructions[i]]
+            if donors:
+                picks.append((i, donors[0]))
+    rows = pool.select([i for i, _ in picks])
+    rows = rows.map(lambda r, k: {"id": f"planted:{r['id']}", "instruction": instructions[picks[k][1]]}, with_indices=True)
+    return rows.add_column("planted", [True] * len(rows))
 
-    def shard(rows: Dataset, index: int) -> Dataset:
-        scores = score_ratings(engine, rows, "instruction", "output")
-        out = rows
+
+def rate_candidates(recipe: Recipe, pool: Dataset, step: Step, engine: Engine, iteration: int, evaluator: str) -> dict[str, Any]:
+    """Score every row of ``pool`` and the planted negatives with the evaluator (served by ``engine``; its model
+    folder ``evaluator`` gives the tokenizer that fits the prompts), shard by shard (resumable). The real rows go
+    to ``data``; the planted ones to ``planted``, never further."""
+    ref = recipe.refinement
+    base = pool.remove_columns([c for c in RATING_COLUMNS + ("iteration", "planted") if c in pool.column_names])
+    planted = plant_negatives(base, ref.planted_share, recipe.seed + iteration)
+    rows = concatenate_datasets([base.add_column("planted", [False] * len(base)), planted])
+    fitter = fitter_for(evaluator)
+
+    def shard(part: Dataset, index: int) -> Dataset:
+        prompts, _ = fit_rating_prompts(recipe, fitter, part["instruction"], part["output"], part["language"])
+        scores = score_ratings(engine, prompts)
+        out = part
         for col in RATING_COLUMNS:
             out = out.add_column(col, scores[col])
-        return out.add_column("iteration", [iteration] * len(rows))
+        return out.add_column("iteration", [iteration] * len(part))
 
-    rated = step.map_shards(base, recipe.refinement.shard_size, shard, desc=f"rating (iteration {iteration})")
+    rated_all = step.map_shards(rows, ref.shard_size, shard, desc=f"rating (iteration {iteration})")
+    _, cut_total = fit_rating_prompts(recipe, fitter, rated_all["instruction"], rated_all["output"], rated_all["language"])
+    is_planted = rated_all["planted"]
+    rated = rated_all.select([i for i, p in enumerate(is_planted) if not p]).remove_columns("planted")
+    planted_rated = rated_all.select([i for i, p in enumerate(is_planted) if p])
     step.save(rated)
+    step.save(planted_rated, "planted")
+    real_kept = keep_mask(rated, ref.keep_rule, ref.keep_threshold)
+    planted_kept = keep_mask(planted_rated, ref.keep_rule, ref.keep_threshold)
+    drop = lambda mask: round(1 - sum(mask) / len(mask), 4) if mask else None  # noqa: E731
     return {
         "rows_in": len(pool),
         "rows_out": len(rated),
         "rating_histogram": {str(k): v for k, v in sorted(Counter(rated["rating"]).items())},
         "mean_expected_rating": round(sum(rated["expected_rating"]) / max(1, len(rated)), 4),
+        "responses_cut": cut_total,
+        "planted": {
+            "rows": len(planted_rated),
+            "share": ref.planted_share,
+            "drop_rate_planted": drop(planted_kept),
+            "drop_rate_real": drop(real_kept),
+            "auc_real_vs_planted": auc(rated["p3"], planted_rated["p3"]),
+            "rating_histogram": {str(k): v for k, v in sorted(Counter(planted_rated["rating"]).items())},
+        },
         **engine.report(),
     }
 

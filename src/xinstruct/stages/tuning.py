@@ -1,6 +1,8 @@
 """Stage 4, final tuning: SFT of the base model on the diversified set with the FOLLOWER template
 (a recipe-set share uses the assistant-style variant). The result is the X-Instruction model, saved in
-``final/model`` with its tokenizer and a generation config whose EOS is the tokenizer's."""
+``final/model`` with its tokenizer and a generation config whose EOS is the tokenizer's. It is then measured
+as the follower is: language fidelity of its answers to the held-out English seed instructions of every
+language, next to the base model's."""
 
 from __future__ import annotations
 
@@ -9,8 +11,10 @@ from typing import Any
 from datasets import Dataset
 
 from ..config import Recipe
+from ..quality import fidelity_figures
 from ..rundir import Step
-from ..training import run_training
+from ..training import train_role
+from .generation import answer_seed_instructions, split_rows
 from .refinement import follower_training_set
 
 
@@ -19,9 +23,19 @@ def final_training_set(recipe: Recipe, diversified: Dataset) -> Dataset:
     return follower_training_set(diversified, recipe.final.assistant_share, recipe.seed)
 
 
-def train_final(recipe: Recipe, diversified: Dataset, step: Step) -> dict[str, Any]:
-    """Train and save the X-Instruction model."""
-    role = recipe.final
+def train_final(recipe: Recipe, diversified: Dataset, step: Step, seeds: Dataset, make_engine,
+                base_fidelity: dict | None = None) -> dict[str, Any]:
+    """Train and save the X-Instruction model, then measure its language fidelity on the held-out seeds."""
     data = final_training_set(recipe, diversified)
-    metrics = run_training(recipe.launcher, recipe.model_for(role), data, step.path, role.training, role.lora, recipe.seed)
-    return {"rows_in": len(diversified), "metrics": metrics, "model": str(step.path / "model")}
+    metrics = train_role(recipe, recipe.final, data, step.path)
+    model = str(step.path / "model")
+    report: dict[str, Any] = {"rows_in": len(diversified), "assistant_style_rows": sum(
+        "style of an AI assistant" in p for p in data["prompt"]), "metrics": metrics, "model": model}
+    heldout = split_rows(seeds, "heldout")
+    if len(heldout):
+        engine = make_engine(model)
+        answers = answer_seed_instructions(recipe, heldout, engine)
+        step.save(heldout.add_column("answer", answers), "heldout")
+        report.update({"fidelity": fidelity_figures(answers, heldout["language"]), "base_fidelity": base_fidelity,
+                       **engine.report()})
+    return report
