@@ -41,12 +41,26 @@ def tiny_model(_offline_env) -> str:
 def tiny_run(tmp_path_factory, tiny_model):
     """One uninterrupted run of the complete loop (K=2) on three languages, shared by the pipeline and
     publishing tests (read-only: tests that change it copy it first)."""
+    from xinstruct import training
     from xinstruct.config import load_recipe
     from xinstruct.pipeline import run
 
     run_dir = tmp_path_factory.mktemp("runs") / "reference"
-    results = run(load_recipe(TINY_RECIPE, FAST), run_dir, echo=lambda s: None)
+    original = training.run_training
+
+    def recording(launcher, model, train_dataset, output_dir, *args, **kwargs):
+        TRAINED[str(Path(output_dir).relative_to(run_dir))] = train_dataset.to_list()
+        return original(launcher, model, train_dataset, output_dir, *args, **kwargs)
+
+    training.run_training = recording  # every training set of every role, for the leak test
+    try:
+        results = run(load_recipe(TINY_RECIPE, FAST), run_dir, echo=lambda s: None)
+    finally:
+        training.run_training = original
     return run_dir, results
+
+
+TRAINED: dict[str, list[dict]] = {}  # step -> the prompt/completion rows it trained on (filled by tiny_run)
 
 
 @pytest.fixture(scope="session")

@@ -12,10 +12,11 @@ import time
 import pytest
 from datasets import load_from_disk
 
-from conftest import FAST, write_jsonl
+from conftest import FAST, TRAINED, write_jsonl
 from conftest import TINY_RECIPE as TINY
 from xinstruct.config import RecipeError, load_recipe
-from xinstruct.pipeline import iteration_report, plan, run
+from xinstruct.pipeline import plan, run
+from xinstruct.run_report import iteration_report
 
 
 def cli(*args, **kw):
@@ -53,6 +54,50 @@ def test_per_iteration_report(tiny_run):
     assert follower2["rows_in"] == report[0]["kept"]
 
 
+def test_no_heldout_seed_reaches_any_training_set(tiny_run):
+    """Every role's training rows (generator, followers, evaluators, final) are free of held-out seed pairs: not
+    their responses (as a text, a level 3 or another row's level 1) and not their instructions."""
+    run_dir, _ = tiny_run
+    seeds = load_from_disk(str(run_dir / "seed" / "data"))
+    heldout = [r for r in seeds if r["split"] == "heldout"]
+    assert {r["language"] for r in heldout} == {"sw", "ta", "th"} and all(
+        sum(r["language"] == c for r in heldout) >= 2 for c in ("sw", "ta", "th"))
+    assert set(TRAINED) == {"generator", "iter-1/follower", "iter-1/evaluator", "iter-2/follower", "iter-2/evaluator", "final"}
+    for step, rows in TRAINED.items():
+        text = "\n".join(r["prompt"] + r["completion"] for r in rows)
+        for seed in heldout:
+            assert seed["output"][:30] not in text, f"held-out response {seed['id']} in {step}"
+            assert seed["instruction"] not in text, f"held-out instruction {seed['id']} in {step}"
+    generator_rows = TRAINED["generator"]
+    assert len(generator_rows) == sum(s == "train" for s in seeds["split"])
+
+
+def test_every_role_is_measured_against_its_reference(tiny_run):
+    run_dir, _ = tiny_run
+    manifest = lambda step: json.loads((run_dir / step / "manifest.json").read_text())  # noqa: E731
+    generator = manifest("generator")
+    for key in ("english_share", "similarity", "retrieval@1", "retrieval@5"):
+        assert 0.0 <= generator["heldout"][key] <= 1.0 and 0.0 <= generator["heldout_base"][key] <= 1.0
+    for k in (1, 2):
+        evaluator = manifest(f"iter-{k}/evaluator")
+        for figures in (evaluator["heldout"], evaluator["length_baseline"]):
+            assert figures["rows"] == evaluator["heldout_rows"] > 0 and 0 <= figures["accuracy"] <= 1
+            assert figures["auc_3v1"] is not None and figures["auc_3v2"] is not None
+            assert sum(figures["confusion"].values()) == figures["rows"]
+        planted = manifest(f"iter-{k}/ratings")["planted"]
+        assert planted["rows"] > 0 and planted["drop_rate_planted"] is not None and planted["drop_rate_real"] is not None
+        pseudo = manifest(f"iter-{k}/pseudo_ratings")
+        assert pseudo["level2_fidelity"]["answers"] == pseudo["base_fidelity"]["answers"] == len(
+            load_from_disk(str(run_dir / "baseline" / "data")))
+        assert len(set(pseudo["response_tokens"].values())) == 1  # the levels are as long as each other
+    final = manifest("final")
+    assert final["fidelity"]["answers"] == final["base_fidelity"]["answers"] > 0
+    assert final["assistant_style_rows"] > 0  # the tiny recipe trains a share in the assistant style
+    for step in ("generator", "iter-1/follower", "iter-1/evaluator", "final"):
+        metrics = manifest(step)["metrics"]
+        assert metrics["rows_in"] >= metrics["train_rows"] > 0 and "dropped" in metrics and "truncated" in metrics
+
+
 def test_second_run_skips_every_finished_step(tiny_run):
     run_dir, results = tiny_run
     again = run(load_recipe(TINY, FAST), run_dir, echo=lambda s: None)
@@ -64,7 +109,7 @@ def test_until_and_from(tiny_run, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(run_dir, copy)
     partial = run(load_recipe(TINY, FAST), copy, until="generation", echo=lambda s: None)
-    assert [r.name for r in partial] == ["seed", "webtext", "generator", "candidates"]
+    assert [r.name for r in partial] == ["seed", "webtext", "baseline", "generator", "candidates"]
     again = run(load_recipe(TINY, FAST), copy, start="diversification", echo=lambda s: None)
     assert [(r.name, r.status) for r in again if r.status == "done"] == [("diversified", "done"), ("final", "done")]
     assert load_from_disk(str(copy / "diversified" / "data"))["id"] == load_from_disk(str(run_dir / "diversified" / "data"))["id"]

@@ -1,28 +1,37 @@
-"""Refinement checks the method: where each pseudo-rating level comes from, the evaluator's prompt,
-the keep rule, and the scores stored per candidate."""
+"""Refinement checks the method: where each pseudo-rating level comes from, that no held-out seed reaches a
+training row, that levels cannot be told apart by length, the evaluator's prompt and budget, the keep rule,
+planted negatives, and the scores stored per candidate."""
 
 import math
 
 import pytest
 from datasets import Dataset
 
+from xinstruct.budget import PromptFitter, load_tokenizer
 from xinstruct.config import load_recipe
+from xinstruct.errors import StageError
 from xinstruct.inference.local import LocalEngine
-from xinstruct.prompts import FOLLOWER_TEMPLATE, RATING_TEMPLATE
+from xinstruct.prompts import FOLLOWER_TEMPLATE, RATING_TEMPLATE, rating_prompt
 from xinstruct.rundir import Step
-from xinstruct.stages.generation import StageError
+from xinstruct.stages.generation import heldout_split
 from xinstruct.stages.refinement import (
     build_pseudo_ratings,
     evaluator_training_set,
+    fit_rating_prompts,
     keep_mask,
     keep_rated,
+    plant_negatives,
     rate_candidates,
 )
 
-SEEDS = Dataset.from_list(
-    [{"id": f"sw-{i}", "language": "sw", "instruction": f"Explain topic {i}.", "output": f"Jibu la Kiswahili namba {i}.", "source": "t"} for i in range(12)]
-    + [{"id": f"ta-{i}", "language": "ta", "instruction": f"Describe thing {i}.", "output": f"தமிழ் பதில் {i}.", "source": "t"} for i in range(8)]
+LONG = " ".join(f"neno{i}" for i in range(80))  # a response far over the budget below
+ROWS = (
+    [{"id": f"sw-{i}", "language": "sw", "instruction": f"Explain topic {i}.", "output": f"Jibu la Kiswahili namba {i}. {LONG}", "source": "t"} for i in range(12)]
+    + [{"id": f"ta-{i}", "language": "ta", "instruction": f"Describe thing {i}.", "output": f"தமிழ் பதில் {i}. {LONG}", "source": "t"} for i in range(8)]
 )
+_SEEDS = Dataset.from_list(ROWS)
+SEEDS = _SEEDS.add_column("split", heldout_split(_SEEDS, 0.25, 2, 42))
+BUDGET = 12
 
 
 class RecordingEngine(LocalEngine):
@@ -38,60 +47,117 @@ class RecordingEngine(LocalEngine):
         return out
 
 
+def _recipe(*extra):
+    return load_recipe(None, ["languages=[sw,ta]", "base_model=tiny", f"refinement.response_tokens={BUDGET}",
+                              "refinement.pseudo_ratings.decoding.min_new_tokens=4", *extra])
+
+
 @pytest.fixture(scope="module")
 def pseudo(tmp_path_factory, tiny_model):
-    recipe = load_recipe(None, ["languages=[sw,ta]", "refinement.pseudo_ratings.decoding.max_new_tokens=6"])
     step = Step(tmp_path_factory.mktemp("run"), "iter-1/pseudo_ratings", {"t": 1})
     step.begin()
     engine = RecordingEngine()
-    report = build_pseudo_ratings(recipe, SEEDS, step, engine)
+    report = build_pseudo_ratings(_recipe(), SEEDS, step, engine, {"fidelity": 0.0})
     return step.load(), engine, report
+
+
+def test_heldout_split_covers_every_language_with_at_least_the_minimum():
+    split = dict(zip(SEEDS["id"], SEEDS["split"]))
+    assert sum(s == "heldout" for i, s in split.items() if i.startswith("sw")) == 3  # ceil(0.25 * 12)
+    assert sum(s == "heldout" for i, s in split.items() if i.startswith("ta")) == 2  # ceil(0.25 * 8)
+    few = Dataset.from_list(ROWS[12:15])
+    with pytest.raises(StageError, match="ta has 3 seed pair"):
+        heldout_split(few, 0.1, 2, 42)
 
 
 def test_each_seed_gives_levels_3_2_1_from_the_right_sources(pseudo):
     rows, engine, report = pseudo
-    assert report["rows_out"] == 3 * len(SEEDS)
     seeds = {r["id"]: r for r in SEEDS}
     answered = dict(engine.calls)
+    fitter = PromptFitter(load_tokenizer("tiny"))
+    assert len(engine.calls) == len(SEEDS)
+    assert report["rows_out"] == 3 * len(SEEDS) - report["skipped"].get("empty_level2_answer", 0)
     for r in rows:
         seed = seeds[r["seed_id"]]
         assert r["instruction"] == seed["instruction"] and r["language"] == seed["language"]
         if r["level"] == 3:
-            assert r["response"] == seed["output"] and r["source"] == "seed"
+            assert seed["output"].startswith(r["response"]) and r["source"] == "seed"
         elif r["level"] == 2:  # the follower's answer to the seed instruction, FOLLOWER template
             prompt = FOLLOWER_TEMPLATE.format(instruction=seed["instruction"], language_name=r["language_name"])
-            assert r["response"] == answered[prompt] and r["source"] == "follower"
+            assert answered[prompt].strip().startswith(r["response"]) and r["source"] == "follower"
         else:  # another seed's response, same language, never its own
             other_id = r["source"].split(":", 1)[1]
             assert other_id != seed["id"] and seeds[other_id]["language"] == seed["language"]
-            assert r["response"] == seeds[other_id]["output"]
-    assert len(engine.calls) == len(SEEDS)
+            assert seeds[other_id]["output"].startswith(r["response"])
+        assert r["response_tokens"] == fitter.length(r["response"]) <= BUDGET
 
 
-def test_heldout_split_keeps_all_levels_of_a_seed_together(pseudo):
+def test_no_heldout_seed_reaches_a_training_row(pseudo):
     rows, _, report = pseudo
-    split_of = {}
+    seeds = {r["id"]: r for r in SEEDS}
+    heldout_outputs = {r["output"][:40] for r in SEEDS if r["split"] == "heldout"}
     for r in rows:
-        assert split_of.setdefault(r["seed_id"], r["split"]) == r["split"]
-    assert report["heldout_rows"] + report["train_rows"] == len(rows)
-    assert report["heldout_rows"] % 3 == 0
+        assert r["split"] == seeds[r["seed_id"]]["split"]  # all levels of a seed stay together
+        if r["split"] == "train":
+            assert r["response"][:40] not in heldout_outputs  # not as level 3, not as another row's level 1
+            if r["level"] == 1:
+                assert seeds[r["source"].split(":", 1)[1]]["split"] == "train"
+    assert report["heldout_rows"] > 0 and report["heldout_rows"] + report["train_rows"] == len(rows)
 
 
-def test_evaluator_learns_from_the_documented_rating_prompt(pseudo):
+def test_levels_of_a_seed_have_the_same_length(pseudo):
+    rows, _, report = pseudo
+    by_seed = {}
+    for r in rows:
+        by_seed.setdefault(r["seed_id"], set()).add(r["response_tokens"])
+    assert all(len(lengths) == 1 for lengths in by_seed.values())
+    assert len(set(report["response_tokens"].values())) == 1  # mean length per level: equal
+    assert report["level2_fidelity"]["answers"] == sum(s == "heldout" for s in SEEDS["split"])
+
+
+def test_an_empty_level2_answer_is_dropped_and_counted(tmp_path, tiny_model):
+    class Silent(RecordingEngine):
+        def generate(self, prompts, params):
+            return ["" if "topic 1." in p else "jibu" for p in prompts]
+
+    step = Step(tmp_path, "p", {})
+    step.begin()
+    report = build_pseudo_ratings(_recipe(), SEEDS, step, Silent())
+    assert report["skipped"] == {"empty_level2_answer": 1}
+    rows = step.load()
+    assert "sw-1#2" not in rows["id"] and {"sw-1#3", "sw-1#1"} <= set(rows["id"])
+
+
+def test_evaluator_learns_from_the_documented_rating_prompt_within_the_budget(pseudo):
     rows, _, _ = pseudo
-    data = evaluator_training_set(rows)
+    fitter = PromptFitter(load_tokenizer("tiny"))
+    frame = max(fitter.length(rating_prompt(r["instruction"], "", r["language_name"]), special=True) for r in rows)
+    recipe = _recipe(f"refinement.evaluator.training={{max_length: {frame + 8}}}")
+    data, _ = evaluator_training_set(recipe, rows, fitter)
     for r, ex in zip(rows, data):
-        assert ex["prompt"] == RATING_TEMPLATE.format(instruction=r["instruction"], response=r["response"], language_name=r["language_name"])
         assert ex["completion"] == str(r["level"])
-    assert RATING_TEMPLATE.endswith("\n\n### Rating:\n")
+        assert ex["prompt"].startswith(RATING_TEMPLATE.split("{instruction}")[0].format(language_name=r["language_name"]))
+        assert f"### Instruction:\n{r['instruction']}\n\n" in ex["prompt"] and ex["prompt"].endswith("\n\n### Rating:\n")
+        assert fitter.length(ex["prompt"], special=True) <= frame + 6  # max_length - digit - EOS: TRL never cuts it
+
+
+def test_rating_prompts_cut_the_response_never_the_frame(tiny_model):
+    fitter = PromptFitter(load_tokenizer("tiny"))
+    frame = fitter.length(rating_prompt("Explain topic 1.", "", "Swahili"), special=True)
+    recipe = _recipe(f"refinement.evaluator.training={{max_length: {frame + 12}}}", "refinement.response_tokens=500")
+    prompts, cut = fit_rating_prompts(recipe, fitter, ["Explain topic 1."], [ROWS[1]["output"]], ["sw"])
+    assert cut == 1 and prompts[0].endswith("\n\n### Rating:\n") and "Explain topic 1." in prompts[0]
+    assert frame < fitter.length(prompts[0], special=True) <= frame + 10
+    with pytest.raises(StageError, match="frame alone"):
+        fit_rating_prompts(recipe, fitter, ["word " * 60], ["x"], ["sw"])
 
 
 def test_a_language_with_one_seed_cannot_have_mismatched_level_1(tmp_path, tiny_engine):
-    recipe = load_recipe(None, ["languages=[sw]"])
     step = Step(tmp_path, "p", {})
     step.begin()
+    one = SEEDS.select([0]).map(lambda r: {"split": "train"})
     with pytest.raises(StageError, match="sw has 1 seed pair"):
-        build_pseudo_ratings(recipe, SEEDS.select([0]), step, tiny_engine)
+        build_pseudo_ratings(_recipe(), one, step, tiny_engine)
 
 
 RATED = Dataset.from_dict({
@@ -125,17 +191,42 @@ def test_an_iteration_that_keeps_nothing_says_what_to_change(tmp_path):
         keep_rated(recipe, RATED, step, 2)
 
 
-def test_rating_stores_probabilities_expected_rating_and_argmax(tmp_path, tiny_engine):
-    recipe = load_recipe(None, ["refinement.shard_size=3"])
-    pool = SEEDS.select(range(7))
+POOL = Dataset.from_list([{"id": r["id"], "language": r["language"], "instruction": r["instruction"],
+                           "output": r["output"], "source": "t"} for r in ROWS])
+
+
+def test_planted_negatives_swap_instructions_within_a_language():
+    planted = plant_negatives(POOL, 0.25, 7)
+    real = {r["id"]: r for r in POOL}
+    assert len(planted) == 3 + 2  # round(0.25 * 12) + round(0.25 * 8)
+    instructions_by_lang = {}
+    for r in POOL:
+        instructions_by_lang.setdefault(r["language"], set()).add(r["instruction"])
+    for r in planted:
+        original = real[r["id"].removeprefix("planted:")]
+        assert r["planted"] and r["output"] == original["output"]
+        assert r["instruction"] != original["instruction"] and r["instruction"] in instructions_by_lang[r["language"]]
+    assert plant_negatives(POOL, 0.25, 7)["id"] == planted["id"]  # deterministic
+
+
+def test_rating_stores_probabilities_and_planted_rows_never_leave_it(tmp_path, tiny_model, tiny_engine):
+    recipe = _recipe("refinement.shard_size=3", "refinement.planted_share=0.25", "refinement.keep_rule=threshold",
+                     "refinement.keep_threshold=0.0")
     step = Step(tmp_path, "ratings", {})
     step.begin()
-    report = rate_candidates(recipe, pool, step, tiny_engine, iteration=1)
+    report = rate_candidates(recipe, POOL, step, tiny_engine, 1, "tiny")
     rated = step.load()
-    assert rated["id"] == pool["id"] and report["rows_out"] == 7
+    assert rated["id"] == POOL["id"] and report["rows_out"] == len(POOL)
     for r in rated:
         assert math.isclose(r["p1"] + r["p2"] + r["p3"], 1.0, rel_tol=1e-5)
         assert math.isclose(r["expected_rating"], r["p1"] + 2 * r["p2"] + 3 * r["p3"], rel_tol=1e-6)
         assert r["rating"] == 1 + [r["p1"], r["p2"], r["p3"]].index(max(r["p1"], r["p2"], r["p3"]))
         assert r["iteration"] == 1
-    assert sum(report["rating_histogram"].values()) == 7
+    assert sum(report["rating_histogram"].values()) == len(POOL)
+    planted = step.load("planted")
+    assert len(planted) == report["planted"]["rows"] == 5 and all(planted["planted"])
+    assert report["planted"]["drop_rate_planted"] == 0.0 == report["planted"]["drop_rate_real"]  # threshold 0 keeps all
+    kept_step = Step(tmp_path, "kept", {})
+    kept_step.begin()
+    keep_rated(recipe, rated, kept_step, 1)
+    assert not any(i.startswith("planted:") for i in kept_step.load()["id"])  # planted rows never reach the kept set

@@ -2,6 +2,7 @@
 
 import json
 
+import torch
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
@@ -64,3 +65,77 @@ def test_a_step_stopped_after_training_does_not_train_again(tmp_path, tiny_model
     stamp = weights.stat().st_mtime_ns
     monkeypatch.setattr(training, "train_sft", lambda *a, **k: (_ for _ in ()).throw(AssertionError("trained again")))
     assert training.run_training(*args) == first and weights.stat().st_mtime_ns == stamp
+
+
+def _trainer(tmp_path, model_path, data, lm_head_on_loss_only):
+    from trl import SFTTrainer
+
+    from xinstruct.training import lm_head_on_loss_positions, make_sft_config
+
+    torch.manual_seed(0)
+    with lm_head_on_loss_positions(lm_head_on_loss_only):
+        trainer = SFTTrainer(model=AutoModelForCausalLM.from_pretrained(model_path), processing_class=AutoTokenizer.from_pretrained(model_path),
+                             args=make_sft_config({"max_steps": 1, "per_device_train_batch_size": 4, "bf16": False}, tmp_path),
+                             train_dataset=data)
+    return trainer
+
+
+def _loss_and_grads(trainer, lm_head_on_loss_only):
+    from xinstruct.training import lm_head_on_loss_positions
+
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    model = trainer.model
+    model.zero_grad()
+    with lm_head_on_loss_positions(lm_head_on_loss_only):
+        loss = trainer.compute_loss(model, dict(batch))
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_lm_head_on_loss_positions_leaves_loss_and_gradients_unchanged(tmp_path, tiny_model):
+    """The LM head restricted to completion positions gives TRL's default loss and gradients (fp32, tiny model)."""
+    data = _data()
+    ours = _loss_and_grads(_trainer(tmp_path / "a", tiny_model, data, True), True)
+    trl_default = _loss_and_grads(_trainer(tmp_path / "b", tiny_model, data, False), False)
+    assert torch.allclose(ours[0], trl_default[0], rtol=1e-5, atol=1e-6)
+    assert ours[1].keys() == trl_default[1].keys() and len(ours[1]) > 0
+    for name, grad in ours[1].items():
+        assert torch.allclose(grad, trl_default[1][name], rtol=1e-4, atol=1e-6), name
+
+
+def test_lm_head_switch_changes_what_trl_projects(tmp_path, tiny_model, monkeypatch):
+    """The switch is not a no-op: with it, TRL's kernel receives only the loss positions."""
+    import trl.trainer.utils as trl_utils
+
+    seen = []
+    original = trl_utils._ChunkedLogProbFunction.apply
+    monkeypatch.setattr(trl_utils._ChunkedLogProbFunction, "apply", lambda hidden, *a: seen.append(hidden.shape[0]) or original(hidden, *a))
+    trainer = _trainer(tmp_path, tiny_model, _data(), True)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    for flag in (True, False):
+        _loss_and_grads(trainer, flag)
+    labelled = int((batch["labels"][:, 1:] != -100).sum())
+    assert seen[0] == labelled < seen[1] == batch["input_ids"].shape[0] * (batch["input_ids"].shape[1] - 1)
+
+
+def test_rows_cut_or_dropped_by_max_length_are_counted(tmp_path, tiny_model):
+    long_prompt = generator_example("Describe the sea.", "Bahari " * 200)
+    rows = Dataset.from_list([generator_example(i, o) for i, o in PAIRS[:6]] + [long_prompt])
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    prompt_len = max(len(tok(generator_example(i, o)["prompt"])["input_ids"]) for i, o in PAIRS)
+    metrics = train_sft("tiny", rows, tmp_path, {"max_steps": 1, "max_length": prompt_len + 3, "per_device_train_batch_size": 4})
+    assert metrics["rows_in"] == 7 and metrics["train_rows"] == 6
+    assert metrics["dropped"] == {"fully_masked_by_max_length": 1}  # the long prompt fills max_length: TRL drops it
+    assert metrics["truncated"]["completion_cut_at_max_length"] >= 1  # completions longer than 3 tokens are cut
+
+
+def test_dtype_auto_follows_the_hardware(monkeypatch):
+    from xinstruct import hardware
+    from xinstruct.training import training_dtype
+
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
+    monkeypatch.setattr(hardware.torch.cuda, "is_available", lambda: False)
+    assert hardware.auto_dtype() == "float32" and training_dtype({}) == "float32"
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx2", "avx512f", "avx512_bf16"}))
+    assert hardware.auto_dtype() == "bfloat16" and hardware.cpu_kind() == "AVX512-BF16"
+    assert training_dtype({}) == "bfloat16" and training_dtype({"bf16": False}) == "float32"

@@ -14,6 +14,8 @@ Entries:
   language) + equal sampling: faiss vs scikit-learn KMeans; target for ours: <= 30 s.
 - ``sft-packing/tiny``: SFT tokens/s with TRL ``packing=True`` (BFD, padding-free) vs padded batches on
   the same follower data.
+- ``sft-lm-head/<model>``: SFT tokens/s (LoRA) with the LM head only at loss positions vs TRL's default, on the
+  generator's and the evaluator's prompt/completion shapes; target for the evaluator's shape: >= 2x.
 - ``endpoint/<model>``: rows/s of the endpoint engine at concurrency 1, 4 and 16 against one
   ``transformers serve --continuous-batching`` on 127.0.0.1 (same prompts, greedy, one warm-up call);
   the ratio is concurrency 16 vs 1. No target: it measures how well the engine keeps a server busy.
@@ -52,7 +54,7 @@ def authors_loop(engine: LocalEngine, prompts: list[str], params: GenerationPara
     with torch.inference_mode():
         for prompt in prompts:
             inputs = tok(prompt, return_tensors="pt").to(engine.device)
-            seq = model.generate(**inputs, generation_config=cfg)
+            seq = model.generate(**inputs, generation_config=cfg, logits_processor=engine._processors(params))
             outs.append(tok.decode(seq[0][inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip())
     return outs
 
@@ -224,6 +226,65 @@ def bench_packing(rows: int = 192, steps: int = 6) -> dict[str, Any]:
     }
 
 
+def _sft_shape_rows(shape: str, rows: int, model: str) -> Any:
+    """Prompt/completion rows of a role's shape over the bundled seed pairs: ``generator`` (GENERATOR prompt over a
+    native text cut to 192 tokens -> English instruction) or ``evaluator`` (rating prompt with a 64-token response
+    -> one digit)."""
+    from datasets import Dataset
+
+    from .budget import PromptFitter, load_tokenizer
+    from .prompts import evaluator_example, generator_prompt
+
+    fitter = PromptFitter(load_tokenizer(model))
+    seeds = [(lang.name, s) for lang in PAPER_LANGUAGES for s in read_jsonl(sample_file("seeds", lang.code))][:rows]
+    if shape == "generator":
+        examples = [{"prompt": fitter.fit(generator_prompt, s["output"], None, 192).prompt, "completion": s["instruction"]}
+                    for _, s in seeds]
+    else:
+        examples = [evaluator_example(s["instruction"], fitter.head(s["output"], 64)[0], name, 3) for name, s in seeds]
+    return Dataset.from_list(examples)
+
+
+def bench_sft_lm_head(model: str = "gemma-3-270m", rows: int = 24, steps: int = 4, batch_size: int = 4,
+                      shapes: tuple[str, ...] = ("generator", "evaluator")) -> list[dict[str, Any]]:
+    """SFT tokens/s with the LM head only at loss positions vs TRL's default (every position on CPU), same LoRA
+    training, rows and steps, for the generator's and the evaluator's prompt/completion shapes."""
+    import tempfile
+
+    from .hardware import auto_dtype, cpu_kind
+    from .training import train_sft
+
+    out = []
+    for shape in shapes:
+        data = _sft_shape_rows(shape, rows, model)
+        rates = {}
+        for restricted in (False, True):
+            with tempfile.TemporaryDirectory() as folder:
+                args = {"max_steps": steps, "per_device_train_batch_size": batch_size, "max_length": 512, "logging_steps": 1,
+                        "activation_checkpointing": False, "disable_tqdm": True}
+                metrics = train_sft(model, data, folder, args, lora={"r": 16, "lora_alpha": 32, "target_modules": "all-linear"},
+                                    lm_head_on_loss_only=restricted)
+                rates[restricted] = (metrics["num_tokens"], metrics["train_runtime"], metrics["train_loss"])
+        tps = {k: tokens / seconds for k, (tokens, seconds, _) in rates.items()}
+        out.append({
+            "name": f"sft-lm-head/{model}, {shape} shape",
+            "ratio": round(tps[True] / tps[False], 2),
+            "target": 2.0 if shape == "evaluator" else None,
+            "baseline": "TRL SFTTrainer default (LM head over every position on CPU), LoRA r=16",
+            "ours": "LM head only at positions that carry loss (lm_head_on_loss_only)",
+            "cpu": cpu_kind(),
+            "dtype": auto_dtype(),
+            "steps": steps,
+            "baseline_tokens_per_s": round(tps[False], 1),
+            "ours_tokens_per_s": round(tps[True], 1),
+            "baseline_train_loss": round(rates[False][2], 4),
+            "ours_train_loss": round(rates[True][2], 4),
+            "baseline_seconds": round(rates[False][1], 2),
+            "ours_seconds": round(rates[True][1], 2),
+        })
+    return out
+
+
 def bench_endpoint(model: str = "tiny", rows: int = 64, max_new_tokens: int = 32, levels: tuple[int, ...] = (1, 4, 16)) -> dict[str, Any]:
     """Endpoint engine throughput at several concurrency levels against one local continuous-batching server."""
     from .inference.endpoint import EndpointEngine
@@ -274,6 +335,8 @@ def main(out: str = "bench.json", gemma_rows: int = 16, skip_gemma: bool = False
     jobs.append(lambda: [bench_rating("tiny", rows=64, batch_size=16)])
     if not skip_gemma:
         jobs.append(lambda: [bench_rating("gemma-3-270m", rows=gemma_rows, batch_size=16)])
+    if not skip_gemma:
+        jobs.append(lambda: bench_sft_lm_head("gemma-3-270m"))
     jobs += [lambda: [bench_diversification()], lambda: [bench_packing()], lambda: [bench_endpoint("tiny")]]
     results: list[dict[str, Any]] = []
     for job in jobs:

@@ -84,3 +84,15 @@ class PromptFitter:
             cut = True
             prompt = render(kept)
         return Fitted(prompt, kept, cut)
+
+    def same_length(self, texts: list[str], max_tokens: int) -> list[str]:
+        """Cut every text to the same token count: the shortest text's, at most ``max_tokens``. Decoding a cut and
+        tokenising it again can shift a token at the end, so the cut is repeated until the lengths agree."""
+        target = min([max_tokens, *(self.length(t) for t in texts)])
+        for _ in range(4):
+            cut = [self.head(t, target)[0] for t in texts]
+            lengths = [self.length(t) for t in cut]
+            if len(set(lengths)) <= 1:
+                return cut
+            target = min(lengths)
+        return cut

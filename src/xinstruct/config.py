@@ -236,6 +236,10 @@ class RefinementConfig:
         follower (`RoleConfig`): the instruction follower (English instruction + "Answer in {Language}." ->
             native text), trained each iteration on the kept set of the previous one (the candidates at first).
         evaluator (`RoleConfig`): the evaluator, trained each iteration on that iteration's pseudo-ratings.
+        evaluator_kind (`str`, *optional*, defaults to `"sft"`): ``sft`` fine-tunes ``evaluator`` to write the rating
+            (the paper's evaluator); ``likelihood`` fits a rating head (logistic regression) on the iteration
+            follower's likelihood of the response with and without the instruction, on the same pseudo-ratings:
+            the choice for small models, which do not learn the digit in a short training (``stages/likelihood.py``).
         pseudo_ratings (`PseudoRatingConfig`): how the pseudo-rating set is built.
         rate (`str`, *optional*, defaults to `"candidates"`): what each iteration rates: ``candidates`` (every
             candidate, with the newer evaluator) or ``kept`` (the previous iteration's kept set only).
@@ -255,6 +259,7 @@ class RefinementConfig:
     iterations: int = 3
     follower: RoleConfig = field(default_factory=RoleConfig)
     evaluator: RoleConfig = field(default_factory=RoleConfig)
+    evaluator_kind: str = "sft"
     pseudo_ratings: PseudoRatingConfig = field(default_factory=PseudoRatingConfig)
     rate: str = "candidates"
     keep_rule: str = "argmax"
@@ -579,6 +584,7 @@ def _check_recipe(recipe: Recipe) -> None:
             "the paper uses 3). To stop after candidate generation use --until generation."
         )
     _choice(ref.rate, ("candidates", "kept"), "refinement.rate")
+    _choice(ref.evaluator_kind, ("sft", "likelihood"), "refinement.evaluator_kind")
     _choice(ref.keep_rule, ("argmax", "threshold"), "refinement.keep_rule")
     if not 0.0 <= ref.keep_threshold <= 1.0:
         raise RecipeError("refinement.keep_threshold is a probability: 0 <= value <= 1.")

@@ -4,8 +4,8 @@
 stage              step (folder)       output
 =================  ==================  =====================================================================
 generation         ``seed``            seed pairs with their train / held-out split
-generation         ``baseline``        the base model on the held-out pairs (the reference of every figure)
 generation         ``webtext``         filtered web texts (+ ``dropped`` with reasons)
+generation         ``baseline``        the base model on the held-out pairs (the reference of every figure)
 generation         ``generator``       the generator model (``generator/model``) and its held-out figures
 generation         ``candidates``      (English instruction, native text) candidates (+ ``dropped``)
 refinement         ``iter-k/follower``        follower model trained on the current kept set
@@ -88,12 +88,12 @@ def plan(recipe: Recipe, run_dir: str | Path) -> list[PlannedStep]:
     add(seed, "generation", lambda: generation.build_seed(recipe, seed))
     measured = {"candidates": dataclasses.asdict(recipe.candidates), "answers": dataclasses.asdict(ref.pseudo_ratings.decoding),
                 "response_tokens": ref.response_tokens, "embedder": recipe.diversification.embedder}
-    baseline = Step(run_dir, "baseline", {**measured, "base_model": recipe.base_model, "engine": _engine_settings(recipe, None)}, [seed])
-    add(baseline, "generation", lambda: generation.measure_baseline(recipe, seed.load(), baseline, engine(None, recipe.base_model, baseline)))
-    base_figure = lambda key: (baseline.manifest() or {}).get(key)  # noqa: E731
     webtext_settings = {k: v for k, v in dataclasses.asdict(data.webtext).items() if k != "streaming"}
     webtext = Step(run_dir, "webtext", {"webtext": webtext_settings, "filters": dataclasses.asdict(data.filters), "languages": recipe.languages})
     add(webtext, "generation", lambda: generation.build_webtext(recipe, webtext))
+    baseline = Step(run_dir, "baseline", {**measured, "base_model": recipe.base_model, "engine": _engine_settings(recipe, None)}, [seed])
+    add(baseline, "generation", lambda: generation.measure_baseline(recipe, seed.load(), baseline, engine(None, recipe.base_model, baseline)))
+    base_figure = lambda key: (baseline.manifest() or {}).get(key)  # noqa: E731
     generator = Step(run_dir, "generator", {**role_settings(recipe, recipe.generator), **measured,
                                             "engine": _engine_settings(recipe, recipe.generator)}, [seed, baseline])
     add(generator, "generation", lambda: generation.train_generator(
@@ -105,7 +105,8 @@ def plan(recipe: Recipe, run_dir: str | Path) -> list[PlannedStep]:
         recipe, webtext.load(), model_of(generator), candidates, engine(recipe.generator, model_of(generator), candidates)))
 
     # --- refinement --------------------------------------------------------------------------------
-    rating_settings = {"response_tokens": ref.response_tokens, "max_length": ref.evaluator.training.get("max_length")}
+    rating_settings = {"response_tokens": ref.response_tokens, "max_length": ref.evaluator.training.get("max_length"),
+                       "evaluator_kind": ref.evaluator_kind}
     train_src = pool_src = candidates
     for k in range(1, ref.iterations + 1):
         it = f"iter-{k}"
@@ -122,16 +123,22 @@ def plan(recipe: Recipe, run_dir: str | Path) -> list[PlannedStep]:
                       [seed, follower] if level2_from_follower else [seed])
         add(pseudo, "refinement", lambda p=pseudo, f=follower, l2=l2_role: refinement.build_pseudo_ratings(
             recipe, seed.load(), p, engine(l2, model_of(f) if l2 else recipe.base_model, p), base_figure("fidelity")))
-        evaluator = Step(run_dir, f"{it}/evaluator", {**role_settings(recipe, ref.evaluator), **rating_settings,
-                                                      "engine": _engine_settings(recipe, ref.evaluator)}, [pseudo])
-        add(evaluator, "refinement", lambda e=evaluator, p=pseudo: refinement.train_evaluator(
-            recipe, p.load(), e, lambda path, e=e: engine(ref.evaluator, path, e)))
+        likelihood = ref.evaluator_kind == "likelihood"  # the rating head reads the follower's likelihoods
+        ev_role = ref.follower if likelihood else ref.evaluator
+        evaluator = Step(run_dir, f"{it}/evaluator", {**rating_settings, "kind": ref.evaluator_kind,
+                                                      **({} if likelihood else role_settings(recipe, ref.evaluator)),
+                                                      "engine": _engine_settings(recipe, ev_role)},
+                         [pseudo, follower] if likelihood else [pseudo])
+        add(evaluator, "refinement", lambda e=evaluator, p=pseudo, f=follower, r=ev_role: refinement.train_evaluator(
+            recipe, p.load(), e, lambda path, e=e, r=r: engine(r, path, e), model_of(f)))
         ratings = Step(run_dir, f"{it}/ratings", {"iteration": k, "rate": ref.rate, **rating_settings, "seed": recipe.seed,
                                                   "planted_share": ref.planted_share, "keep_rule": ref.keep_rule,
                                                   "keep_threshold": ref.keep_threshold,
-                                                  "engine": _engine_settings(recipe, ref.evaluator)}, [evaluator, pool_src])
-        add(ratings, "refinement", lambda r=ratings, e=evaluator, src=pool_src, k=k: refinement.rate_candidates(
-            recipe, src.load(), r, engine(ref.evaluator, model_of(e), r), k, model_of(e)))
+                                                  "engine": _engine_settings(recipe, ev_role)}, [evaluator, pool_src])
+        rater = model_of(follower if likelihood else evaluator)  # the model the rating engine serves
+        head = str(evaluator.path / refinement.HEAD_FILE) if likelihood else None
+        add(ratings, "refinement", lambda r=ratings, src=pool_src, k=k, m=rater, h=head, role=ev_role: refinement.rate_candidates(
+            recipe, src.load(), r, engine(role, m, r), k, m, h))
         kept = Step(run_dir, f"{it}/kept", {"keep_rule": ref.keep_rule, "keep_threshold": ref.keep_threshold}, [ratings])
         add(kept, "refinement", lambda kp=kept, r=ratings, k=k: refinement.keep_rated(recipe, r.load(), kp, k))
         train_src = kept

@@ -38,7 +38,8 @@ PROJECT_DEFAULTS: dict[str, Any] = {"report_to": "none", "save_strategy": "no", 
 
 # SFTConfig fields that change logging or speed but not the trained weights (left out of step hashes).
 NON_OUTPUT_KEYS = frozenset(
-    {"gradient_checkpointing", "gradient_checkpointing_kwargs", "logging_steps", "logging_strategy", "report_to", "save_strategy", "save_steps", "save_total_limit",
+    {"activation_checkpointing", "activation_checkpointing_kwargs", "gradient_checkpointing", "gradient_checkpointing_kwargs",
+     "logging_steps", "logging_strategy", "report_to", "save_strategy", "save_steps", "save_total_limit",
      "dataloader_num_workers", "disable_tqdm", "log_level", "logging_dir", "push_to_hub", "hub_model_id"}
 )
 

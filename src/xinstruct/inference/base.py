@@ -53,3 +53,9 @@ class Engine(ABC):
     def score(self, prompts: list[str], options: list[str]) -> list[list[float]]:
         """Return, per prompt, the probabilities of each fixed continuation in ``options``
         (renormalised over the options), from a single forward pass; no text is parsed."""
+
+    def loglik(self, prompts: list[str], continuations: list[str]) -> list[tuple[float, int]]:
+        """Return, per row, the summed log-probability of ``continuation`` after ``prompt`` and its token count."""
+        raise NotImplementedError(
+            f"The {self.name} engine cannot score continuations (log-likelihoods); serve this role with a local engine."
+        )

@@ -18,6 +18,7 @@ from huggingface_hub import DatasetCard, DatasetCardData
 
 from ..errors import PublishError
 from ..languages import get as get_language
+from ..run_report import iteration_report, run_summary
 from . import plots
 from .templates import template_path
 
@@ -162,6 +163,9 @@ def build_dataset_repo(
     plot_files = [plots.output_lengths({c: [len(t) for t in r["output"]] for c, r in by_lang.items()}, out / "plots" / "output_length.png").name]
     if histograms:
         plot_files.append(plots.rating_distribution(histograms, out / "plots" / "rating_distribution.png").name)
+    quality = {"iterations": iteration_report(run_dir, k_max), "summary": run_summary(run_dir)}
+    if quality["iterations"]:
+        plot_files.append(plots.quality_per_iteration(quality["iterations"], out / "plots" / "quality_per_iteration.png").name)
     div = _manifest(run_dir, "diversified")
     if div.get("per_language"):
         sizes = {c: v["cluster_sizes"] for c, v in div["per_language"].items()}
@@ -185,6 +189,7 @@ def build_dataset_repo(
         table=table,
         lineage=lineage,
         iteration_configs=iteration_configs,
+        quality=quality,
         plots=plot_files,
         citation=CITATION,
     )

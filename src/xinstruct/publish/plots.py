@@ -71,3 +71,27 @@ def grouped_bars(series: dict[str, dict[str, float | None]], path: Path, ylabel:
     ax.set_title(title)
     ax.legend(fontsize="small")
     return _save(fig, path)
+
+
+def quality_per_iteration(report: list[dict], path: Path) -> Path:
+    """Each role's figure across refinement iterations, with its reference dashed: evaluator AUC 3 vs 1 (length-only
+    classifier), drop rate of planted negatives (real rows), follower language fidelity (base model)."""
+    its = [r["iteration"] for r in report]
+    fig, ax = plt.subplots(figsize=(6.5, 3.5))
+    for key, ref_key, label, color in (
+        ("evaluator_auc_3v1", "length_baseline_auc_3v1", "evaluator AUC 3 vs 1 (length-only)", "tab:blue"),
+        ("planted_drop_rate", "real_drop_rate", "drop rate planted (real)", "tab:red"),
+        ("follower_fidelity", "base_fidelity", "follower fidelity (base)", "tab:green"),
+    ):
+        values = [r.get(key) for r in report]
+        refs = [r.get(ref_key) for r in report]
+        if any(v is not None for v in values):
+            ax.plot(its, [v if v is not None else float("nan") for v in values], marker="o", color=color, label=label)
+        if any(v is not None for v in refs):
+            ax.plot(its, [v if v is not None else float("nan") for v in refs], marker="x", linestyle="--", color=color)
+    ax.set_xticks(its)
+    ax.set_ylim(0, 1.05)
+    ax.set_xlabel("refinement iteration")
+    ax.set_title("Quality per iteration (dashed: reference)")
+    ax.legend(fontsize="small")
+    return _save(fig, path)

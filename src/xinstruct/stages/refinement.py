@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter, defaultdict
+from pathlib import Path
 from typing import Any
 
 from datasets import Dataset, concatenate_datasets
@@ -39,6 +40,9 @@ from ..quality import LengthBaseline, auc, fidelity_figures, rating_figures
 from ..rundir import Step
 from ..training import train_role
 from .generation import answer_seed_instructions, fitter_for, split_rows, unit_hash
+from .likelihood import LikelihoodHead, likelihood_features
+
+HEAD_FILE = "rating_head.json"
 
 logger = logging.getLogger(__name__)
 
@@ -163,11 +167,9 @@ def build_pseudo_ratings(recipe: Recipe, seeds: Dataset, step: Step, engine: Eng
         if not candidates[1][1]:
             skipped["empty_level2_answer"] += 1
             candidates.pop(1)
-        sizes = [fitter.length(text) for _, text, _ in candidates]
-        same = min([ref.response_tokens, *sizes])  # every level of this seed is cut to the same length
-        for (level, text, source), size in zip(candidates, sizes):
-            lengths_before[level].append(size)
-            response, _ = fitter.head(text, same)
+        cut = fitter.same_length([text for _, text, _ in candidates], ref.response_tokens)  # every level alike
+        for (level, text, source), response in zip(candidates, cut):
+            lengths_before[level].append(fitter.length(text))
             rows.append({"id": f"{sid}#{level}", "seed_id": sid, "language": seed_row["language"], "language_name": langs[n],
                          "instruction": seed_row["instruction"], "response": response, "response_tokens": fitter.length(response),
                          "level": level, "source": source, "split": seed_row["split"]})
@@ -226,7 +228,11 @@ def evaluator_training_set(recipe: Recipe, pseudo: Dataset, fitter: PromptFitter
 
 def score_ratings(engine: Engine, prompts: list[str]) -> dict[str, list]:
     """P(1), P(2), P(3), expected rating and argmax rating of each rating prompt, from one forward pass each."""
-    probs = engine.score(prompts, list(RATING_OPTIONS))
+    return scores_from_probs(engine.score(prompts, list(RATING_OPTIONS)))
+
+
+def scores_from_probs(probs: list) -> dict[str, list]:
+    """The stored rating columns from (P(1), P(2), P(3)) per row."""
     return {
         "p1": [p[0] for p in probs],
         "p2": [p[1] for p in probs],
@@ -236,23 +242,37 @@ def score_ratings(engine: Engine, prompts: list[str]) -> dict[str, list]:
     }
 
 
-def train_evaluator(recipe: Recipe, pseudo: Dataset, step: Step, make_engine) -> dict[str, Any]:
-    """Evaluator SFT on the training split; on the held-out split: its figures next to a length-only classifier
-    fitted on the same training rows."""
+def train_evaluator(recipe: Recipe, pseudo: Dataset, step: Step, make_engine, follower: str | None = None) -> dict[str, Any]:
+    """Train the evaluator on the training split (``evaluator_kind``: ``sft`` fine-tunes a model to write the
+    rating; ``likelihood`` fits a rating head on the ``follower``'s likelihoods, see :mod:`.likelihood`); on the
+    held-out split: its figures next to a length-only classifier fitted on the same training rows."""
     role = recipe.refinement.evaluator
     train = split_rows(pseudo, "train")
     heldout = split_rows(pseudo, "heldout")
-    fitter = fitter_for(recipe.model_for(role))
-    data, cut = evaluator_training_set(recipe, train, fitter)
-    metrics = train_role(recipe, role, data, step.path)
-    report: dict[str, Any] = {"rows_in": len(train), "heldout_rows": len(heldout), "responses_cut": cut,
-                              "metrics": metrics, "model": str(step.path / "model")}
+    report: dict[str, Any] = {"rows_in": len(train), "heldout_rows": len(heldout), "kind": recipe.refinement.evaluator_kind}
+    if recipe.refinement.evaluator_kind == "likelihood":
+        engine = make_engine(follower)
+        features = likelihood_features(engine, train["instruction"], train["response"], train["language"])
+        head = LikelihoodHead().fit(features, train["level"])
+        head.save(step.path / HEAD_FILE, follower=follower)
+        report.update({"model": follower, "head": str(step.path / HEAD_FILE)})
+        predict = lambda rows: head.predict_proba(  # noqa: E731
+            likelihood_features(engine, rows["instruction"], rows["response"], rows["language"]))
+    else:
+        fitter = fitter_for(recipe.model_for(role))
+        data, cut = evaluator_training_set(recipe, train, fitter)
+        report.update({"responses_cut": cut, "metrics": train_role(recipe, role, data, step.path), "model": str(step.path / "model")})
+        engine = None
+
+        def predict(rows: Dataset) -> list:
+            nonlocal engine
+            engine = make_engine(str(step.path / "model"))
+            prompts, _ = fit_rating_prompts(recipe, fitter, rows["instruction"], rows["response"], rows["language"])
+            scores = score_ratings(engine, prompts)
+            return list(zip(scores["p1"], scores["p2"], scores["p3"]))
     if len(heldout):
-        engine = make_engine(str(step.path / "model"))
-        prompts, _ = fit_rating_prompts(recipe, fitter, heldout["instruction"], heldout["response"], heldout["language"])
-        scores = score_ratings(engine, prompts)
+        probs = predict(heldout)
         report.update(engine.report())
-        probs = list(zip(scores["p1"], scores["p2"], scores["p3"]))
         figures = rating_figures(heldout["level"], probs, heldout["language"])
         report["heldout"] = figures
         report["heldout_accuracy"] = figures["accuracy"]
@@ -289,19 +309,29 @@ def plant_negatives(pool: Dataset, share: float, seed: int) -> Dataset:
     return rows.add_column("planted", [True] * len(rows))
 
 
-def rate_candidates(recipe: Recipe, pool: Dataset, step: Step, engine: Engine, iteration: int, evaluator: str) -> dict[str, Any]:
-    """Score every row of ``pool`` and the planted negatives with the evaluator (served by ``engine``; its model
-    folder ``evaluator`` gives the tokenizer that fits the prompts), shard by shard (resumable). The real rows go
-    to ``data``; the planted ones to ``planted``, never further."""
+def rate_candidates(recipe: Recipe, pool: Dataset, step: Step, engine: Engine, iteration: int, evaluator: str,
+                    head: str | None = None) -> dict[str, Any]:
+    """Score every row of ``pool`` and the planted negatives with the evaluator, shard by shard (resumable). The
+    real rows go to ``data``; the planted ones to ``planted``, never further.
+
+    ``engine`` serves the model ``evaluator`` (a folder: its tokenizer fits the responses to the budget): the SFT
+    evaluator, or for ``evaluator_kind: likelihood`` the follower whose likelihoods feed the rating ``head``."""
     ref = recipe.refinement
     base = pool.remove_columns([c for c in RATING_COLUMNS + ("iteration", "planted") if c in pool.column_names])
     planted = plant_negatives(base, ref.planted_share, recipe.seed + iteration)
     rows = concatenate_datasets([base.add_column("planted", [False] * len(base)), planted])
     fitter = fitter_for(evaluator)
 
+    rating_head = LikelihoodHead.load(Path(head)) if head else None
+
     def shard(part: Dataset, index: int) -> Dataset:
-        prompts, _ = fit_rating_prompts(recipe, fitter, part["instruction"], part["output"], part["language"])
-        scores = score_ratings(engine, prompts)
+        if rating_head is not None:
+            responses = [fitter.head(text, ref.response_tokens)[0] for text in part["output"]]
+            probs = rating_head.predict_proba(likelihood_features(engine, part["instruction"], responses, part["language"]))
+            scores = scores_from_probs(probs)
+        else:
+            prompts, _ = fit_rating_prompts(recipe, fitter, part["instruction"], part["output"], part["language"])
+            scores = score_ratings(engine, prompts)
         out = part
         for col in RATING_COLUMNS:
             out = out.add_column(col, scores[col])
