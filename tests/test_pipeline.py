@@ -220,3 +220,23 @@ def test_web_texts_all_filtered_is_a_clear_error(tmp_path):
 def test_unknown_stage_for_until(tmp_path):
     proc = cli("run", str(TINY), "--until", "refinment", "--run-dir", str(tmp_path))
     assert proc.returncode == 2 and "'refinment' is not a stage" in proc.stderr
+
+
+@pytest.mark.parametrize("case", ["malformed_yaml", "missing_recipe", "bad_override", "unknown_step", "bad_dtype",
+                                  "too_few_seeds_to_hold_out", "not_a_run_dir"])
+def test_each_kind_of_bad_input_is_one_line_without_traceback(tmp_path, case):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("name: x\nlanguages: [sw, ta\n")
+    write_jsonl(tmp_path / "seeds" / "sw.jsonl", [{"instruction": f"Say {i}.", "output": f"Habari {i}!"} for i in range(3)])
+    args = {
+        "malformed_yaml": ("run", str(broken)),
+        "missing_recipe": ("run", str(tmp_path / "nowhere.yaml")),
+        "bad_override": ("run", str(TINY), "--set", "languages=[sw"),
+        "unknown_step": ("run", str(TINY), "--until", "iter-9/kept"),
+        "bad_dtype": ("run", str(TINY), "--set", "engine.dtype=bf17"),
+        "too_few_seeds_to_hold_out": ("run", str(TINY), "--set", "languages=[sw]", "--set", f"data.seeds.path={tmp_path / 'seeds'}"),
+        "not_a_run_dir": ("publish", str(tmp_path), "--out", str(tmp_path / "out")),
+    }[case]
+    proc = cli(*args, "--run-dir", str(tmp_path / "run")) if args[0] == "run" else cli(*args)
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]

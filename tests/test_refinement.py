@@ -230,3 +230,66 @@ def test_rating_stores_probabilities_and_planted_rows_never_leave_it(tmp_path, t
     kept_step.begin()
     keep_rated(recipe, rated, kept_step, 1)
     assert not any(i.startswith("planted:") for i in kept_step.load()["id"])  # planted rows never reach the kept set
+
+
+@pytest.mark.parametrize("kind", ["sft", "likelihood"])
+def test_evaluator_is_measured_on_heldout_rows_next_to_length_only(pseudo, tmp_path, tiny_model, kind):
+    from xinstruct.stages.refinement import train_evaluator
+
+    rows, _, _ = pseudo
+    recipe = _recipe(f"refinement.evaluator_kind={kind}", "refinement.evaluator.training={max_steps: 2, max_length: 256}")
+    step = Step(tmp_path, "iter-1/evaluator", {})
+    step.begin()
+    report = train_evaluator(recipe, rows, step, lambda path: LocalEngine(path, batch_size=8, progress=False), tiny_model)
+    heldout = sum(s == "heldout" for s in rows["split"])
+    for figures in (report["heldout"], report["length_baseline"]):
+        assert figures["rows"] == heldout and sum(figures["confusion"].values()) == heldout
+        assert 0.0 <= figures["auc_3v1"] <= 1.0 and set(figures["accuracy_per_language"]) == {"sw", "ta"}
+    if kind == "sft":
+        assert report["metrics"]["train_rows"] == report["rows_in"] and (step.path / "model" / "config.json").exists()
+    else:
+        assert (step.path / "rating_head.json").exists() and report["model"] == tiny_model
+
+
+def test_likelihood_head_learns_levels_from_features():
+    import numpy as np
+
+    from xinstruct.stages.likelihood import LikelihoodHead
+
+    rng = np.random.default_rng(0)
+    levels = [1, 2, 3] * 40
+    centers = {1: [-3.0, -2.0, -1.0], 2: [-1.0, -1.2, 0.2], 3: [-2.0, -2.5, 0.5]}
+    features = np.array([np.array(centers[lv]) + rng.normal(0, 0.15, 3) for lv in levels])
+    head = LikelihoodHead().fit(features, levels)
+    predicted = [1 + int(np.argmax(p)) for p in head.predict_proba(features)]
+    assert sum(p == t for p, t in zip(predicted, levels)) / len(levels) > 0.9
+
+
+def test_loglik_sums_the_continuation_log_probabilities(tiny_engine):
+    import torch
+
+    prompt, continuation = "Explain topic 1.", " Jibu la Kiswahili"
+    (total, n), = tiny_engine.loglik([prompt], [continuation])
+    tok, model = tiny_engine.tokenizer, tiny_engine.model
+    p_ids = tok(prompt)["input_ids"]
+    c_ids = tok(continuation, add_special_tokens=False)["input_ids"]
+    with torch.inference_mode():
+        logits = model(torch.tensor([p_ids + c_ids])).logits[0].float()
+    expected = torch.log_softmax(logits[len(p_ids) - 1 : -1], -1).gather(1, torch.tensor(c_ids)[:, None]).sum()
+    assert n == len(c_ids) and total == pytest.approx(float(expected), abs=1e-3)
+    batched = tiny_engine.loglik([prompt, "A much longer prompt than the first one, padded on the left."], [continuation] * 2)
+    assert batched[0][0] == pytest.approx(total, abs=1e-3)
+
+
+def test_recall_keep_rule_uses_the_threshold_calibrated_on_heldout_gold_pairs(tmp_path):
+    from xinstruct.stages.refinement import effective_threshold
+
+    recipe = load_recipe(None, ["refinement.keep_rule=recall", "refinement.keep_recall=0.9"])
+    assert effective_threshold(recipe, {"keep_threshold_at_recall": 0.35}) == 0.35
+    with pytest.raises(StageError, match="keep_rule: recall needs held-out"):
+        effective_threshold(recipe, {})
+    step = Step(tmp_path, "kept", {})
+    step.begin()
+    report = keep_rated(recipe, RATED, step, 1, 0.35)
+    assert step.load()["id"] == ["a", "d"] and report["keep_rule"] == "P(3) >= 0.3500 (recall)"
+    assert effective_threshold(load_recipe(None), {"keep_threshold_at_recall": 0.35}) is None  # argmax

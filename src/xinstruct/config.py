@@ -244,8 +244,11 @@ class RefinementConfig:
         rate (`str`, *optional*, defaults to `"candidates"`): what each iteration rates: ``candidates`` (every
             candidate, with the newer evaluator) or ``kept`` (the previous iteration's kept set only).
         keep_rule (`str`, *optional*, defaults to `"argmax"`): ``argmax`` keeps rows whose most likely rating
-            is 3; ``threshold`` keeps rows with P(3) >= ``keep_threshold``.
+            is 3; ``threshold`` keeps rows with P(3) >= ``keep_threshold``; ``recall`` keeps rows with P(3) at least
+            the threshold that keeps ``keep_recall`` of the held-out gold pairs (level 3), calibrated by each
+            iteration's evaluator.
         keep_threshold (`float`, *optional*, defaults to `0.5`): threshold of the ``threshold`` rule.
+        keep_recall (`float`, *optional*, defaults to `0.9`): share of held-out gold pairs the ``recall`` rule keeps.
         shard_size (`int`, *optional*, defaults to `256`): rows per rating shard (resume granularity).
         response_tokens (`int`, *optional*, defaults to `128`): the response inside a rating prompt is cut to this
             many tokens, for the evaluator's training rows and for every rated candidate alike. The three levels of
@@ -264,6 +267,7 @@ class RefinementConfig:
     rate: str = "candidates"
     keep_rule: str = "argmax"
     keep_threshold: float = 0.5
+    keep_recall: float = 0.9
     shard_size: int = 256
     response_tokens: int = 128
     planted_share: float = 0.1
@@ -585,7 +589,9 @@ def _check_recipe(recipe: Recipe) -> None:
         )
     _choice(ref.rate, ("candidates", "kept"), "refinement.rate")
     _choice(ref.evaluator_kind, ("sft", "likelihood"), "refinement.evaluator_kind")
-    _choice(ref.keep_rule, ("argmax", "threshold"), "refinement.keep_rule")
+    _choice(ref.keep_rule, ("argmax", "threshold", "recall"), "refinement.keep_rule")
+    if not 0.0 < ref.keep_recall <= 1.0:
+        raise RecipeError("refinement.keep_recall is a share: 0 < value <= 1.")
     if not 0.0 <= ref.keep_threshold <= 1.0:
         raise RecipeError("refinement.keep_threshold is a probability: 0 <= value <= 1.")
     sources = {int(k): v for k, v in ref.pseudo_ratings.level_sources.items()}

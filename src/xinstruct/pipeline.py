@@ -125,7 +125,7 @@ def plan(recipe: Recipe, run_dir: str | Path) -> list[PlannedStep]:
             recipe, seed.load(), p, engine(l2, model_of(f) if l2 else recipe.base_model, p), base_figure("fidelity")))
         likelihood = ref.evaluator_kind == "likelihood"  # the rating head reads the follower's likelihoods
         ev_role = ref.follower if likelihood else ref.evaluator
-        evaluator = Step(run_dir, f"{it}/evaluator", {**rating_settings, "kind": ref.evaluator_kind,
+        evaluator = Step(run_dir, f"{it}/evaluator", {**rating_settings, "kind": ref.evaluator_kind, "keep_recall": ref.keep_recall,
                                                       **({} if likelihood else role_settings(recipe, ref.evaluator)),
                                                       "engine": _engine_settings(recipe, ev_role)},
                          [pseudo, follower] if likelihood else [pseudo])
@@ -133,14 +133,16 @@ def plan(recipe: Recipe, run_dir: str | Path) -> list[PlannedStep]:
             recipe, p.load(), e, lambda path, e=e, r=r: engine(r, path, e), model_of(f)))
         ratings = Step(run_dir, f"{it}/ratings", {"iteration": k, "rate": ref.rate, **rating_settings, "seed": recipe.seed,
                                                   "planted_share": ref.planted_share, "keep_rule": ref.keep_rule,
-                                                  "keep_threshold": ref.keep_threshold,
+                                                  "keep_threshold": ref.keep_threshold, "keep_recall": ref.keep_recall,
                                                   "engine": _engine_settings(recipe, ev_role)}, [evaluator, pool_src])
         rater = model_of(follower if likelihood else evaluator)  # the model the rating engine serves
         head = str(evaluator.path / refinement.HEAD_FILE) if likelihood else None
-        add(ratings, "refinement", lambda r=ratings, src=pool_src, k=k, m=rater, h=head, role=ev_role: refinement.rate_candidates(
-            recipe, src.load(), r, engine(role, m, r), k, m, h))
-        kept = Step(run_dir, f"{it}/kept", {"keep_rule": ref.keep_rule, "keep_threshold": ref.keep_threshold}, [ratings])
-        add(kept, "refinement", lambda kp=kept, r=ratings, k=k: refinement.keep_rated(recipe, r.load(), kp, k))
+        threshold = lambda e=evaluator: refinement.effective_threshold(recipe, e.manifest())  # noqa: E731
+        add(ratings, "refinement", lambda r=ratings, src=pool_src, k=k, m=rater, h=head, role=ev_role, t=threshold:
+            refinement.rate_candidates(recipe, src.load(), r, engine(role, m, r), k, m, h, t()))
+        kept = Step(run_dir, f"{it}/kept", {"keep_rule": ref.keep_rule, "keep_threshold": ref.keep_threshold,
+                                            "keep_recall": ref.keep_recall}, [ratings])
+        add(kept, "refinement", lambda kp=kept, r=ratings, k=k, t=threshold: refinement.keep_rated(recipe, r.load(), kp, k, t()))
         train_src = kept
         pool_src = kept if ref.rate == "kept" else candidates
 

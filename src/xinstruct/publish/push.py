@@ -6,6 +6,7 @@ token comes from the argument, ``HF_TOKEN`` or the saved login, and is never pri
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import tempfile
@@ -98,7 +99,13 @@ def push(
             for role, suffix in (("generator", "generator"), ("evaluator", "evaluator"), ("final", "model")):
                 model_repo = f"{repo_id}-{suffix}"
                 folder = Path(tmp) / f"model-{role}"
-                shutil.copytree(run_dir / role_step(run_dir, role) / "model", folder)
+                step = run_dir / role_step(run_dir, role)
+                head = step / "rating_head.json"
+                if head.exists():  # evaluator_kind: likelihood: the follower it reads plus the rating head
+                    shutil.copytree(json.loads(head.read_text())["follower"], folder)
+                    shutil.copy(head, folder / head.name)
+                else:
+                    shutil.copytree(step / "model", folder)
                 render_model_card(run_dir, role, model_repo, dataset=repo_id, dataset_revision=main_rev).save(folder / "README.md")
                 api.create_repo(model_repo, repo_type="model", private=private, exist_ok=True)
                 result = _upload(api, folder, model_repo, "model", "main", f"X-Instruction {role}")

@@ -28,6 +28,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from datasets import Dataset, concatenate_datasets
 
 from ..budget import PromptFitter
@@ -274,6 +275,9 @@ def train_evaluator(recipe: Recipe, pseudo: Dataset, step: Step, make_engine, fo
         probs = predict(heldout)
         report.update(engine.report())
         figures = rating_figures(heldout["level"], probs, heldout["language"])
+        gold = sorted(p[2] for p, level in zip(probs, heldout["level"]) if level == 3)
+        if gold:  # keep_rule recall: the P(3) that keeps keep_recall of the held-out gold pairs
+            report["keep_threshold_at_recall"] = round(float(np.quantile(gold, 1 - recipe.refinement.keep_recall)), 6)
         report["heldout"] = figures
         report["heldout_accuracy"] = figures["accuracy"]
         baseline = LengthBaseline().fit(train["response_tokens"], train["level"])
@@ -309,8 +313,23 @@ def plant_negatives(pool: Dataset, share: float, seed: int) -> Dataset:
     return rows.add_column("planted", [True] * len(rows))
 
 
+def effective_threshold(recipe: Recipe, evaluator_manifest: dict[str, Any] | None) -> float | None:
+    """The P(3) threshold of the keep rule: ``keep_threshold`` (``threshold``), the evaluator's calibrated one
+    (``recall``: keeps ``keep_recall`` of the held-out gold pairs), or ``None`` (``argmax``)."""
+    ref = recipe.refinement
+    if ref.keep_rule == "threshold":
+        return ref.keep_threshold
+    if ref.keep_rule == "recall":
+        value = (evaluator_manifest or {}).get("keep_threshold_at_recall")
+        if value is None:
+            raise StageError("keep_rule: recall needs held-out level-3 pseudo-ratings to calibrate on; hold out seed pairs "
+                             "(data.seeds.heldout_fraction) or use keep_rule: argmax / threshold.")
+        return value
+    return None
+
+
 def rate_candidates(recipe: Recipe, pool: Dataset, step: Step, engine: Engine, iteration: int, evaluator: str,
-                    head: str | None = None) -> dict[str, Any]:
+                    head: str | None = None, threshold: float | None = None) -> dict[str, Any]:
     """Score every row of ``pool`` and the planted negatives with the evaluator, shard by shard (resumable). The
     real rows go to ``data``; the planted ones to ``planted``, never further.
 
@@ -344,8 +363,9 @@ def rate_candidates(recipe: Recipe, pool: Dataset, step: Step, engine: Engine, i
     planted_rated = rated_all.select([i for i, p in enumerate(is_planted) if p])
     step.save(rated)
     step.save(planted_rated, "planted")
-    real_kept = keep_mask(rated, ref.keep_rule, ref.keep_threshold)
-    planted_kept = keep_mask(planted_rated, ref.keep_rule, ref.keep_threshold)
+    threshold = ref.keep_threshold if threshold is None and ref.keep_rule == "threshold" else threshold
+    real_kept = keep_mask(rated, ref.keep_rule, threshold)
+    planted_kept = keep_mask(planted_rated, ref.keep_rule, threshold)
     drop = lambda mask: round(1 - sum(mask) / len(mask), 4) if mask else None  # noqa: E731
     return {
         "rows_in": len(pool),
@@ -353,6 +373,7 @@ def rate_candidates(recipe: Recipe, pool: Dataset, step: Step, engine: Engine, i
         "rating_histogram": {str(k): v for k, v in sorted(Counter(rated["rating"]).items())},
         "mean_expected_rating": round(sum(rated["expected_rating"]) / max(1, len(rated)), 4),
         "responses_cut": cut_total,
+        "keep_threshold": threshold,
         "planted": {
             "rows": len(planted_rated),
             "share": ref.planted_share,
@@ -365,24 +386,26 @@ def rate_candidates(recipe: Recipe, pool: Dataset, step: Step, engine: Engine, i
     }
 
 
-def keep_mask(rated: Dataset, rule: str, threshold: float) -> list[bool]:
-    """Which rows survive: ``argmax`` (most likely rating is 3) or ``threshold`` (P(3) >= threshold)."""
+def keep_mask(rated: Dataset, rule: str, threshold: float | None) -> list[bool]:
+    """Which rows survive: ``argmax`` (most likely rating is 3), or ``threshold`` / ``recall`` (P(3) >= threshold)."""
     if rule == "argmax":
         return [r == 3 for r in rated["rating"]]
     return [p >= threshold for p in rated["p3"]]
 
 
-def keep_rated(recipe: Recipe, rated: Dataset, step: Step, iteration: int) -> dict[str, Any]:
-    """Keep the rows that meet the keep rule; an empty result is an error that says what to change."""
+def keep_rated(recipe: Recipe, rated: Dataset, step: Step, iteration: int, threshold: float | None = None) -> dict[str, Any]:
+    """Keep the rows that meet the keep rule (``threshold``: see :func:`effective_threshold`); an empty result is an
+    error that says what to change."""
     ref = recipe.refinement
-    mask = keep_mask(rated, ref.keep_rule, ref.keep_threshold)
+    threshold = ref.keep_threshold if threshold is None and ref.keep_rule == "threshold" else threshold
+    mask = keep_mask(rated, ref.keep_rule, threshold)
     kept = rated.select([i for i, keep in enumerate(mask) if keep])
     per_in = Counter(rated["language"])
     per_kept = Counter(kept["language"])
     report = {
         "rows_in": len(rated),
         "rows_out": len(kept),
-        "keep_rule": ref.keep_rule if ref.keep_rule == "argmax" else f"P(3) >= {ref.keep_threshold}",
+        "keep_rule": ref.keep_rule if ref.keep_rule == "argmax" else f"P(3) >= {threshold:.4f} ({ref.keep_rule})",
         "rows_in_per_language": dict(per_in),
         "rows_out_per_language": {code: per_kept.get(code, 0) for code in per_in},
         "skipped": {"not_rated_3": len(rated) - len(kept)},
