@@ -74,3 +74,50 @@ def test_serving_recipes_extend_their_base_and_point_roles_at_servers(tmp_path):
     (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
     with pytest.raises(RecipeError, match="extends itself"):
         load_recipe(tmp_path / "a.yaml")
+
+
+@pytest.mark.parametrize("path", sorted(str(p.relative_to(REPO)) for p in (REPO / "recipes").rglob("*.yaml")
+                                        if "accelerate_configs" not in p.parts))
+def test_every_recipe_builds_every_role_config_from_any_directory(path, tmp_path, monkeypatch):
+    from peft import LoraConfig
+
+    monkeypatch.chdir(tmp_path)  # config paths resolve relative to the recipe file, not the working directory
+    recipe = load_recipe(REPO / path)
+    roles = [recipe.generator, recipe.refinement.follower, recipe.refinement.evaluator, recipe.final]
+    for role in roles:
+        assert isinstance(make_sft_config(role.training, tmp_path / "out"), SFTConfig)
+        if role.lora:
+            LoraConfig(task_type="CAUSAL_LM", **role.lora)
+    if recipe.launcher.config_file:
+        from pathlib import Path
+
+        assert Path(recipe.launcher.config_file).is_file()
+
+
+@pytest.mark.parametrize("path", sorted(str(p.relative_to(REPO)) for p in (REPO / "recipes").rglob("*.yaml")
+                                        if "accelerate_configs" not in p.parts))
+def test_plan_prints_the_cost_of_every_recipe(path, capsys):
+    from xinstruct.cli import main
+    from xinstruct.pipeline import plan
+
+    assert main(["plan", str(REPO / path), "--device", "a100-80gb"]) == 0
+    table = capsys.readouterr().out
+    for step in plan(load_recipe(REPO / path), "/nonexistent"):
+        assert f"| {step.step.name} |" in table
+    assert "**total**" in table and "Web texts needed per language" in table
+
+
+def test_plan_reads_keep_rates_from_a_finished_run(tmp_path):
+    import json
+
+    from xinstruct.costs import plan_costs, rates_from_run
+
+    for step, manifest in {"webtext": {"rows_in": 100, "rows_out": 50}, "candidates": {"rows_in": 50, "rows_out": 40},
+                           "iter-1/kept": {"rows_in": 40, "rows_out": 10}}.items():
+        (tmp_path / step).mkdir(parents=True)
+        (tmp_path / step / "manifest.json").write_text(json.dumps(manifest))
+    rates = rates_from_run(tmp_path)
+    assert rates == {"webtext_kept": 0.5, "gate_kept": 0.8, "keep_rate": 0.25}
+    recipe = load_recipe(REPO / "recipes" / "default.yaml")
+    costs = plan_costs(recipe, "cpu-2core", rates)
+    assert costs["webtexts_needed_per_language"] == 60 and costs["enough"] is False  # 6 / (0.5 * 0.8 * 0.25)

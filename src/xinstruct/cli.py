@@ -134,6 +134,28 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from .config import load_recipe
+    from .costs import DEVICES, Throughput, format_costs, model_params, plan_costs, rates_from_run, throughput
+    from .errors import RecipeError
+
+    recipe = load_recipe(args.recipe, args.set)
+    if args.device not in DEVICES:
+        raise RecipeError(f"--device {args.device!r}: use one of {', '.join(DEVICES)}.")
+    rates = rates_from_run(args.run) if args.run else {}
+    for key in ("webtext_kept", "gate_kept", "keep_rate"):
+        if getattr(args, key) is not None:
+            rates[key] = getattr(args, key)
+    try:
+        params = model_params(recipe.base_model, args.params)
+    except ValueError as e:
+        raise RecipeError(str(e)) from None
+    speed = throughput(args.device, params)
+    speed = Throughput(args.train_tps or speed.train, args.prefill_tps or speed.prefill, args.decode_tps or speed.decode)
+    print(format_costs(plan_costs(recipe, args.device, rates, args.seeds_per_language, params, speed)))
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from .bench import main as bench_main
 
@@ -158,6 +180,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--until", help="stop after this stage (generation, refinement, diversification, tuning) or step (e.g. candidates, iter-1/kept)")
     p.add_argument("--from", dest="start", help="run again from this stage or step; earlier steps must be finished")
     p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("plan", help="the cost of a recipe before running it: rows, tokens, hours, GPU-hours per step (loads nothing)")
+    p.add_argument("recipe", help="YAML recipe")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe key")
+    p.add_argument("--device", default="h100-80gb", help="h100-80gb (default), a100-80gb, l4-24gb or cpu-2core")
+    p.add_argument("--run", help="a finished run whose measured keep rates replace the defaults")
+    p.add_argument("--webtext-kept", dest="webtext_kept", type=float, help="share of web texts passing the filters (default 0.8)")
+    p.add_argument("--gate-kept", dest="gate_kept", type=float, help="share of candidates passing the gate (default 0.95)")
+    p.add_argument("--keep-rate", dest="keep_rate", type=float, help="share of rated rows kept per iteration (default 0.5)")
+    p.add_argument("--seeds-per-language", type=int, help="seed pairs per language (default: the limit, or 1000 for files)")
+    p.add_argument("--params", type=float, help="model parameters (default: read from the model name)")
+    p.add_argument("--train-tps", type=float, help="trained tokens/s per device (default: 40%% MFU of the bf16 peak)")
+    p.add_argument("--prefill-tps", type=float, help="scored tokens/s per device (default: 50%% of the bf16 peak)")
+    p.add_argument("--decode-tps", type=float, help="generated tokens/s per device (default: memory-bound at batch 64)")
+    p.set_defaults(func=_cmd_plan)
 
     p = sub.add_parser("languages", help="list the built-in languages")
     p.set_defaults(func=_cmd_languages)

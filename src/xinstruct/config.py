@@ -52,8 +52,11 @@ class WebTextConfig:
             for CulturaX (``sw``).
         split (`str`, *optional*, defaults to `"train"`): split of a Hub dataset.
         text_field (`str`, *optional*, defaults to `"text"`): column holding the text.
-        limit_per_language (`int`, *optional*): read at most this many texts per language (before filters).
+        limit_per_language (`int`, *optional*): read at most this many texts per language (before filters; rows
+            of other languages in the same stream do not count, and reading stops once the limit is reached).
         streaming (`bool`, *optional*, defaults to `True`): stream Hub datasets instead of downloading them.
+        shuffle_buffer (`int`, *optional*): Hub datasets: draw rows at random through a shuffle buffer of this many
+            rows (``IterableDataset.shuffle``, seeded by the recipe's ``seed``) instead of taking the first ones.
     """
 
     path: str = "sample"
@@ -62,6 +65,7 @@ class WebTextConfig:
     text_field: str = "text"
     limit_per_language: int | None = None
     streaming: bool = True
+    shuffle_buffer: int | None = None
 
 
 @dataclass
@@ -76,6 +80,7 @@ class SeedConfig:
         instruction_field (`str`, *optional*, defaults to `"instruction"`): column of the English instruction.
         output_field (`str`, *optional*, defaults to `"output"`): column of the target-language response.
         limit_per_language (`int`, *optional*): use at most this many pairs per language.
+        shuffle_buffer (`int`, *optional*): Hub datasets: draw pairs at random through a shuffle buffer of this size.
         heldout_fraction (`float`, *optional*, defaults to `0.1`): share of each language's seed pairs held out
             (chosen by a hash of their id) before anything trains. Held-out pairs never reach a training set of any
             role, not even as another row's mismatched response; they measure every role.
@@ -89,6 +94,7 @@ class SeedConfig:
     instruction_field: str = "instruction"
     output_field: str = "output"
     limit_per_language: int | None = None
+    shuffle_buffer: int | None = None
     heldout_fraction: float = 0.1
     heldout_min_per_language: int = 2
 
@@ -312,7 +318,8 @@ class LauncherConfig:
     Args:
         type (`str`, *optional*, defaults to `"python"`): ``python`` (in this process) or ``accelerate``
             (``accelerate launch`` in a subprocess: DDP, FSDP or DeepSpeed by its config file).
-        config_file (`str`, *optional*): accelerate config, e.g. ``recipes/accelerate_configs/zero3.yaml``.
+        config_file (`str`, *optional*): accelerate config, e.g. ``../accelerate_configs/zero3.yaml``: a relative path
+            is read relative to the recipe file (falling back to the working directory).
         num_processes (`int`, *optional*): processes (GPUs) to launch; defaults to the config file's.
         cpu (`bool`, *optional*, defaults to `False`): pass ``--cpu`` (DDP on gloo without GPUs, for tests).
         extra_args (`list[str]`, *optional*): more ``accelerate launch`` arguments.
@@ -467,6 +474,11 @@ def read_recipe_file(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str
         raise RecipeError(f"{path} is not valid YAML{at}: {getattr(e, 'problem', None) or e}.") from None
     if not isinstance(raw, dict):
         raise RecipeError(f"{path}: a recipe is a YAML mapping at the top level.")
+    launcher = raw.get("launcher")
+    if isinstance(launcher, dict) and isinstance(launcher.get("config_file"), str):
+        config_file = Path(launcher["config_file"])
+        if not config_file.is_absolute() and (path.parent / config_file).exists():  # relative to the recipe file
+            raw["launcher"] = {**launcher, "config_file": str((path.parent / config_file).resolve())}
     parent = raw.pop("extends", None)
     if parent is None:
         return raw

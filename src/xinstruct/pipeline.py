@@ -89,7 +89,8 @@ def plan(recipe: Recipe, run_dir: str | Path) -> list[PlannedStep]:
     measured = {"candidates": dataclasses.asdict(recipe.candidates), "answers": dataclasses.asdict(ref.pseudo_ratings.decoding),
                 "response_tokens": ref.response_tokens, "embedder": recipe.diversification.embedder}
     webtext_settings = {k: v for k, v in dataclasses.asdict(data.webtext).items() if k != "streaming"}
-    webtext = Step(run_dir, "webtext", {"webtext": webtext_settings, "filters": dataclasses.asdict(data.filters), "languages": recipe.languages})
+    webtext = Step(run_dir, "webtext", {"webtext": webtext_settings, "filters": dataclasses.asdict(data.filters), "languages": recipe.languages,
+                                        "seed": recipe.seed if data.webtext.shuffle_buffer else None})
     add(webtext, "generation", lambda: generation.build_webtext(recipe, webtext))
     baseline = Step(run_dir, "baseline", {**measured, "base_model": recipe.base_model, "engine": _engine_settings(recipe, None)}, [seed])
     add(baseline, "generation", lambda: generation.measure_baseline(recipe, seed.load(), baseline, engine(None, recipe.base_model, baseline)))

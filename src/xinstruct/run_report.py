@@ -60,6 +60,7 @@ def iteration_report(run_dir: str | Path, iterations: int) -> list[dict[str, Any
             "planted_drop_rate": planted.get("drop_rate_planted"),
             "real_drop_rate": planted.get("drop_rate_real"),
             "follower_fidelity": _get(m["pseudo_ratings"], "level2_fidelity", "fidelity"),
+            "follower_fidelity_per_language": _get(m["pseudo_ratings"], "level2_fidelity", "fidelity_per_language"),
             "base_fidelity": _get(m["pseudo_ratings"], "base_fidelity", "fidelity"),
             "follower_train_loss": _get(m["follower"], "metrics", "train_loss"),
         })
@@ -100,9 +101,15 @@ def format_iteration_report(report: list[dict[str, Any]]) -> str:
             f"{_f(r['planted_drop_rate'])} / {_f(r['real_drop_rate'])}        "
             f"{_f(r['follower_fidelity'])} ({_f(r['base_fidelity'])})         {_f(r['follower_train_loss'], 4)}"
         )
+    per_language = lambda values: " ".join(f"{c}:{_f(v)}" for c, v in sorted((values or {}).items()))  # noqa: E731
     for r in report:
+        k = r["iteration"]
         per_lang = " ".join(f"{c}:{n}/{r['rows_in_per_language'][c]}" for c, n in sorted(r["kept_per_language"].items()))
-        lines.append(f"iteration {r['iteration']} kept per language: {per_lang}")
+        lines.append(f"iteration {k} kept per language: {per_lang}")
+        lines.append(f"iteration {k} evaluator accuracy per language: {per_language(r['evaluator_accuracy_per_language'])}")
+        confusion = " ".join(f"{key}:{n}" for key, n in (r["evaluator_confusion"] or {}).items())
+        lines.append(f"iteration {k} evaluator confusion (true->predicted): {confusion}")
+        lines.append(f"iteration {k} follower fidelity per language: {per_language(r['follower_fidelity_per_language'])}")
     return "\n".join(lines)
 
 

@@ -15,6 +15,7 @@ checkpoints (``save_strategy: steps``).
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import subprocess
@@ -149,6 +150,9 @@ def train_sft(
     sft_config = make_sft_config(training, output_dir / "checkpoints", seed)
 
     # --- model and tokenizer --------------------------------------------------------------------
+    gc.collect()  # an inference engine of the previous step may still hold memory
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
     path = resolve_model(model)
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:
@@ -189,18 +193,40 @@ def train_sft(
         metrics["num_tokens"] = seen[-1]  # non-padding tokens trained on (TRL's count)
 
     # --- save -----------------------------------------------------------------------------------
-    final = trainer.model
-    if peft_config is not None:
-        final = final.merge_and_unload()
-    final.generation_config.eos_token_id = tokenizer.eos_token_id
-    final.generation_config.pad_token_id = tokenizer.pad_token_id
     save_dir = output_dir / "model"
-    if trainer.is_world_process_zero():
+    if trainer.args.world_size > 1 or trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled:
+        _save_sharded(trainer, peft_config is not None, path, dtype, output_dir, save_dir)
+    elif trainer.is_world_process_zero():
+        final = trainer.model.merge_and_unload() if peft_config is not None else trainer.model
         final.save_pretrained(save_dir)
+    if trainer.is_world_process_zero():
+        from transformers import GenerationConfig
+
+        generation = GenerationConfig.from_pretrained(save_dir) if (save_dir / "generation_config.json").exists() else GenerationConfig()
+        generation.eos_token_id, generation.pad_token_id = tokenizer.eos_token_id, tokenizer.pad_token_id
+        generation.save_pretrained(save_dir)
         tokenizer.save_pretrained(save_dir)
         (save_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     logger.info("Saved %s (train_loss=%.4f)", save_dir, metrics.get("train_loss", float("nan")))
     return metrics
+
+
+def _save_sharded(trainer, lora: bool, base: str, dtype, output_dir: Path, save_dir: Path) -> None:
+    """Save under DDP, FSDP or ZeRO-3 through the Trainer's own path, which gathers sharded parameters (every
+    process takes part; the main one writes). A LoRA adapter is saved that way, then merged into the base model
+    on the main process."""
+    if not lora:
+        trainer.save_model(str(save_dir))
+        return
+    adapter = output_dir / "adapter"
+    trainer.save_model(str(adapter))
+    trainer.accelerator.wait_for_everyone()
+    if trainer.is_world_process_zero():
+        from peft import PeftModel
+        from transformers import AutoModelForCausalLM
+
+        merged = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=dtype), str(adapter)).merge_and_unload()
+        merged.save_pretrained(save_dir)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -4,6 +4,13 @@ Local files: ``.jsonl`` (one JSON object per line; a malformed line is an error 
 ``.parquet``, ``.txt`` (paragraphs separated by blank lines). A folder holds one file per language
 (``<code>.jsonl``, ``<code>.parquet``, ``<code>.txt``) or a ``<code>/`` sub-folder of such files; a single
 file may hold every language in a ``language`` column.
+
+Hub datasets, and local folders laid out as a dataset repo (a ``README.md`` whose YAML lists ``configs:``),
+are read with ``datasets.load_dataset(path, name=config, streaming=True)``: the config selects the language
+(FineWeb-2 ``swh_Latn``, CulturaX ``sw``). A ``language`` column, where there is one, may hold the ISO 639-1
+code (``sw``), the ISO 639-3 code (``swh``, FineWeb-2) or the FLORES code (``swh_Latn``); ``language_script``,
+where present, must match the language's script. ``limit_per_language`` counts kept rows and stops reading
+once it has them.
 """
 
 from __future__ import annotations
@@ -64,10 +71,33 @@ def read_file(path: Path, field: str) -> Iterator[dict[str, Any]]:
         raise DataError(f"{path}: unsupported file type; use one of {', '.join(SUFFIXES)}.")
 
 
+def language_codes(lang: Language) -> set[str]:
+    """The codes a data set may use for ``lang``: ISO 639-1, ISO 639-3 (the FLORES prefix) and FLORES."""
+    return {lang.code, lang.flores, lang.flores.split("_")[0]}
+
+
+def row_in_language(row: dict[str, Any], lang: Language) -> bool:
+    """Whether a row's own ``language`` (and ``language_script``) columns, where present, name ``lang``."""
+    value = row.get("language")
+    if value is not None and value not in language_codes(lang):
+        return False
+    script = row.get("language_script")
+    return script is None or script == lang.script
+
+
+def is_dataset_repo(path: Path) -> bool:
+    """A local folder laid out as a Hub dataset repo: a ``README.md`` whose YAML header lists ``configs:``."""
+    card = path / "README.md"
+    if not (path.is_dir() and card.exists()):
+        return False
+    text = card.read_text(encoding="utf-8")
+    return text.startswith("---") and "\nconfigs:" in text.split("\n---", 2)[0]
+
+
 def _local_rows(root: Path, lang: Language, field: str) -> Iterator[dict[str, Any]]:
     if root.is_file():
         for row in read_file(root, field):
-            if row.get("language", lang.code) == lang.code:
+            if row_in_language(row, lang):
                 yield row
         return
     files = [root / f"{lang.code}{suffix}" for suffix in SUFFIXES if (root / f"{lang.code}{suffix}").exists()]
@@ -80,15 +110,17 @@ def _local_rows(root: Path, lang: Language, field: str) -> Iterator[dict[str, An
         yield from read_file(path, field)
 
 
-def _hub_rows(repo_id: str, config: str | None, split: str, lang: Language, streaming: bool) -> Iterator[dict[str, Any]]:
+def _hub_rows(repo_id: str, config: str | None, split: str, lang: Language, streaming: bool,
+              shuffle_buffer: int | None = None, seed: int = 0) -> Iterator[dict[str, Any]]:
     from datasets import load_dataset
 
     name = config.format(**lang.format_fields()) if config else None
     ds = load_dataset(repo_id, name=name, split=split, streaming=streaming)
+    if shuffle_buffer:
+        ds = ds.shuffle(seed=seed, buffer_size=shuffle_buffer) if streaming else ds.shuffle(seed=seed)
     for row in ds:
-        if "language" in row and row["language"] not in (lang.code, None):
-            continue
-        yield row
+        if row_in_language(row, lang):
+            yield row
 
 
 def iter_rows(
@@ -100,15 +132,19 @@ def iter_rows(
     split: str = "train",
     limit: int | None = None,
     streaming: bool = True,
+    shuffle_buffer: int | None = None,
+    seed: int = 0,
 ) -> Iterator[dict[str, Any]]:
-    """Rows for one language from ``sample`` (bundled ``kind`` = webtext|seeds), a local path or a Hub id."""
+    """Rows for one language from ``sample`` (bundled ``kind`` = webtext|seeds), a local path, a local dataset
+    repo folder or a Hub id. ``limit`` counts rows of the language (after the language check) and stops reading
+    once reached; ``shuffle_buffer`` (Hub datasets) samples at random through ``IterableDataset.shuffle``."""
     if path == "sample":
         source = sample_file(kind, lang.code)
         rows = read_jsonl(source) if source.exists() else iter(())
-    elif Path(path).exists():
+    elif Path(path).exists() and not is_dataset_repo(Path(path)):
         rows = _local_rows(Path(path), lang, field)
-    elif path.startswith((".", "/")) or path.endswith(SUFFIXES):
+    elif not Path(path).exists() and (path.startswith((".", "/")) or path.endswith(SUFFIXES)):
         raise DataError(f"{path}: no such file or folder.")
     else:
-        rows = _hub_rows(path, config, split, lang, streaming)
+        rows = _hub_rows(path, config, split, lang, streaming, shuffle_buffer, seed)
     return itertools.islice(rows, limit) if limit is not None else rows

@@ -15,7 +15,7 @@ from .readers import DataError, iter_rows
 SEED_COLUMNS = ("id", "language", "instruction", "output", "source")
 
 
-def load_seeds(cfg: SeedConfig, languages: list[str]) -> tuple[Dataset, dict[str, Any]]:
+def load_seeds(cfg: SeedConfig, languages: list[str], seed: int = 0) -> tuple[Dataset, dict[str, Any]]:
     """Read seed pairs for ``languages``; rows with an empty instruction or output are counted and skipped.
 
     Returns:
@@ -27,7 +27,8 @@ def load_seeds(cfg: SeedConfig, languages: list[str]) -> tuple[Dataset, dict[str
     for code in languages:
         lang = get_language(code)
         for n, raw in enumerate(
-            iter_rows(cfg.path, "seeds", lang, cfg.output_field, cfg.config, cfg.split, cfg.limit_per_language, True)
+            iter_rows(cfg.path, "seeds", lang, cfg.output_field, cfg.config, cfg.split, cfg.limit_per_language, True,
+                      cfg.shuffle_buffer, seed)
         ):
             missing = [f for f in (cfg.instruction_field, cfg.output_field) if f not in raw]
             if missing:

@@ -18,7 +18,7 @@ logger = logging.getLogger(__name__)
 WEBTEXT_COLUMNS = ("id", "language", "text", "source")
 
 
-def load_webtext(data: DataConfig, languages: list[str]) -> tuple[Dataset, Dataset, dict[str, Any]]:
+def load_webtext(data: DataConfig, languages: list[str], seed: int = 0) -> tuple[Dataset, Dataset, dict[str, Any]]:
     """Read and filter web texts for ``languages``.
 
     Returns:
@@ -34,7 +34,8 @@ def load_webtext(data: DataConfig, languages: list[str]) -> tuple[Dataset, Datas
         lang = get_language(code)
         rows = []
         for n, raw in enumerate(
-            iter_rows(src.path, "webtext", lang, src.text_field, src.config, src.split, src.limit_per_language, src.streaming)
+            iter_rows(src.path, "webtext", lang, src.text_field, src.config, src.split, src.limit_per_language, src.streaming,
+                      src.shuffle_buffer, seed)
         ):
             if src.text_field not in raw:
                 raise DataError(

@@ -72,7 +72,7 @@ def heldout_split(seeds: Dataset, fraction: float, minimum: int, seed: int) -> l
 def build_seed(recipe: Recipe, step: Step) -> dict[str, Any]:
     """Load the seed pairs of every recipe language into ``step`` with their ``split`` (train / heldout)."""
     cfg = recipe.data.seeds
-    seeds, report = load_seeds(cfg, recipe.languages)
+    seeds, report = load_seeds(cfg, recipe.languages, recipe.seed)
     if report["languages_without_seeds"]:
         raise StageError(
             f"No seed pairs for {', '.join(report['languages_without_seeds'])} in {cfg.path!r}. Every "
@@ -154,7 +154,7 @@ def instruction_embedder(recipe: Recipe):
 
 def build_webtext(recipe: Recipe, step: Step) -> dict[str, Any]:
     """Load and filter the web texts into ``step`` (kept in ``data``, dropped with reasons in ``dropped``)."""
-    kept, dropped, report = load_webtext(recipe.data, recipe.languages)
+    kept, dropped, report = load_webtext(recipe.data, recipe.languages, recipe.seed)
     step.save(kept)
     step.save(dropped, "dropped")
     if len(kept) == 0:

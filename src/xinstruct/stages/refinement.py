@@ -8,14 +8,17 @@
    held-out rows; a training row never holds a held-out response. The three levels of a seed are cut to
    the same token length, so length tells nothing. The follower's language fidelity on the held-out
    instructions is measured here, next to the base model's.
-3. ``evaluator``: SFT on the training pseudo-ratings with the rating prompt (completion exactly "1", "2" or
-   "3"); on the held-out rows: accuracy, confusion, AUC of P(3) for 3 vs 1 and 3 vs 2, next to a length-only
-   classifier.
-4. ``ratings``: every candidate is scored with ``Engine.score``: P(1), P(2), P(3) and the expected rating.
-   Nothing is parsed, so no row can be "unparseable". Planted negatives (candidates with another row's
-   instruction) are rated alongside and reported, then kept apart. Written in shards (resumable).
-5. ``kept``: rows rated 3 (argmax, or P(3) >= threshold) survive; they train the next iteration's
-   follower, and the last iteration's kept set goes to diversification.
+3. ``evaluator``: trained on the training pseudo-ratings: ``evaluator_kind: sft`` fine-tunes a model on the
+   rating prompt (completion exactly "1", "2" or "3"); ``likelihood`` fits a rating head on the follower's
+   likelihoods (:mod:`.likelihood`). On the held-out rows: accuracy, confusion, AUC of P(3) for 3 vs 1 and
+   3 vs 2, next to a length-only classifier; and the P(3) that keeps ``keep_recall`` of the held-out gold pairs.
+4. ``ratings``: every candidate gets P(1), P(2), P(3) (``Engine.score`` of the rating prompt, or the head over
+   ``Engine.loglik``) and the expected rating. Nothing is parsed, so no row can be "unparseable". Planted
+   negatives (candidates with another row's instruction) are rated alongside and reported, then kept apart.
+   Written in shards (resumable).
+5. ``kept``: rows rated 3 (``argmax``; ``threshold``: P(3) >= keep_threshold; ``recall``: P(3) >= the calibrated
+   threshold) survive; they train the next iteration's follower, and the last iteration's kept set goes to
+   diversification.
 
 Rating prompts, in training and in rating alike, hold the whole frame (template, instruction, cue) and a
 response cut to ``refinement.response_tokens``.

@@ -1,0 +1,208 @@
+"""``xinstruct plan RECIPE``: what a run will cost, before it starts. Nothing is loaded or downloaded.
+
+For every step: rows in and out, tokens to generate, to score (prefill) and to train, and the time and
+GPU-hours at stated throughputs. Rows out of the filters follow stated rates: by default the rates of a
+finished run (``--run RUN_DIR``), otherwise the defaults below. It also says how many web texts per language
+the run needs to end with ``target_per_language`` rows after the gate and K rounds of filtering.
+
+Throughputs are per accelerator, from the model size: training at ``mfu`` of the bf16 peak (6 x params FLOP
+per token), prefill at ``prefill_efficiency`` of the peak (2 x params FLOP per token), decoding bounded by
+memory bandwidth at ``decode_batch`` rows per step. All are stated in the table and can be overridden.
+Inference runs on one device (the local engine), training on the launcher's processes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .config import Recipe
+
+# Peak dense bf16 FLOP/s and memory bandwidth (bytes/s) per device; ``cpu-2core`` is this project's CI machine.
+DEVICES: dict[str, dict[str, float]] = {
+    "h100-80gb": {"peak_flops": 989e12, "bandwidth": 3.35e12},
+    "a100-80gb": {"peak_flops": 312e12, "bandwidth": 2.0e12},
+    "l4-24gb": {"peak_flops": 121e12, "bandwidth": 0.3e12},
+    "cpu-2core": {"peak_flops": 0.09e12, "bandwidth": 0.02e12},
+}
+KNOWN_PARAMS = {"gemma-3-270m": 0.27e9, "tiny": 0.6e6, "google/gemma-7b": 8.54e9, "meta-llama/Meta-Llama-3-8B": 8.03e9}
+DEFAULT_RATES = {"webtext_kept": 0.8, "gate_kept": 0.95, "keep_rate": 0.5}
+FRAME_TOKENS = 45  # a template's header and cue
+INSTRUCTION_TOKENS = 24
+
+
+@dataclass
+class Throughput:
+    """Tokens per second per device for the three kinds of work."""
+
+    train: float
+    prefill: float
+    decode: float
+
+
+def model_params(name: str, override: float | None = None) -> float:
+    """Parameters of a model from its name (``7b``, ``1.5B``, ``270m``) or the known built-ins; ``override`` wins."""
+    if override:
+        return override
+    if name in KNOWN_PARAMS:
+        return KNOWN_PARAMS[name]
+    match = re.search(r"(\d+(?:\.\d+)?)\s*([bBmM])(?![a-zA-Z])", Path(name).name)
+    if not match:
+        raise ValueError(f"Cannot tell the size of {name!r} from its name; pass --params (e.g. 7e9).")
+    return float(match.group(1)) * (1e9 if match.group(2).lower() == "b" else 1e6)
+
+
+def throughput(device: str, params: float, mfu: float = 0.4, prefill_efficiency: float = 0.5, decode_batch: int = 64) -> Throughput:
+    """Stated throughputs of ``device`` for a model of ``params`` parameters (bf16 weights)."""
+    spec = DEVICES[device]
+    decode_per_step = spec["bandwidth"] / (2 * params)  # every step reads all weights once
+    return Throughput(
+        train=mfu * spec["peak_flops"] / (6 * params),
+        prefill=prefill_efficiency * spec["peak_flops"] / (2 * params),
+        decode=min(decode_batch * decode_per_step, prefill_efficiency * spec["peak_flops"] / (2 * params)),
+    )
+
+
+def rates_from_run(run_dir: str | Path) -> dict[str, float]:
+    """Keep rates measured by a finished run: web-text filters, the candidate gate, the mean keep rate of refinement."""
+    run_dir = Path(run_dir)
+    manifest = lambda step: json.loads((run_dir / step / "manifest.json").read_text())  # noqa: E731
+    rates = dict(DEFAULT_RATES)
+    try:
+        web, cand = manifest("webtext"), manifest("candidates")
+        rates["webtext_kept"] = web["rows_out"] / max(1, web.get("rows_in", web["rows_out"]))
+        rates["gate_kept"] = cand["rows_out"] / max(1, cand["rows_in"])
+        kept = [manifest(p.parent.name + "/kept") for p in sorted(run_dir.glob("iter-*/kept/manifest.json"))]
+        if kept:
+            rates["keep_rate"] = sum(k["rows_out"] / max(1, k["rows_in"]) for k in kept) / len(kept)
+    except FileNotFoundError:
+        pass
+    return rates
+
+
+def _processes(recipe: Recipe) -> int:
+    launcher = recipe.launcher
+    if launcher.num_processes:
+        return launcher.num_processes
+    if launcher.type == "accelerate" and launcher.config_file and Path(launcher.config_file).exists():
+        return int((yaml.safe_load(Path(launcher.config_file).read_text()) or {}).get("num_processes", 1))
+    return 1
+
+
+def _trained_rows(training: dict[str, Any], rows: float, processes: int) -> float:
+    """Rows a training block goes through: ``max_steps`` x global batch, or ``num_train_epochs`` x rows (TRL default 3)."""
+    if training.get("max_steps", -1) and training.get("max_steps", -1) > 0:
+        batch = training.get("per_device_train_batch_size", 8) * training.get("gradient_accumulation_steps", 1) * processes
+        return training["max_steps"] * batch
+    return rows * training.get("num_train_epochs", 3)
+
+
+def plan_costs(recipe: Recipe, device: str = "h100-80gb", rates: dict[str, float] | None = None, seeds_per_language: int | None = None,
+               params: float | None = None, speeds: Throughput | None = None) -> dict[str, Any]:
+    """Rows, tokens, time and GPU-hours of every step of ``recipe`` (see the module doc)."""
+    rates = {**DEFAULT_RATES, **(rates or {})}
+    n_params = model_params(recipe.base_model, params)
+    speed = speeds or throughput(device, n_params)
+    gpus = _processes(recipe)
+    langs = len(recipe.languages)
+    web = recipe.data.webtext
+    seeds_cfg = recipe.data.seeds
+    per_lang_web = web.limit_per_language or (28 if web.path == "sample" else None)
+    per_lang_seed = seeds_per_language or seeds_cfg.limit_per_language or (20 if seeds_cfg.path == "sample" else 1000)
+    held = max(seeds_cfg.heldout_min_per_language, math.ceil(seeds_cfg.heldout_fraction * per_lang_seed))
+    train_seeds = per_lang_seed - held
+    text = recipe.candidates.text_tokens or 512
+    ref = recipe.refinement
+    resp = ref.response_tokens
+    rows: list[dict[str, Any]] = []
+
+    def step(name: str, rows_in: float, rows_out: float, generate: float = 0, score: float = 0, train: float = 0) -> None:
+        seconds = generate / speed.decode + score / speed.prefill + train / (speed.train * gpus)
+        used = (generate / speed.decode + score / speed.prefill) + train / speed.train  # device-seconds
+        rows.append({"step": name, "rows_in": round(rows_in), "rows_out": round(rows_out), "generate_tokens": round(generate),
+                     "score_tokens": round(score), "train_tokens": round(train), "hours": seconds / 3600,
+                     "gpu_hours": used / 3600})
+
+    def train_tokens(role, n_rows: float, max_row: int) -> float:
+        return _trained_rows(role.training, n_rows, gpus) * min(role.training.get("max_length") or max_row, max_row)
+
+    webtext_in = (per_lang_web or 0) * langs
+    webtext_out = webtext_in * rates["webtext_kept"]
+    step("seed", per_lang_seed * langs, per_lang_seed * langs)
+    step("webtext", webtext_in, webtext_out)
+    held_rows = held * langs
+    step("baseline", held_rows, held_rows, generate=held_rows * (recipe.candidates.decoding.max_new_tokens + resp),
+         score=held_rows * (2 * FRAME_TOKENS + text + INSTRUCTION_TOKENS))
+    gen_row = FRAME_TOKENS + text + INSTRUCTION_TOKENS
+    step("generator", train_seeds * langs, train_seeds * langs, train=train_tokens(recipe.generator, train_seeds * langs, gen_row),
+         generate=held_rows * recipe.candidates.decoding.max_new_tokens, score=held_rows * gen_row)
+    candidates = webtext_out * rates["gate_kept"]
+    step("candidates", webtext_out, candidates, generate=webtext_out * recipe.candidates.decoding.max_new_tokens,
+         score=webtext_out * (FRAME_TOKENS + text))
+    pool = kept = candidates
+    follower_row = FRAME_TOKENS + INSTRUCTION_TOKENS + 2 * text
+    rating_row = FRAME_TOKENS + INSTRUCTION_TOKENS + resp
+    passes = 2 if ref.evaluator_kind == "likelihood" else 1
+    for k in range(1, ref.iterations + 1):
+        step(f"iter-{k}/follower", kept, kept, train=train_tokens(ref.follower, kept, follower_row))
+        pseudo_seeds = (min(train_seeds, ref.pseudo_ratings.seeds_per_language or train_seeds) + held) * langs
+        step(f"iter-{k}/pseudo_ratings", pseudo_seeds, 3 * pseudo_seeds, generate=pseudo_seeds * resp,
+             score=pseudo_seeds * (FRAME_TOKENS + INSTRUCTION_TOKENS))
+        ev_train = 3 * (pseudo_seeds - held_rows)
+        ev_tokens = 0 if ref.evaluator_kind == "likelihood" else train_tokens(ref.evaluator, ev_train, rating_row)
+        step(f"iter-{k}/evaluator", ev_train, ev_train, train=ev_tokens, score=passes * 3 * pseudo_seeds * rating_row)
+        rated = pool * (1 + ref.planted_share)
+        step(f"iter-{k}/ratings", pool, pool, score=passes * rated * rating_row)
+        kept = pool * rates["keep_rate"]
+        step(f"iter-{k}/kept", pool, kept)
+        pool = kept if ref.rate == "kept" else candidates
+    target = recipe.diversification.target_per_language * langs
+    diversified = min(target, kept)
+    step("diversified", kept, diversified)
+    step("final", diversified, diversified, train=train_tokens(recipe.final, diversified, follower_row),
+         generate=held_rows * resp)
+    keep_factor = rates["keep_rate"] ** (ref.iterations if ref.rate == "kept" else 1)
+    needed = math.ceil(recipe.diversification.target_per_language / (rates["webtext_kept"] * rates["gate_kept"] * keep_factor))
+    return {
+        "recipe": recipe.name, "model": recipe.base_model, "params": n_params, "device": device, "processes": gpus,
+        "throughput": {"train": speed.train, "prefill": speed.prefill, "decode": speed.decode},
+        "rates": rates, "steps": rows,
+        "total_hours": sum(r["hours"] for r in rows), "total_gpu_hours": sum(r["gpu_hours"] for r in rows),
+        "webtexts_needed_per_language": needed, "webtexts_per_language": per_lang_web,
+        "enough": per_lang_web is not None and per_lang_web >= needed,
+    }
+
+
+def _n(x: float) -> str:
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(x) >= size:
+            return f"{x / size:.1f}{unit}"
+    return f"{x:.0f}"
+
+
+def format_costs(plan: dict[str, Any]) -> str:
+    """The plan as a Markdown table with its assumptions."""
+    t = plan["throughput"]
+    lines = [
+        f"Recipe {plan['recipe']}: {plan['model']} ({_n(plan['params'])} parameters), {plan['processes']} training process(es) "
+        f"on {plan['device']}; tokens/s per device: train {_n(t['train'])}, prefill {_n(t['prefill'])}, decode {_n(t['decode'])}.",
+        "Rates: " + ", ".join(f"{k} {v:.2f}" for k, v in plan["rates"].items()) + ".",
+        "",
+        "| step | rows in | rows out | tokens to generate | tokens to score | tokens to train | hours | GPU-hours |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in plan["steps"]:
+        lines.append(f"| {r['step']} | {_n(r['rows_in'])} | {_n(r['rows_out'])} | {_n(r['generate_tokens'])} | {_n(r['score_tokens'])} | "
+                     f"{_n(r['train_tokens'])} | {r['hours']:.2f} | {r['gpu_hours']:.2f} |")
+    lines.append(f"| **total** | | | | | | **{plan['total_hours']:.1f}** | **{plan['total_gpu_hours']:.1f}** |")
+    have = plan["webtexts_per_language"]
+    verdict = "enough" if plan["enough"] else "NOT enough"
+    lines += ["", f"Web texts needed per language for target_per_language after filtering: {plan['webtexts_needed_per_language']}; "
+                  f"the recipe reads {have if have is not None else 'all (no limit)'}: {verdict}."]
+    return "\n".join(lines)
