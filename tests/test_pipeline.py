@@ -173,16 +173,27 @@ def test_killed_rating_resumes_without_loss_or_repeat(tiny_run, tmp_path):
         assert a["p3"] == pytest.approx(b["p3"], abs=1e-5) and a["rating"] == b["rating"]
 
 
-def test_training_through_accelerate_launch_two_cpu_processes(tiny_run, tmp_path):
-    """The generator SFT of the pipeline launched with accelerate: real two-process DDP on gloo."""
+@pytest.mark.parametrize("lora", [False, True])
+def test_training_through_accelerate_launch_two_cpu_processes(tiny_run, tmp_path, lora):
+    """The generator SFT of the pipeline launched with accelerate: real two-process DDP on gloo, saved through the
+    Trainer's own path (a LoRA adapter merged on the main process); the saved model loads and generates."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     run_dir = tmp_path / "ddp"
-    shutil.copytree(tiny_run[0] / "seed", run_dir / "seed")
+    for step in ("seed", "webtext", "baseline"):
+        shutil.copytree(tiny_run[0] / step, run_dir / step)
+    extra = ["generator.lora={r: 4, lora_alpha: 8, target_modules: all-linear}"] if lora else []
     recipe = load_recipe(TINY, FAST + ["launcher.type=accelerate", "launcher.cpu=true", "launcher.num_processes=2",
-                                       "generator.training.max_steps=2"])
+                                       "generator.training.max_steps=2", *extra])
     results = run(recipe, run_dir, until="generator", echo=lambda s: None)
     assert results[-1].name == "generator" and results[-1].status == "done"
     assert results[-1].manifest["metrics"]["world_size"] == 2
-    assert (run_dir / "generator" / "model" / "config.json").exists()
+    saved = run_dir / "generator" / "model"
+    model = AutoModelForCausalLM.from_pretrained(saved)
+    assert not any("lora" in n for n, _ in model.named_parameters())
+    tok = AutoTokenizer.from_pretrained(saved)
+    out = model.generate(**tok("Habari", return_tensors="pt"), max_new_tokens=3, do_sample=False)
+    assert out.shape[1] > 1
 
 
 # ---------------------------------------------------------------------------------------------------
