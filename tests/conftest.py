@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_DISABLE_XET", "1")  # read when huggingface_hub is imported: set it first
+# a private datasets cache: load_dataset of a local folder named like an earlier one must not reuse its cache
+os.environ["HF_DATASETS_CACHE"] = __import__("tempfile").mkdtemp(prefix="xinstruct-test-datasets-")
 
 import pytest  # noqa: E402
 
@@ -15,7 +17,8 @@ pytest_plugins = ["fake_hub"]  # the `hub` fixture (an in-process fake Hugging F
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 TINY_RECIPE = REPO / "recipes" / "tiny.yaml"
-FAST = ["languages=[sw,ta,th]", "candidates.shard_size=4", "refinement.shard_size=4"]
+# float32 engines in tests: results must not depend on whether this CPU runs bf16 natively (dtype auto)
+FAST = ["languages=[sw,ta,th]", "candidates.shard_size=4", "refinement.shard_size=4", "engine.dtype=float32"]
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -67,7 +70,7 @@ TRAINED: dict[str, list[dict]] = {}  # step -> the prompt/completion rows it tra
 def tiny_engine(tiny_model):
     from xinstruct.inference.local import LocalEngine
 
-    return LocalEngine("tiny", batch_size=4, progress=False)
+    return LocalEngine("tiny", batch_size=4, dtype="float32", progress=False)
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:

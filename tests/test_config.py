@@ -69,7 +69,7 @@ def test_serving_recipes_extend_their_base_and_point_roles_at_servers(tmp_path):
     assert len(vllm.engine_for(vllm.generator).base_urls) == 2 and vllm.engine_for(vllm.generator).model == "xinstruct-generator"
     local = load_recipe(REPO / "recipes" / "serving" / "transformers-serve.yaml")
     assert local.engine_for(local.refinement.evaluator).type == "local" and local.engine_for(local.generator).type == "endpoint"
-    assert local.candidates.decoding.max_new_tokens == 48 and local.candidates.decoding.min_new_tokens == 0  # merged
+    assert local.candidates.decoding.max_new_tokens == 32 and local.candidates.decoding.min_new_tokens == 0  # merged
     (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
     (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
     with pytest.raises(RecipeError, match="extends itself"):

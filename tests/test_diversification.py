@@ -40,7 +40,7 @@ def test_diversify_with_the_offline_embedder_and_cache(tmp_path):
 
     texts = [f"Write a recipe for dish number {i}." for i in range(12)] + [f"Explain the history of city {i}." for i in range(12)]
     kept = Dataset.from_dict({"id": [str(i) for i in range(24)], "language": ["sw"] * 24, "instruction": texts, "output": ["x"] * 24})
-    recipe = load_recipe(None, ["diversification.clusters=2", "diversification.target_per_language=10"])
+    recipe = load_recipe(None, ["languages=[sw]", "diversification.clusters=2", "diversification.target_per_language=10"])
     step = Step(tmp_path / "run", "diversified", {})
     step.begin()
     report = diversify(recipe, kept, step)
@@ -50,7 +50,7 @@ def test_diversify_with_the_offline_embedder_and_cache(tmp_path):
     again = Step(tmp_path / "run2", "diversified", {})
     again.begin()
     assert diversify(recipe, kept, again)["embeddings_computed"] == 0  # cached by content hash
-    big = load_recipe(None, ["diversification.clusters=2", "diversification.target_per_language=100"])
+    big = load_recipe(None, ["languages=[sw]", "diversification.clusters=2", "diversification.target_per_language=100"])
     third = Step(tmp_path / "run3", "diversified", {})
     third.begin()
     report = diversify(big, kept, third)
@@ -63,3 +63,16 @@ def test_embedding_cache_returns_unit_vectors(tmp_path):
     assert vecs.shape == (3, 384) and computed == 2
     assert np.allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-4)
     assert np.array_equal(vecs[0], vecs[2])
+
+
+def test_a_language_that_ends_with_no_rows_is_an_error_naming_it(tmp_path):
+    import pytest
+
+    from xinstruct.errors import StageError
+    from xinstruct.stages.diversification import diversify
+
+    kept = Dataset.from_dict({"id": ["1"], "language": ["sw"], "instruction": ["Write a recipe."], "output": ["x"]})
+    step = Step(tmp_path / "run", "diversified", {})
+    step.begin()
+    with pytest.raises(StageError, match="No kept rows for ta after refinement"):
+        diversify(load_recipe(None, ["languages=[sw,ta]"]), kept, step)

@@ -23,7 +23,7 @@ from xinstruct.inference.replay import ReplayStore
 from xinstruct.pipeline import run
 
 GREEDY = ["candidates.decoding.do_sample=false", "candidates.shard_size=1000"]
-UPSTREAM = ("seed", "webtext", "generator")
+UPSTREAM = ("seed", "webtext", "baseline", "generator")
 
 
 def endpoint_override(*urls: str, **extra) -> str:
@@ -93,7 +93,7 @@ def endpoint_run(tiny_run, server, tmp_path_factory):
 
 def test_generation_stage_through_the_endpoint_gives_the_local_rows(endpoint_run, local_candidates):
     run_dir, results = endpoint_run
-    assert [r.status for r in results] == ["skipped"] * 3 + ["done"]
+    assert [r.status for r in results] == ["skipped"] * 4 + ["done"]
     kept, dropped = candidate_rows(run_dir)
     assert [i for i, _ in kept] == [i for i, _ in local_candidates[0]] and dropped == local_candidates[1]
     # greedy decoding on the server (one sequence at a time) writes the local engine's instructions

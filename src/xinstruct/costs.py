@@ -78,7 +78,7 @@ def rates_from_run(run_dir: str | Path) -> dict[str, float]:
         web, cand = manifest("webtext"), manifest("candidates")
         rates["webtext_kept"] = web["rows_out"] / max(1, web.get("rows_in", web["rows_out"]))
         rates["gate_kept"] = cand["rows_out"] / max(1, cand["rows_in"])
-        kept = [manifest(p.parent.name + "/kept") for p in sorted(run_dir.glob("iter-*/kept/manifest.json"))]
+        kept = [json.loads(p.read_text()) for p in sorted(run_dir.glob("iter-*/kept/manifest.json"))]
         if kept:
             rates["keep_rate"] = sum(k["rows_out"] / max(1, k["rows_in"]) for k in kept) / len(kept)
     except FileNotFoundError:

@@ -63,10 +63,10 @@ class StepResult:
 
 
 def _engine_settings(recipe: Recipe, role: RoleConfig | None) -> dict[str, Any]:
-    """The engine settings that change a step's outputs: kind, resolved dtype, input limit."""
+    """The engine settings that change a step's outputs: the resolved dtype and the input limit. The kind (local or
+    endpoint) is left out, so a step can move to a server and still resume from what it wrote."""
     cfg = recipe.engine_for(role)
-    dtype = resolve_dtype(cfg.dtype, cfg.device) if cfg.type == "local" else cfg.dtype
-    return {"type": cfg.type, "dtype": dtype, "max_input_tokens": cfg.max_input_tokens}
+    return {"dtype": resolve_dtype(cfg.dtype, cfg.device), "max_input_tokens": cfg.max_input_tokens}
 
 
 def plan(recipe: Recipe, run_dir: str | Path) -> list[PlannedStep]:

@@ -158,7 +158,10 @@ def train_sft(
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     dtype = torch.bfloat16 if sft_config.bf16 else torch.float16 if sft_config.fp16 else torch.float32
-    net = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
+    # LoRA: the frozen base in the training precision. Full fine-tuning: float32 master weights, bf16/fp16 only
+    # through autocast (pure low-precision weights lose small updates)
+    load_dtype = dtype if lora else torch.float32
+    net = AutoModelForCausalLM.from_pretrained(path, dtype=load_dtype, trust_remote_code=trust_remote_code)
 
     peft_config = None
     if lora:
@@ -226,6 +229,7 @@ def _save_sharded(trainer, lora: bool, base: str, dtype, output_dir: Path, save_
         from transformers import AutoModelForCausalLM
 
         merged = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=dtype), str(adapter)).merge_and_unload()
+        merged.config.dtype = dtype
         merged.save_pretrained(save_dir)
 
 
