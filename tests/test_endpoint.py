@@ -22,7 +22,9 @@ from xinstruct.inference.endpoint import EndpointEngine, EndpointError
 from xinstruct.inference.replay import ReplayStore
 from xinstruct.pipeline import run
 
-GREEDY = ["candidates.decoding.do_sample=false", "candidates.shard_size=1000"]
+# greedy decoding of the barely trained tiny generator repeats one word for every text, which language ID does not
+# call English: the gate's LID check is off here, so the comparison covers every row
+GREEDY = ["candidates.decoding.do_sample=false", "candidates.lid=false", "candidates.shard_size=1000"]
 UPSTREAM = ("seed", "webtext", "baseline", "generator")
 
 
@@ -93,7 +95,8 @@ def endpoint_run(tiny_run, server, tmp_path_factory):
 
 def test_generation_stage_through_the_endpoint_gives_the_local_rows(endpoint_run, local_candidates):
     run_dir, results = endpoint_run
-    assert [r.status for r in results] == ["skipped"] * 4 + ["done"]
+    # seed and web texts are reused; the baseline and the generator measure with the greedy decoding asked here
+    assert [r.status for r in results][:2] == ["skipped"] * 2 and results[-1].status == "done"
     kept, dropped = candidate_rows(run_dir)
     assert [i for i, _ in kept] == [i for i, _ in local_candidates[0]] and dropped == local_candidates[1]
     # greedy decoding on the server (one sequence at a time) writes the local engine's instructions
@@ -214,9 +217,10 @@ def test_unreachable_server_fails_clearly_after_the_retry_budget(tiny_run, tmp_p
     out = subprocess.run(args, capture_output=True, text=True, timeout=120, env=online_env())
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "No answer from http://127.0.0.1:9 after 2 retries" in out.stderr and "ConnectError" in out.stderr
-    # nothing lost: the earlier steps are intact and the failure is on record for the next run
-    assert (run_dir / "generator" / "manifest.json").exists()
-    assert "ConnectError" in (run_dir / "candidates" / "requests" / "failures.jsonl").read_text()
+    # nothing lost: the earlier steps are intact and the failure is on record for the next run (the generator step
+    # is the first to send requests: it measures the trained generator through the endpoint)
+    assert (run_dir / "webtext" / "manifest.json").exists()
+    assert any("ConnectError" in p.read_text() for p in run_dir.glob("*/requests/failures.jsonl"))
 
 
 def test_offline_mode_is_refused_up_front_with_the_reason(tiny_run, tmp_path):

@@ -200,6 +200,8 @@ class CandidatesConfig:
         text_tokens (`int`, *optional*, defaults to `256`): the text inside a GENERATOR prompt is cut to this many
             tokens, in generator training (seed responses) and in candidate generation (web texts) alike; the
             template around it is never cut. Cut texts are counted in the manifests. ``null``: no cut.
+        lid (`bool`, *optional*, defaults to `True`): the gate drops instructions that are not English (lingua);
+            ``false`` keeps them (only empty and too short ones are dropped).
     """
 
     decoding: DecodingConfig = field(default_factory=DecodingConfig)
@@ -207,6 +209,7 @@ class CandidatesConfig:
     english_min_confidence: float = 0.0
     min_instruction_chars: int = 8
     text_tokens: int | None = 256
+    lid: bool = True
 
 
 @dataclass

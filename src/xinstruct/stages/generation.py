@@ -241,7 +241,7 @@ def generate_candidates(recipe: Recipe, webtext: Dataset, generator: str, step: 
         )
 
     raw = step.map_shards(webtext, cfg.shard_size, shard, desc="candidates")
-    kept, dropped, skipped = gate_candidates(raw, cfg.min_instruction_chars, cfg.english_min_confidence)
+    kept, dropped, skipped = gate_candidates(raw, cfg.min_instruction_chars, cfg.english_min_confidence, cfg.lid)
     step.save(dropped, "dropped")
     if len(kept) == 0:
         raise StageError(
@@ -263,7 +263,8 @@ def generate_candidates(recipe: Recipe, webtext: Dataset, generator: str, step: 
     }
 
 
-def gate_candidates(rows: Dataset, min_chars: int, english_min_confidence: float) -> tuple[Dataset, Dataset, Counter]:
+def gate_candidates(rows: Dataset, min_chars: int, english_min_confidence: float, lid_check: bool = True
+                    ) -> tuple[Dataset, Dataset, Counter]:
     """Drop empty, too short and non-English instructions; return (kept, dropped with reason, counts).
 
     An instruction is English when English is the detector's most likely language and its confidence is
@@ -273,7 +274,7 @@ def gate_candidates(rows: Dataset, min_chars: int, english_min_confidence: float
     if len(rows) == 0:
         return rows, rows, Counter()
     instructions = rows["instruction"]
-    checkable = [i for i, t in enumerate(instructions) if len(t) >= min_chars]
+    checkable = [i for i, t in enumerate(instructions) if len(t) >= min_chars] if lid_check else []
     detections = dict(zip(checkable, lid.detect([instructions[i] for i in checkable], "en")))
     reasons, confidences, detected = [], [], []
     for i, text in enumerate(instructions):
@@ -284,7 +285,7 @@ def gate_candidates(rows: Dataset, min_chars: int, english_min_confidence: float
             reasons.append("empty_instruction")
         elif len(text) < min_chars:
             reasons.append("too_short_instruction")
-        elif d.detected != "en" or d.confidence < english_min_confidence:
+        elif d is not None and (d.detected != "en" or d.confidence < english_min_confidence):
             reasons.append("non_english_instruction")
         else:
             reasons.append("")
