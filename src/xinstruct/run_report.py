@@ -14,14 +14,8 @@ model's, and diversification's warnings (a language short of its target).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
-
-
-def _manifest(run_dir: Path, step: str) -> dict[str, Any]:
-    path = run_dir / step / "manifest.json"
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
 
 
 def _get(data: dict[str, Any] | None, *keys: str) -> Any:
@@ -34,6 +28,8 @@ def _get(data: dict[str, Any] | None, *keys: str) -> Any:
 
 def iteration_report(run_dir: str | Path, iterations: int) -> list[dict[str, Any]]:
     """One dict per finished refinement iteration (iterations not run yet are left out)."""
+    from .publish.dataset_repo import _manifest
+
     run_dir = Path(run_dir)
     report = []
     for k in range(1, iterations + 1):
@@ -69,6 +65,8 @@ def iteration_report(run_dir: str | Path, iterations: int) -> list[dict[str, Any
 
 def run_summary(run_dir: str | Path) -> dict[str, Any]:
     """The once-per-run figures: generator vs base, final model's fidelity vs base, diversification warnings."""
+    from .publish.dataset_repo import _manifest
+
     run_dir = Path(run_dir)
     gen, final, div = _manifest(run_dir, "generator"), _manifest(run_dir, "final"), _manifest(run_dir, "diversified")
     return {

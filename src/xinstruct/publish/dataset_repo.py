@@ -35,7 +35,7 @@ COLUMNS = ("id", "language", "instruction", "output", "messages", "source", "rat
 
 def _manifest(run_dir: Path, step: str) -> dict[str, Any]:
     path = run_dir / step / "manifest.json"
-    return json.loads(path.read_text()) if path.exists() else {}
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
 
 
 def _load(run_dir: Path, step: str) -> Dataset:
