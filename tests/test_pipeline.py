@@ -133,30 +133,34 @@ def _kill_when(proc, folder, shards_needed=2, timeout=600):
     proc.wait()
 
 
-def _resume_after_kill(reference_dir, tmp_path, step_name, until):
+def _resume_after_kill(reference_dir, tmp_path, step_name, until, extra=()):
     """Copy the reference run, remove ``step_name`` and what follows, kill a real run inside that step,
-    resume it, and return (resumed rows, reference rows)."""
+    resume it (both runs with the ``extra`` overrides), and return (resumed rows, reference rows)."""
     run_dir = tmp_path / "killed"
     shutil.copytree(reference_dir, run_dir)
     names = [p.step.name for p in plan(load_recipe(TINY, FAST), run_dir)]
     for name in names[names.index(step_name):]:
         shutil.rmtree(run_dir / name, ignore_errors=True)
     cmd = [sys.executable, "-m", "xinstruct.cli", "run", str(TINY), "--run-dir", str(run_dir), "--until", until]
-    for item in FAST:
+    for item in [*FAST, *extra]:
         cmd += ["--set", item]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
     _kill_when(proc, run_dir / step_name / "shards")
     assert not (run_dir / step_name / "manifest.json").exists(), "the step finished before it was killed"
     assert len(list((run_dir / step_name / "shards").iterdir())) >= 2
-    results = run(load_recipe(TINY, FAST), run_dir, until=until, echo=lambda s: None)
+    results = run(load_recipe(TINY, [*FAST, *extra]), run_dir, until=until, echo=lambda s: None)
     assert results[-1].name == step_name and results[-1].status == "done"
     resumed = load_from_disk(str(run_dir / step_name / "data")).to_list()
     reference = load_from_disk(str(reference_dir / step_name / "data")).to_list()
     return resumed, reference
 
 
-def test_killed_candidate_generation_resumes_without_loss_or_repeat(tiny_run, tmp_path):
-    resumed, reference = _resume_after_kill(tiny_run[0], tmp_path, "candidates", "candidates")
+@pytest.mark.parametrize("devices", [1, 2])
+def test_killed_candidate_generation_resumes_without_loss_or_repeat(tiny_run, tmp_path, devices):
+    """Killed and resumed on one device or on two worker processes (``engine.devices``): the rows equal those of
+    the uninterrupted one-device run."""
+    resumed, reference = _resume_after_kill(tiny_run[0], tmp_path, "candidates", "candidates",
+                                            [f"engine.devices={devices}"])
     ids = [r["id"] for r in resumed]
     assert len(ids) == len(set(ids)) and len(ids) > 0
     # identical rows; the language-ID confidence may differ in the last bits (lingua runs in parallel)

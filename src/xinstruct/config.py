@@ -348,6 +348,9 @@ class EngineConfig:
             natively: CUDA with bf16, a CPU with AVX512-BF16 or AMX; float32 elsewhere), ``float32``, ``bfloat16``
             or ``float16``.
         device (`str`, *optional*): local: ``cpu``, ``cuda``, ...; default: CUDA when available.
+        devices (`int` or `str`, *optional*, defaults to `1`): local: worker processes, one per device (``cuda:0`` ..
+            ``cuda:N-1``; ``all``: every visible GPU). Rows are split by whole batches and merged in input order;
+            the rows are the same as with one device. On CPU, ``N`` processes share the cores.
         max_input_tokens (`int`, *optional*, defaults to `1024`): local: the longest prompt the engine accepts.
             Stages fit their prompts to it by cutting the content (a web text, a response), never the template or
             the instruction; a prompt still over it is an error, not a silent cut.
@@ -380,6 +383,7 @@ class EngineConfig:
     batch_size: int = 16
     dtype: str = "auto"
     device: str | None = None
+    devices: int | str = 1
     max_input_tokens: int = 1024
     base_urls: list[str] = field(default_factory=list)
     model: str | None = None
@@ -545,7 +549,11 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     if origin in (types.UnionType, typing.Union):
         if value is None and type(None) in args:
             return None
-        hint = next(a for a in args if a is not type(None))
+        options = [a for a in args if a is not type(None)]
+        if len(options) > 1:  # e.g. ``int | str``: the first type the value has
+            hint = next((a for a in options if isinstance(value, typing.get_origin(a) or a)), options[0])
+        else:
+            hint = options[0]
         origin = typing.get_origin(hint)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
@@ -640,6 +648,8 @@ def check_engine(engine: EngineConfig, where: str) -> None:
     _choice(engine.route, ("completions", "chat"), f"{where}.route")
     _choice(engine.score_route, ("completions", "chat", "generate"), f"{where}.score_route")
     _choice(engine.balance, ("least-busy", "round-robin"), f"{where}.balance")
+    if engine.devices != "all" and (not isinstance(engine.devices, int) or engine.devices < 1):
+        raise RecipeError(f"{where}.devices is {engine.devices!r}: use a number >= 1 or 'all'.")
     if engine.concurrency < 1 or engine.max_retries < 0 or engine.timeout <= 0 or engine.top_logprobs < 1:
         raise RecipeError(f"{where}: concurrency and top_logprobs must be >= 1, max_retries >= 0, timeout > 0.")
     if engine.type == "endpoint":

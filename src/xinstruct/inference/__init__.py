@@ -19,7 +19,12 @@ def make_engine(config, model: str, requests_dir: str | Path | None = None, prog
     """
     if config.type == "local":
         from .local import LocalEngine
+        from .pool import DevicePool, pool_devices
 
+        devices = pool_devices(config.devices, config.device)
+        if len(devices) > 1:
+            return DevicePool(model, devices, batch_size=config.batch_size, dtype=config.dtype,
+                              max_input_tokens=config.max_input_tokens, progress=progress)
         return LocalEngine(
             model,
             batch_size=config.batch_size,

@@ -43,6 +43,25 @@ class _StopWhen(StoppingCriteria):
 SAMPLE_TOP_K = 64
 
 
+def length_batches(lengths: list[int], batch_size: int, max_input_tokens: int) -> list[list[int]]:
+    """Row indices sorted by token length (longest first, so memory peaks early, stable among equal lengths), cut
+    into batches. A row over ``max_input_tokens`` is an error that names it: nothing is cut silently."""
+    over = [i for i, n in enumerate(lengths) if n > max_input_tokens]
+    if over:
+        raise StageError(
+            f"{len(over)} prompt(s) exceed engine.max_input_tokens={max_input_tokens} (the first, row {over[0]}, "
+            f"has {lengths[over[0]]} tokens). Raise engine.max_input_tokens or lower the step's content budget "
+            "(candidates.text_tokens, refinement.response_tokens)."
+        )
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+def batch_seed(seed: int, batch: int) -> int:
+    """The sampling seed of batch ``batch`` of a call made with ``seed``."""
+    return seed * 100_003 + batch
+
+
 class TopKSampler(LogitsProcessor):
     """Samples the next token (temperature, then top-p) among the ``top_k`` most likely ones and returns scores
     that let greedy decoding pick exactly that token.
@@ -110,20 +129,10 @@ class LocalEngine(Engine):
         self.stats = {"prompts": 0, "new_tokens": 0, "seconds": 0.0}
 
     # ------------------------------------------------------------------------------------------
-    def _batches(self, prompts: list[str]):
-        """Tokenise once, sort by length (longest first, so memory peaks early), yield index batches. A prompt
-        over ``max_input_tokens`` is an error that names it: nothing is cut silently."""
+    def _batches(self, prompts: list[str]) -> list[list[int]]:
+        """Index batches of ``prompts`` (see :func:`length_batches`)."""
         lengths = [len(ids) for ids in self.tokenizer(prompts, add_special_tokens=True)["input_ids"]]
-        over = [i for i, n in enumerate(lengths) if n > self.max_input_tokens]
-        if over:
-            raise StageError(
-                f"{len(over)} prompt(s) exceed engine.max_input_tokens={self.max_input_tokens} (the first, row {over[0]}, "
-                f"has {lengths[over[0]]} tokens). Raise engine.max_input_tokens or lower the step's content budget "
-                "(candidates.text_tokens, refinement.response_tokens)."
-            )
-        order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
-        for start in range(0, len(order), self.batch_size):
-            yield order[start : start + self.batch_size]
+        return length_batches(lengths, self.batch_size, self.max_input_tokens)
 
     def _encode(self, texts: list[str]):
         return self.tokenizer(texts, return_tensors="pt", padding=True).to(self.device)
@@ -147,16 +156,18 @@ class LocalEngine(Engine):
         return LogitsProcessorList([TopKSampler(params.temperature, params.top_p)] if params.do_sample else [])
 
     @torch.inference_mode()
-    def generate(self, prompts: list[str], params: GenerationParams) -> list[str]:
-        """Generate a continuation per prompt (see :meth:`Engine.generate`)."""
+    def generate(self, prompts: list[str], params: GenerationParams, first_batch: int = 0) -> list[str]:
+        """Generate a continuation per prompt (see :meth:`Engine.generate`). Batch ``b`` is sampled with seed
+        :func:`batch_seed` ``(params.seed, first_batch + b)``, so its rows do not depend on which process runs it
+        (:class:`xinstruct.inference.pool.DevicePool` hands whole batches to its workers)."""
         if not prompts:
             return []
-        torch.manual_seed(params.seed)
         gen_cfg = self._generation_config(params)
         out: list[str | None] = [None] * len(prompts)
         started = time.perf_counter()
         bar = tqdm(total=len(prompts), desc="generate", unit="row", disable=not self.progress, leave=False)
-        for idx in self._batches(prompts):
+        for b, idx in enumerate(self._batches(prompts), start=first_batch):
+            torch.manual_seed(batch_seed(params.seed, b))
             enc = self._encode([prompts[i] for i in idx])
             seqs = self.model.generate(**enc, generation_config=gen_cfg, logits_processor=self._processors(params))
             new = seqs[:, enc["input_ids"].shape[1] :]
@@ -209,15 +220,10 @@ class LocalEngine(Engine):
         prompt_ids = self.tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
         cont_ids = self.tokenizer(list(continuations), add_special_tokens=False)["input_ids"]
         rows = [p + c for p, c in zip(prompt_ids, cont_ids)]
-        over = [i for i, r in enumerate(rows) if len(r) > self.max_input_tokens]
-        if over:
-            raise StageError(f"{len(over)} prompt+continuation row(s) exceed engine.max_input_tokens={self.max_input_tokens}.")
         head = self.model.get_output_embeddings()
         softcap = getattr(self.model.config.get_text_config(), "final_logit_softcapping", None)
         out: list[tuple[float, int] | None] = [None] * len(rows)
-        order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start : start + self.batch_size]
+        for idx in length_batches([len(r) for r in rows], self.batch_size, self.max_input_tokens):
             width = max(len(rows[i]) for i in idx)
             pad = self.tokenizer.pad_token_id
             ids = torch.tensor([[pad] * (width - len(rows[i])) + rows[i] for i in idx], device=self.device)
