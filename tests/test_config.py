@@ -121,3 +121,29 @@ def test_plan_reads_keep_rates_from_a_finished_run(tmp_path):
     recipe = load_recipe(REPO / "recipes" / "default.yaml")
     costs = plan_costs(recipe, "cpu-2core", rates)
     assert costs["webtexts_needed_per_language"] == 60 and costs["enough"] is False  # 6 / (0.5 * 0.8 * 0.25)
+
+
+@pytest.mark.parametrize("path", sorted(str(p.relative_to(REPO)) for p in (REPO / "recipes").glob("*/config_*.yaml")))
+def test_paper_recipe_fits_the_hardware_it_names(path):
+    """The ``# Hardware: Nx <device>`` line of a paper-scale recipe matches its launcher's process count, and the
+    estimated training memory of every role (batch, longest row, vocabulary, sharding) fits that device."""
+    import re
+
+    from xinstruct.costs import DEVICES, plan_costs
+
+    line = re.search(r"^# Hardware: (\d+)x ([a-z0-9-]+) ", (REPO / path).read_text(), re.M)
+    assert line, f"{path} names no hardware"
+    count, device = int(line.group(1)), line.group(2)
+    costs = plan_costs(load_recipe(REPO / path), device)
+    assert costs["processes"] == count
+    assert costs["memory_gb"] and all(gb is not None for gb in costs["memory_gb"].values())
+    assert max(costs["memory_gb"].values()) <= DEVICES[device]["memory_gb"]
+
+
+def test_memory_estimate_refuses_gemma_7b_lora_on_24gb():
+    """The issue's own case: Gemma-7B LoRA (17 GB of bf16 weights + float32 logits of a 256k vocabulary) on a 24 GB
+    GPU does not fit; on 40 GB it does."""
+    from xinstruct.costs import plan_costs
+
+    costs = plan_costs(load_recipe(REPO / "recipes/gemma-7b/config_lora.yaml"), "l4-24gb")
+    assert max(costs["memory_gb"].values()) > 24 > 2 * 8.54  # weights alone fit, the logits tip it over

@@ -12,7 +12,7 @@ import time
 import pytest
 from datasets import load_from_disk
 
-from conftest import FAST, TRAINED, write_jsonl
+from conftest import FAST, REPO, TRAINED, write_jsonl
 from conftest import TINY_RECIPE as TINY
 from xinstruct.config import RecipeError, load_recipe
 from xinstruct.pipeline import plan, run
@@ -178,22 +178,34 @@ def test_killed_rating_resumes_without_loss_or_repeat(tiny_run, tmp_path):
 
 
 @pytest.mark.parametrize("lora", [False, True])
-def test_training_through_accelerate_launch_two_cpu_processes(tiny_run, tmp_path, lora):
-    """The generator SFT of the pipeline launched with accelerate: real two-process DDP on gloo, saved through the
-    Trainer's own path (a LoRA adapter merged on the main process); the saved model loads and generates."""
+@pytest.mark.parametrize("strategy", ["ddp", "zero3"])
+def test_training_through_accelerate_launch_two_cpu_processes(tiny_run, tmp_path, lora, strategy):
+    """The generator SFT of the pipeline launched with accelerate on two CPU processes over gloo: DDP, and DeepSpeed
+    ZeRO-3 with the shipped ``zero3.yaml`` (parameters sharded, gathered by the Trainer's own save path; a LoRA
+    adapter merged on the main process). The saved model is complete (every weight of the base), loads and
+    generates. FSDP cannot run here: accelerate enables it only on GPUs and other accelerators."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    run_dir = tmp_path / "ddp"
+    if strategy == "zero3":
+        pytest.importorskip("deepspeed", reason="pip install 'x-instruction[deepspeed]' for the ZeRO-3 test")
+    run_dir = tmp_path / strategy
     for step in ("seed", "webtext", "baseline"):
         shutil.copytree(tiny_run[0] / step, run_dir / step)
     extra = ["generator.lora={r: 4, lora_alpha: 8, target_modules: all-linear}"] if lora else []
+    if strategy == "zero3":
+        extra.append(f"launcher.config_file={REPO / 'recipes' / 'accelerate_configs' / 'zero3.yaml'}")
     recipe = load_recipe(TINY, FAST + ["launcher.type=accelerate", "launcher.cpu=true", "launcher.num_processes=2",
                                        "generator.training.max_steps=2", *extra])
     results = run(recipe, run_dir, until="generator", echo=lambda s: None)
     assert results[-1].name == "generator" and results[-1].status == "done"
-    assert results[-1].manifest["metrics"]["world_size"] == 2
+    metrics = results[-1].manifest["metrics"]
+    assert metrics["world_size"] == 2
+    assert metrics["distributed_type"] == ("DEEPSPEED" if strategy == "zero3" else "MULTI_CPU")
     saved = run_dir / "generator" / "model"
     model = AutoModelForCausalLM.from_pretrained(saved)
+    base = AutoModelForCausalLM.from_pretrained(tiny_run[0] / "generator" / "model")
+    assert {n: p.shape for n, p in model.named_parameters()} == {n: p.shape for n, p in base.named_parameters()}
+    assert all(p.abs().sum() > 0 for _, p in model.named_parameters())  # nothing left empty by the sharding
     assert not any("lora" in n for n, _ in model.named_parameters())
     tok = AutoTokenizer.from_pretrained(saved)
     out = model.generate(**tok("Habari", return_tensors="pt"), max_new_tokens=3, do_sample=False)

@@ -5,10 +5,13 @@ GPU-hours at stated throughputs. Rows out of the filters follow stated rates: by
 finished run (``--run RUN_DIR``), otherwise the defaults below. It also says how many web texts per language
 the run needs to end with ``target_per_language`` rows after the gate and K rounds of filtering.
 
-Throughputs are per accelerator, from the model size: training at ``mfu`` of the bf16 peak (6 x params FLOP
-per token), prefill at ``prefill_efficiency`` of the peak (2 x params FLOP per token), decoding bounded by
-memory bandwidth at ``decode_batch`` rows per step. All are stated in the table and can be overridden.
-Inference runs on one device (the local engine), training on the launcher's processes.
+Throughputs are per accelerator, from the model size: training at ``mfu`` of the bf16 peak (6 x params FLOP per
+token; 4 x params with LoRA, which computes no weight gradients of the frozen base), prefill at ``prefill_efficiency``
+of the peak (2 x params FLOP per token), decoding bounded by memory bandwidth at ``decode_batch`` rows per step. All
+are stated in the table and can be overridden.
+
+Inference runs on ``engine.devices`` devices (``all``: as many as the launcher's processes), training on the
+launcher's processes. Memory per device is estimated for every trained role (:func:`training_memory_gb`).
 """
 
 from __future__ import annotations
@@ -24,14 +27,35 @@ import yaml
 
 from .config import Recipe
 
-# Peak dense bf16 FLOP/s and memory bandwidth (bytes/s) per device; ``cpu-2core`` is this project's CI machine.
+# Peak dense bf16 FLOP/s, memory bandwidth (bytes/s) and memory (GB) per device; ``cpu-2core`` is this project's CI machine.
 DEVICES: dict[str, dict[str, float]] = {
-    "h100-80gb": {"peak_flops": 989e12, "bandwidth": 3.35e12},
-    "a100-80gb": {"peak_flops": 312e12, "bandwidth": 2.0e12},
-    "l4-24gb": {"peak_flops": 121e12, "bandwidth": 0.3e12},
-    "cpu-2core": {"peak_flops": 0.09e12, "bandwidth": 0.02e12},
+    "h100-80gb": {"peak_flops": 989e12, "bandwidth": 3.35e12, "memory_gb": 80},
+    "a100-80gb": {"peak_flops": 312e12, "bandwidth": 2.0e12, "memory_gb": 80},
+    "a100-40gb": {"peak_flops": 312e12, "bandwidth": 1.55e12, "memory_gb": 40},
+    "l40s-48gb": {"peak_flops": 362e12, "bandwidth": 0.86e12, "memory_gb": 48},
+    "l4-24gb": {"peak_flops": 121e12, "bandwidth": 0.3e12, "memory_gb": 24},
+    "cpu-2core": {"peak_flops": 0.09e12, "bandwidth": 0.02e12, "memory_gb": 24},
 }
-KNOWN_PARAMS = {"gemma-3-270m": 0.27e9, "tiny": 0.6e6, "google/gemma-7b": 8.54e9, "meta-llama/Meta-Llama-3-8B": 8.03e9}
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What the estimates need of a model: parameters, and (for memory) vocabulary, hidden size and layers."""
+
+    params: float
+    vocab: int | None = None
+    hidden: int | None = None
+    layers: int | None = None
+
+
+# from each model's config.json
+KNOWN_MODELS = {
+    "gemma-3-270m": ModelShape(0.27e9, 262_144, 640, 18),
+    "tiny": ModelShape(0.6e6),
+    "google/gemma-7b": ModelShape(8.54e9, 256_000, 3072, 28),
+    "meta-llama/Meta-Llama-3-8B": ModelShape(8.03e9, 128_256, 4096, 32),
+    "Qwen/Qwen2.5-1.5B": ModelShape(1.54e9, 151_936, 1536, 28),
+}
 DEFAULT_RATES = {"webtext_kept": 0.8, "gate_kept": 0.95, "keep_rate": 0.5}
 FRAME_TOKENS = 45  # a template's header and cue
 INSTRUCTION_TOKENS = 24
@@ -50,8 +74,8 @@ def model_params(name: str, override: float | None = None) -> float:
     """Parameters of a model from its name (``7b``, ``1.5B``, ``270m``) or the known built-ins; ``override`` wins."""
     if override:
         return override
-    if name in KNOWN_PARAMS:
-        return KNOWN_PARAMS[name]
+    if name in KNOWN_MODELS:
+        return KNOWN_MODELS[name].params
     match = re.search(r"(\d+(?:\.\d+)?)\s*([bBmM])(?![a-zA-Z])", Path(name).name)
     if not match:
         raise ValueError(f"Cannot tell the size of {name!r} from its name; pass --params (e.g. 7e9).")
@@ -86,13 +110,43 @@ def rates_from_run(run_dir: str | Path) -> dict[str, float]:
     return rates
 
 
-def _processes(recipe: Recipe) -> int:
+def _accelerate_config(recipe: Recipe) -> dict[str, Any]:
     launcher = recipe.launcher
-    if launcher.num_processes:
-        return launcher.num_processes
     if launcher.type == "accelerate" and launcher.config_file and Path(launcher.config_file).exists():
-        return int((yaml.safe_load(Path(launcher.config_file).read_text()) or {}).get("num_processes", 1))
-    return 1
+        return yaml.safe_load(Path(launcher.config_file).read_text()) or {}
+    return {}
+
+
+def _processes(recipe: Recipe) -> int:
+    return int(recipe.launcher.num_processes or _accelerate_config(recipe).get("num_processes", 1))
+
+
+def _sharded(recipe: Recipe) -> bool:
+    """True when the launcher shards weights, gradients and optimizer state over the processes (FSDP, ZeRO-3)."""
+    accelerate = _accelerate_config(recipe)
+    return accelerate.get("distributed_type") == "FSDP" or (
+        accelerate.get("distributed_type") == "DEEPSPEED" and (accelerate.get("deepspeed_config") or {}).get("zero_stage") == 3)
+
+
+def training_memory_gb(shape: ModelShape, role, row_tokens: int, processes: int, sharded: bool) -> float | None:
+    """Peak memory per device of one role's training, in GB (``None`` when the model's shape is unknown).
+
+    Weights and state: full fine-tuning keeps float32 master weights, gradients and two Adam moments (16 bytes per
+    parameter), divided over the processes when FSDP or ZeRO-3 shards them; LoRA keeps the frozen base in bf16 (2
+    bytes per parameter) on every process. Plus the float32 logits of one micro-batch (batch x tokens x vocabulary
+    x 4 bytes, tokens being the longest row the role can see: ``max_length`` or the row's content budget, whichever
+    is smaller), the activation checkpoints (batch x tokens x hidden x layers x 2 bytes), and 20% for the CUDA
+    context, one layer's live activations and fragmentation.
+    """
+    if shape.vocab is None or shape.hidden is None or shape.layers is None:
+        return None
+    training = role.training
+    batch = training.get("per_device_train_batch_size", 8)
+    tokens = min(training.get("max_length") or row_tokens, row_tokens)
+    state = 2 * shape.params if role.lora else 16 * shape.params / (processes if sharded else 1)
+    logits = batch * tokens * shape.vocab * 4
+    checkpoints = batch * tokens * shape.hidden * shape.layers * 2
+    return 1.2 * (state + logits + checkpoints) / 1e9
 
 
 def _trained_rows(training: dict[str, Any], rows: float, processes: int) -> float:
@@ -108,8 +162,11 @@ def plan_costs(recipe: Recipe, device: str = "h100-80gb", rates: dict[str, float
     """Rows, tokens, time and GPU-hours of every step of ``recipe`` (see the module doc)."""
     rates = {**DEFAULT_RATES, **(rates or {})}
     n_params = model_params(recipe.base_model, params)
+    shape = KNOWN_MODELS.get(recipe.base_model, ModelShape(n_params))
     speed = speeds or throughput(device, n_params)
     gpus = _processes(recipe)
+    devices = recipe.engine.devices
+    engines = gpus if devices == "all" else devices  # local engine workers; "all" is taken as the training GPUs
     langs = len(recipe.languages)
     web = recipe.data.webtext
     seeds_cfg = recipe.data.seeds
@@ -122,9 +179,12 @@ def plan_costs(recipe: Recipe, device: str = "h100-80gb", rates: dict[str, float
     resp = ref.response_tokens
     rows: list[dict[str, Any]] = []
 
-    def step(name: str, rows_in: float, rows_out: float, generate: float = 0, score: float = 0, train: float = 0) -> None:
-        seconds = generate / speed.decode + score / speed.prefill + train / (speed.train * gpus)
-        used = (generate / speed.decode + score / speed.prefill) + train / speed.train  # device-seconds
+    def step(name: str, rows_in: float, rows_out: float, generate: float = 0, score: float = 0, train: float = 0,
+             role=None) -> None:
+        # LoRA computes no weight gradients of the frozen base: 4 x params FLOP per token instead of 6
+        train_speed = speed.train * (1.5 if role is not None and role.lora else 1.0)
+        seconds = (generate / speed.decode + score / speed.prefill) / engines + train / (train_speed * gpus)
+        used = (generate / speed.decode + score / speed.prefill) + train / train_speed  # device-seconds
         rows.append({"step": name, "rows_in": round(rows_in), "rows_out": round(rows_out), "generate_tokens": round(generate),
                      "score_tokens": round(score), "train_tokens": round(train), "hours": seconds / 3600,
                      "gpu_hours": used / 3600})
@@ -140,7 +200,7 @@ def plan_costs(recipe: Recipe, device: str = "h100-80gb", rates: dict[str, float
     step("baseline", held_rows, held_rows, generate=held_rows * (recipe.candidates.decoding.max_new_tokens + resp),
          score=held_rows * (2 * FRAME_TOKENS + text + INSTRUCTION_TOKENS))
     gen_row = FRAME_TOKENS + text + INSTRUCTION_TOKENS
-    step("generator", train_seeds * langs, train_seeds * langs, train=train_tokens(recipe.generator, train_seeds * langs, gen_row),
+    step("generator", train_seeds * langs, train_seeds * langs, train=train_tokens(recipe.generator, train_seeds * langs, gen_row), role=recipe.generator,
          generate=held_rows * recipe.candidates.decoding.max_new_tokens, score=held_rows * gen_row)
     candidates = webtext_out * rates["gate_kept"]
     step("candidates", webtext_out, candidates, generate=webtext_out * recipe.candidates.decoding.max_new_tokens,
@@ -150,13 +210,15 @@ def plan_costs(recipe: Recipe, device: str = "h100-80gb", rates: dict[str, float
     rating_row = FRAME_TOKENS + INSTRUCTION_TOKENS + resp
     passes = 2 if ref.evaluator_kind == "likelihood" else 1
     for k in range(1, ref.iterations + 1):
-        step(f"iter-{k}/follower", kept, kept, train=train_tokens(ref.follower, kept, follower_row))
+        step(f"iter-{k}/follower", kept, kept, train=train_tokens(ref.follower, kept, follower_row),
+             role=ref.follower)
         pseudo_seeds = (min(train_seeds, ref.pseudo_ratings.seeds_per_language or train_seeds) + held) * langs
         step(f"iter-{k}/pseudo_ratings", pseudo_seeds, 3 * pseudo_seeds, generate=pseudo_seeds * resp,
              score=pseudo_seeds * (FRAME_TOKENS + INSTRUCTION_TOKENS))
         ev_train = 3 * (pseudo_seeds - held_rows)
         ev_tokens = 0 if ref.evaluator_kind == "likelihood" else train_tokens(ref.evaluator, ev_train, rating_row)
-        step(f"iter-{k}/evaluator", ev_train, ev_train, train=ev_tokens, score=passes * 3 * pseudo_seeds * rating_row)
+        step(f"iter-{k}/evaluator", ev_train, ev_train, train=ev_tokens, score=passes * 3 * pseudo_seeds * rating_row,
+             role=ref.evaluator)
         rated = pool * (1 + ref.planted_share)
         step(f"iter-{k}/ratings", pool, pool, score=passes * rated * rating_row)
         kept = pool * rates["keep_rate"]
@@ -166,13 +228,25 @@ def plan_costs(recipe: Recipe, device: str = "h100-80gb", rates: dict[str, float
     diversified = min(target, kept)
     step("diversified", kept, diversified)
     step("final", diversified, diversified, train=train_tokens(recipe.final, diversified, follower_row),
-         generate=held_rows * resp)
+         generate=held_rows * resp, role=recipe.final)
+    instruction_max = recipe.candidates.decoding.max_new_tokens
+    longest = {  # the longest row each role trains on
+        "generator": (recipe.generator, FRAME_TOKENS + text + instruction_max),
+        "follower": (ref.follower, FRAME_TOKENS + instruction_max + text),
+        "evaluator": (ref.evaluator, FRAME_TOKENS + instruction_max + resp),
+        "final": (recipe.final, FRAME_TOKENS + instruction_max + text),
+    }
+    if ref.evaluator_kind == "likelihood":
+        del longest["evaluator"]
+    sharded = _sharded(recipe)
+    memory = {name: training_memory_gb(shape, role, row, gpus, sharded) for name, (role, row) in longest.items()}
     keep_factor = rates["keep_rate"] ** (ref.iterations if ref.rate == "kept" else 1)
     needed = math.ceil(recipe.diversification.target_per_language / (rates["webtext_kept"] * rates["gate_kept"] * keep_factor))
     return {
-        "recipe": recipe.name, "model": recipe.base_model, "params": n_params, "device": device, "processes": gpus,
+        "recipe": recipe.name, "model": recipe.base_model, "params": n_params, "device": device, "processes": gpus, "engine_devices": engines,
         "throughput": {"train": speed.train, "prefill": speed.prefill, "decode": speed.decode},
-        "rates": rates, "steps": rows,
+        "rates": rates, "steps": rows, "sharded": sharded, "memory_gb": memory,
+        "device_memory_gb": DEVICES[device]["memory_gb"],
         "total_hours": sum(r["hours"] for r in rows), "total_gpu_hours": sum(r["gpu_hours"] for r in rows),
         "webtexts_needed_per_language": needed, "webtexts_per_language": per_lang_web,
         "enough": per_lang_web is not None and per_lang_web >= needed,
@@ -191,7 +265,7 @@ def format_costs(plan: dict[str, Any]) -> str:
     t = plan["throughput"]
     lines = [
         f"Recipe {plan['recipe']}: {plan['model']} ({_n(plan['params'])} parameters), {plan['processes']} training process(es) "
-        f"on {plan['device']}; tokens/s per device: train {_n(t['train'])}, prefill {_n(t['prefill'])}, decode {_n(t['decode'])}.",
+        f"and {plan['engine_devices']} inference device(s) on {plan['device']}; tokens/s per device: train {_n(t['train'])}, prefill {_n(t['prefill'])}, decode {_n(t['decode'])}.",
         "Rates: " + ", ".join(f"{k} {v:.2f}" for k, v in plan["rates"].items()) + ".",
         "",
         "| step | rows in | rows out | tokens to generate | tokens to score | tokens to train | hours | GPU-hours |",
@@ -201,6 +275,13 @@ def format_costs(plan: dict[str, Any]) -> str:
         lines.append(f"| {r['step']} | {_n(r['rows_in'])} | {_n(r['rows_out'])} | {_n(r['generate_tokens'])} | {_n(r['score_tokens'])} | "
                      f"{_n(r['train_tokens'])} | {r['hours']:.2f} | {r['gpu_hours']:.2f} |")
     lines.append(f"| **total** | | | | | | **{plan['total_hours']:.1f}** | **{plan['total_gpu_hours']:.1f}** |")
+    known = {role: gb for role, gb in plan["memory_gb"].items() if gb is not None}
+    if known:
+        peak = max(known.values())
+        fits = "fits" if peak <= plan["device_memory_gb"] else "does NOT fit"
+        lines += ["", f"Training memory per device ({'sharded' if plan['sharded'] else 'replicated'} over "
+                      f"{plan['processes']} process(es)): " + ", ".join(f"{r} {gb:.1f} GB" for r, gb in known.items())
+                  + f"; the peak {fits} in {plan['device']} ({plan['device_memory_gb']:.0f} GB)."]
     have = plan["webtexts_per_language"]
     verdict = "enough" if plan["enough"] else "NOT enough"
     lines += ["", f"Web texts needed per language for target_per_language after filtering: {plan['webtexts_needed_per_language']}; "

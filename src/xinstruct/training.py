@@ -189,6 +189,7 @@ def train_sft(
     metrics["dtype"] = "bfloat16" if sft_config.bf16 else "float16" if sft_config.fp16 else "float32"
     metrics["lm_head_on_loss_only"] = lm_head_on_loss_only
     metrics["world_size"] = trainer.args.world_size
+    metrics["distributed_type"] = str(trainer.accelerator.distributed_type.value)  # NO, MULTI_CPU, MULTI_GPU, FSDP, DEEPSPEED
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     metrics["loss_history"] = losses
     seen = [h["num_tokens"] for h in trainer.state.log_history if "num_tokens" in h]
@@ -227,7 +228,11 @@ def _save_sharded(trainer, lora: bool, base: str, dtype, output_dir: Path, save_
     if trainer.is_world_process_zero():
         from peft import PeftModel
         from transformers import AutoModelForCausalLM
+        from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
+        # training is over: the base loads whole on this process alone, not partitioned by ZeRO-3's init (which would
+        # wait for the other processes, already gone)
+        unset_hf_deepspeed_config()
         merged = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=dtype), str(adapter)).merge_and_unload()
         merged.config.dtype = dtype
         merged.save_pretrained(save_dir)
@@ -251,12 +256,24 @@ def accelerate_command(launcher: LauncherConfig, spec_path: Path) -> list[str]:
     if launcher.num_processes:
         cmd += ["--num_processes", str(launcher.num_processes)]
     if launcher.cpu:
-        cmd += ["--multi_gpu", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+        # DDP goes through --multi_gpu; a DeepSpeed config keeps its own type (ZeRO-3 runs on CPU over gloo)
+        if launch_type(launcher) in ("MULTI_GPU", "NO"):
+            cmd += ["--multi_gpu"]
+        cmd += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
         if not launcher.num_processes:
             cmd += ["--num_processes", "2"]
     cmd += list(launcher.extra_args)
     cmd += ["--module", "xinstruct.training", str(spec_path)]
     return cmd
+
+
+def launch_type(launcher: LauncherConfig) -> str:
+    """The ``distributed_type`` an accelerate launch asks for (``NO`` without a config file)."""
+    if launcher.type != "accelerate" or not launcher.config_file:
+        return "NO"
+    import yaml
+
+    return str((yaml.safe_load(Path(launcher.config_file).read_text()) or {}).get("distributed_type", "NO"))
 
 
 def train_role(recipe: Recipe, role: RoleConfig, train_dataset: Dataset, output_dir: str | Path) -> dict[str, Any]:
@@ -308,8 +325,13 @@ def run_training(
     logger.info("Launching: %s", " ".join(cmd))
     proc = subprocess.run(cmd)
     if proc.returncode != 0:
-        raise RuntimeError(f"accelerate launch failed with exit code {proc.returncode}: {' '.join(cmd)}")
-    return json.loads(done.read_text())
+        raise StageError(f"accelerate launch failed with exit code {proc.returncode} (its output is above): {' '.join(cmd)}")
+    metrics = json.loads(done.read_text())
+    asked = launch_type(launcher)
+    if asked in ("FSDP", "DEEPSPEED") and metrics.get("distributed_type") != asked:
+        logger.warning("The accelerate config asks for %s but the training ran as %s (accelerate enables FSDP only on "
+                       "GPUs and other accelerators, not on CPU).", asked, metrics.get("distributed_type"))
+    return metrics
 
 
 def _main(argv: list[str] | None = None) -> None:
