@@ -8,6 +8,8 @@ import pytest
 
 from conftest import write_jsonl
 from xinstruct.config import DataConfig, FilterConfig, SeedConfig, WebTextConfig
+from xinstruct.data.blocks import BatchFilter, Decision, FilterRunner, RowFilter
+from xinstruct.data.filters import Empty, ExactDuplicate, webtext_filters
 from xinstruct.data.readers import DataError
 from xinstruct.data.sample import sample_file
 from xinstruct.data.seeds import load_seeds
@@ -108,3 +110,59 @@ def test_seeds_from_a_single_file_with_language_column(tmp_path):
     assert seeds["language"] == ["sw", "ta"]
     assert report["skipped"] == {"empty_instruction": 1}
     assert report["languages_without_seeds"] == ["ur"]
+
+
+class Banned(RowFilter):
+    """A filter a user adds: drops texts that contain a banned word."""
+
+    name = "banned_word"
+
+    def __init__(self, word: str):
+        super().__init__()
+        self.word = word
+
+    def check(self, row):
+        return self.name if self.word in row["text"] else None
+
+
+class EveryOther(BatchFilter):
+    """A batch filter: drops every second row that reaches it and notes the batch size on every row."""
+
+    name = "every_other"
+
+    def decide(self, rows):
+        return [Decision(self.name if i % 2 else None, {"batch": len(rows)}) for i in range(len(rows))]
+
+
+def test_a_new_filter_plugs_into_the_runner():
+    texts = ["a cat", "", "a dog", "a cat", "a bird", "the dog", "a fish", "cats"]
+    rows = [{"id": str(i), "language": "sw", "text": t} for i, t in enumerate(texts)]
+    filters = [Empty(), Banned("dog"), ExactDuplicate(), EveryOther(), Banned("fish")]
+    runner = FilterRunner(filters)
+    result = runner.run(rows, "sw")
+    # Row filters drop in input order; the batch filter sees the survivors ("a cat", "a bird", "a fish", "cats")
+    # and drops every second one; rows it drops come after; the last row filter then sees "a cat", "a fish".
+    assert [r["id"] for r in result.kept] == ["0"]
+    assert [(r["id"], r["reason"]) for r in result.dropped] == [
+        ("1", "empty"), ("2", "banned_word"), ("3", "exact_duplicate"), ("5", "banned_word"),
+        ("4", "every_other"), ("7", "every_other"), ("6", "banned_word"),
+    ]
+    assert result.kept[0]["batch"] == 4 and "batch" not in result.dropped[0]
+    assert result.reasons == [None, "empty", "banned_word", "exact_duplicate", "every_other", "banned_word",
+                              "banned_word", "every_other"]
+    runner.run(rows[:2], "ta")  # state is per run: "a cat" is no duplicate in "ta"
+    runner.run([], "fi")
+    assert runner.report.as_dict() == {
+        "rows_in": 10, "rows_out": 2, "rows_in_per_language": {"sw": 8, "ta": 2, "fi": 0},
+        "rows_out_per_language": {"sw": 1, "ta": 1, "fi": 0},
+        "skipped": {"banned_word": 3, "empty": 2, "every_other": 2, "exact_duplicate": 1},
+        "skipped_per_language": {"banned_word": {"sw": 3}, "empty": {"sw": 1, "ta": 1}, "every_other": {"sw": 2},
+                                 "exact_duplicate": {"sw": 1}},
+    }
+
+
+def test_webtext_filters_follow_the_config():
+    names = [f.name for f in webtext_filters(FilterConfig())]
+    assert names == ["empty", "too_short", "too_long", "exact_duplicate", "near_duplicate", "wrong_language"]
+    off = FilterConfig(dedup=False, near_dup_threshold=None, lid=False)
+    assert [f.name for f in webtext_filters(off)] == ["empty", "too_short", "too_long"]

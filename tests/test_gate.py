@@ -11,10 +11,27 @@ def test_gate_drops_and_counts_each_reason():
         "instruction": ["Write a recipe for a fresh tomato sauce.", "", "Hi", "Andika mapishi ya mchuzi wa nyanya mbichi kwa familia.",
                         "How do you prevent malaria?"],
     })
-    kept, dropped, counts = gate_candidates(rows, min_chars=8, english_min_confidence=0.0)
+    kept, dropped, report = gate_candidates(rows, min_chars=8, english_min_confidence=0.0)
     assert kept["id"] == ["ok", "ok2"]
-    assert counts == {"empty_instruction": 1, "too_short_instruction": 1, "non_english_instruction": 1}
+    assert report.reasons() == {"empty_instruction": 1, "too_short_instruction": 1, "non_english_instruction": 1}
+    assert dropped["id"] == ["empty", "short", "swahili"]  # input order
+    assert dropped["reason"] == ["empty_instruction", "too_short_instruction", "non_english_instruction"]
     assert dict(zip(dropped["id"], dropped["detected"]))["swahili"] == "sw"
+    assert dropped["detected"][:2] == [None, None] and dropped["english_confidence"][:2] == [0.0, 0.0]
+    assert all(c > 0 for c in kept["english_confidence"])
+
+
+def test_gate_counts_per_row_language_in_the_manifest_form():
+    rows = Dataset.from_dict({
+        "id": ["a", "b", "c", "d"],
+        "language": ["ta", "sw", "ta", "sw"],
+        "instruction": ["How do you prevent malaria?", "", "Hi", "Write a recipe for a fresh tomato sauce."],
+    })
+    _, _, report = gate_candidates(rows, 8, 0.0, lid_check=False)
+    assert report.as_dict(sort_reasons=False, per_language_skips=False) == {
+        "rows_in": 4, "rows_out": 2, "rows_in_per_language": {"ta": 2, "sw": 2},
+        "rows_out_per_language": {"ta": 1, "sw": 1}, "skipped": {"empty_instruction": 1, "too_short_instruction": 1},
+    }
 
 
 def test_confidence_floor_applies_on_top_of_the_top_language_rule():

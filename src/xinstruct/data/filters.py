@@ -1,19 +1,22 @@
-"""Web-text filters. Each filter has a ``name`` (the skip reason counted in the manifest) and decides
-keep or drop per text. Dropped texts are kept, with their reason, in the step's ``dropped`` dataset.
+"""The filters of the web-text step and of the candidate gate, as blocks (:mod:`xinstruct.data.blocks`).
+
+Each filter has a ``name`` (the skip reason counted in the manifest) and decides keep or drop per row. Dropped
+rows are kept, with their reason, in the step's ``dropped`` dataset. A step's filters are listed in one place:
+:func:`webtext_filters` and :func:`candidate_filters`; a new filter is one class and one line there.
 """
 
 from __future__ import annotations
 
 import re
 import unicodedata
-from collections import Counter
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Sequence
+from itertools import groupby
 
 from datasketch import MinHash, MinHashLSH
 
 from ..config import FilterConfig
 from . import lid
+from .blocks import BatchFilter, Decision, Filter, FilterReport, FilterRunner, Row, RowFilter, Verdict
 
 _SPACES = re.compile(r"\s+")
 
@@ -32,80 +35,155 @@ def char_shingles(text: str, n: int) -> set[str]:
     s = _dedup_key(text).replace(" ", "")
     return {s[i : i + n] for i in range(max(1, len(s) - n + 1))}
 
-
-@dataclass
-class FilterReport:
-    """Counts of kept rows and of skips per reason, per language."""
-
-    rows_in: Counter = field(default_factory=Counter)
-    kept: Counter = field(default_factory=Counter)
-    skipped: dict[str, Counter] = field(default_factory=dict)
-
-    def skip(self, language: str, reason: str) -> None:
-        self.skipped.setdefault(reason, Counter())[language] += 1
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "rows_in": sum(self.rows_in.values()),
-            "rows_out": sum(self.kept.values()),
-            "rows_in_per_language": dict(self.rows_in),
-            "rows_out_per_language": dict(self.kept),
-            "skipped": {reason: sum(c.values()) for reason, c in sorted(self.skipped.items())},
-            "skipped_per_language": {reason: dict(c) for reason, c in sorted(self.skipped.items())},
-        }
+__all__ = [
+    "Empty", "MinChars", "MaxChars", "ExactDuplicate", "NearDuplicate", "LanguageID", "FilterReport", "FilterRunner",
+    "webtext_filters", "candidate_filters", "clean_text", "char_shingles",
+]
 
 
-class WebTextFilter:
-    """Length window, exact and near-duplicate removal, and a language-ID check, in that order.
+class Empty(RowFilter):
+    """Drops rows whose ``column`` is empty."""
 
-    Duplicates are looked for within each language. The language check runs last (it is the slowest)
-    and in one batch per language.
+    name = "empty"
+
+    def __init__(self, column: str = "text", name: str | None = None):
+        super().__init__(name)
+        self.column = column
+
+    def check(self, row: Row) -> Verdict:
+        return None if row[self.column] else self.name
+
+
+class MinChars(RowFilter):
+    """Drops rows whose ``column`` has fewer than ``min_chars`` characters."""
+
+    name = "too_short"
+
+    def __init__(self, min_chars: int, column: str = "text", name: str | None = None):
+        super().__init__(name)
+        self.min_chars, self.column = min_chars, column
+
+    def check(self, row: Row) -> Verdict:
+        return self.name if len(row[self.column]) < self.min_chars else None
+
+
+class MaxChars(RowFilter):
+    """Drops rows whose ``column`` has more than ``max_chars`` characters."""
+
+    name = "too_long"
+
+    def __init__(self, max_chars: int, column: str = "text", name: str | None = None):
+        super().__init__(name)
+        self.max_chars, self.column = max_chars, column
+
+    def check(self, row: Row) -> Verdict:
+        return self.name if len(row[self.column]) > self.max_chars else None
+
+
+class ExactDuplicate(RowFilter):
+    """Drops a row whose ``column`` equals an earlier kept row's after Unicode NFC, whitespace clean-up and case
+    folding. Remembers the texts of the current run."""
+
+    name = "exact_duplicate"
+
+    def __init__(self, column: str = "text", name: str | None = None):
+        super().__init__(name)
+        self.column = column
+        self.seen: set[str] = set()
+
+    def reset(self) -> None:
+        self.seen = set()
+
+    def check(self, row: Row) -> Verdict:
+        key = _dedup_key(row[self.column])
+        if key in self.seen:
+            return self.name
+        self.seen.add(key)
+        return None
+
+
+class NearDuplicate(RowFilter):
+    """Drops a row whose character n-gram set has an estimated Jaccard similarity above ``threshold`` with an
+    earlier kept row's (MinHash LSH, 64 permutations). Rows are keyed by ``id`` in the index of the current run."""
+
+    name = "near_duplicate"
+
+    def __init__(self, threshold: float, ngram: int, column: str = "text", name: str | None = None):
+        super().__init__(name)
+        self.threshold, self.ngram, self.column = threshold, ngram, column
+        self.reset()
+
+    def reset(self) -> None:
+        self.lsh = MinHashLSH(threshold=self.threshold, num_perm=64)
+
+    def check(self, row: Row) -> Verdict:
+        mh = MinHash(num_perm=64, seed=1)
+        mh.update_batch([s.encode() for s in char_shingles(row[self.column], self.ngram)])
+        if self.lsh.query(mh):
+            return self.name
+        self.lsh.insert(row["id"], mh)
+        return None
+
+
+class LanguageID(BatchFilter):
+    """Drops rows whose ``column`` is not in the expected language: a row passes when that language is the
+    detector's most likely one and its confidence is at least ``min_confidence`` (:func:`xinstruct.data.lid.detect`,
+    one batch per expected language).
+
+    Args:
+        min_confidence: the confidence floor of the expected language.
+        expected: the expected language; ``None``: each row's ``language`` column.
+        column: the text to check.
+        name: the skip reason.
+        confidence_field: when set, every checked row gets the expected language's confidence in this column.
+
+    Every checked row gets the detected language in a ``detected`` column.
     """
 
-    def __init__(self, config: FilterConfig):
-        self.config = config
+    name = "wrong_language"
 
-    def apply(self, rows: list[dict[str, Any]], language: str, report: FilterReport) -> tuple[list[dict], list[dict]]:
-        """Return (kept rows, dropped rows with a ``reason``) for the rows of one language."""
-        cfg = self.config
-        kept: list[dict] = []
-        dropped: list[dict] = []
-        seen: set[str] = set()
-        lsh = MinHashLSH(threshold=cfg.near_dup_threshold, num_perm=64) if cfg.near_dup_threshold else None
-        report.rows_in[language] += len(rows)
+    def __init__(self, min_confidence: float, expected: str | None = None, column: str = "text",
+                 name: str | None = None, confidence_field: str | None = None):
+        super().__init__(name)
+        self.min_confidence, self.expected, self.column = min_confidence, expected, column
+        self.confidence_field = confidence_field
 
-        def drop(row: dict, reason: str, detected: str | None = None) -> None:
-            report.skip(language, reason)
-            dropped.append({**row, "reason": reason, "detected": detected})
+    def decide(self, rows: Sequence[Row]) -> list[Verdict]:
+        verdicts: list[Verdict] = [None] * len(rows)
+        expected = [self.expected or row["language"] for row in rows]
+        by_language = sorted(range(len(rows)), key=lambda i: expected[i])  # stable: input order within a language
+        for language, group in groupby(by_language, key=lambda i: expected[i]):
+            idx = list(group)
+            for i, d in zip(idx, lid.detect([rows[i][self.column] for i in idx], language)):
+                fields = {"detected": d.detected}
+                if self.confidence_field:
+                    fields[self.confidence_field] = d.confidence
+                ok = d.detected == language and d.confidence >= self.min_confidence
+                verdicts[i] = Decision(None if ok else self.name, fields)
+        return verdicts
 
-        for row in rows:
-            text = row["text"]
-            if not text:
-                drop(row, "empty")
-            elif len(text) < cfg.min_chars:
-                drop(row, "too_short")
-            elif len(text) > cfg.max_chars:
-                drop(row, "too_long")
-            elif cfg.dedup and _dedup_key(text) in seen:
-                drop(row, "exact_duplicate")
-            else:
-                seen.add(_dedup_key(text))
-                if lsh is not None:
-                    mh = MinHash(num_perm=64, seed=1)
-                    mh.update_batch([s.encode() for s in char_shingles(text, cfg.near_dup_ngram)])
-                    if lsh.query(mh):
-                        drop(row, "near_duplicate")
-                        continue
-                    lsh.insert(row["id"], mh)
-                kept.append(row)
-        if cfg.lid and kept:
-            detections = lid.detect([r["text"] for r in kept], language)
-            passed = []
-            for row, d in zip(kept, detections):
-                if d.detected == language and d.confidence >= cfg.lid_min_confidence:
-                    passed.append(row)
-                else:
-                    drop(row, "wrong_language", detected=d.detected)
-            kept = passed
-        report.kept[language] += len(kept)
-        return kept, dropped
+
+def webtext_filters(cfg: FilterConfig) -> list[Filter]:
+    """The web-text filters of ``cfg``, in order: length window, exact and near duplicates (within each
+    language), language ID (last: the slowest, one batch per language)."""
+    filters: list[Filter] = [Empty(), MinChars(cfg.min_chars), MaxChars(cfg.max_chars)]
+    if cfg.dedup:
+        filters.append(ExactDuplicate())
+    if cfg.near_dup_threshold:
+        filters.append(NearDuplicate(cfg.near_dup_threshold, cfg.near_dup_ngram))
+    if cfg.lid:
+        filters.append(LanguageID(cfg.lid_min_confidence))
+    return filters
+
+
+def candidate_filters(min_chars: int, english_min_confidence: float, lid_check: bool = True) -> list[Filter]:
+    """The candidate gate's filters on the ``instruction`` column: empty, too short, not English (the
+    detector's confidence of English goes into ``english_confidence``)."""
+    filters: list[Filter] = [
+        Empty("instruction", name="empty_instruction"),
+        MinChars(min_chars, "instruction", name="too_short_instruction"),
+    ]
+    if lid_check:
+        filters.append(LanguageID(english_min_confidence, "en", "instruction", name="non_english_instruction",
+                                  confidence_field="english_confidence"))
+    return filters

@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 
 from ..config import DataConfig
 from ..languages import get as get_language
-from .filters import FilterReport, WebTextFilter, clean_text
+from .filters import FilterRunner, clean_text, webtext_filters
 from .readers import DataError, iter_rows
 
 logger = logging.getLogger(__name__)
@@ -26,16 +26,15 @@ def load_webtext(data: DataConfig, languages: list[str], seed: int = 0) -> tuple
         same plus ``reason`` and ``detected``; ``report`` holds counts per reason and language.
     """
     src = data.webtext
-    filt = WebTextFilter(data.filters)
-    report = FilterReport()
+    runner = FilterRunner(webtext_filters(data.filters))
     kept: list[dict] = []
     dropped: list[dict] = []
     for code in tqdm(languages, desc="web texts", unit="lang"):
         lang = get_language(code)
         rows = []
         for n, raw in enumerate(
-            iter_rows(src.path, "webtext", lang, src.text_field, src.config, src.split, src.limit_per_language, src.streaming,
-                      src.shuffle_buffer, seed)
+            iter_rows(src.path, "webtext", lang, src.text_field, src.config, src.split, src.limit_per_language,
+                      src.streaming, src.shuffle_buffer, seed)
         ):
             if src.text_field not in raw:
                 raise DataError(
@@ -53,10 +52,10 @@ def load_webtext(data: DataConfig, languages: list[str], seed: int = 0) -> tuple
             )
         if not rows:
             logger.warning("No web texts read for %s from %s", code, src.path)
-        k, d = filt.apply(rows, code, report)
-        kept += k
-        dropped += d
+        result = runner.run(rows, code)
+        kept += result.kept
+        dropped += result.dropped
     columns = {c: [r[c] for r in kept] for c in WEBTEXT_COLUMNS}
     drop_cols = WEBTEXT_COLUMNS + ("reason", "detected")
-    dropped_ds = Dataset.from_dict({c: [r[c] for r in dropped] for c in drop_cols})
-    return Dataset.from_dict(columns), dropped_ds, report.as_dict()
+    dropped_ds = Dataset.from_dict({c: [r.get(c) for r in dropped] for c in drop_cols})
+    return Dataset.from_dict(columns), dropped_ds, runner.report.as_dict()

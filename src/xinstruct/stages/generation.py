@@ -27,7 +27,7 @@ from datasets import Dataset
 
 from ..budget import PromptFitter, load_tokenizer
 from ..config import DecodingConfig, Recipe
-from ..data import lid
+from ..data.filters import FilterReport, FilterRunner, candidate_filters
 from ..data.seeds import load_seeds
 from ..data.webtext import load_webtext
 from ..errors import StageError
@@ -214,7 +214,8 @@ def clean_instruction(text: str) -> str:
     return _SECTION.split(text, maxsplit=1)[0].strip()
 
 
-def generate_candidates(recipe: Recipe, webtext: Dataset, generator: str, step: Step, engine: Engine) -> dict[str, Any]:
+def generate_candidates(recipe: Recipe, webtext: Dataset, generator: str, step: Step, engine: Engine
+                        ) -> dict[str, Any]:
     """Write an English instruction for every web text, shard by shard, then gate the results.
 
     Args:
@@ -241,22 +242,16 @@ def generate_candidates(recipe: Recipe, webtext: Dataset, generator: str, step: 
         )
 
     raw = step.map_shards(webtext, cfg.shard_size, shard, desc="candidates")
-    kept, dropped, skipped = gate_candidates(raw, cfg.min_instruction_chars, cfg.english_min_confidence, cfg.lid)
+    kept, dropped, report = gate_candidates(raw, cfg.min_instruction_chars, cfg.english_min_confidence, cfg.lid)
     step.save(dropped, "dropped")
     if len(kept) == 0:
         raise StageError(
-            f"The gate dropped every candidate ({dict(skipped)}); see {step.path / 'dropped'}. Lower "
+            f"The gate dropped every candidate ({dict(report.reasons())}); see {step.path / 'dropped'}. Lower "
             "candidates.english_min_confidence or min_instruction_chars, or train the generator longer."
         )
     step.save(kept)
-    per_lang_in = Counter(raw["language"]) if len(raw) else Counter()
-    per_lang_out = Counter(kept["language"]) if len(kept) else Counter()
     return {
-        "rows_in": len(raw),
-        "rows_out": len(kept),
-        "rows_in_per_language": dict(per_lang_in),
-        "rows_out_per_language": dict(per_lang_out),
-        "skipped": dict(skipped),
+        **report.as_dict(sort_reasons=False, per_language_skips=False),
         "texts_cut_to_text_tokens": fit_generator_prompts(fitter, webtext["text"], cfg.text_tokens)[1],
         "generator": generator,
         **engine.report(),
@@ -264,32 +259,26 @@ def generate_candidates(recipe: Recipe, webtext: Dataset, generator: str, step: 
 
 
 def gate_candidates(rows: Dataset, min_chars: int, english_min_confidence: float, lid_check: bool = True
-                    ) -> tuple[Dataset, Dataset, Counter]:
+                    ) -> tuple[Dataset, Dataset, FilterReport]:
     """Drop empty, too short and non-English instructions; return (kept, dropped with reason, counts).
+
+    The filters are :func:`xinstruct.data.filters.candidate_filters`. Every row gets ``english_confidence`` (0.0
+    when not checked); dropped rows also ``reason`` and ``detected``. Counts are per row language.
 
     An instruction is English when English is the detector's most likely language and its confidence is
     at least ``english_min_confidence`` (lingua's confidences are relative over 75 languages, so a short,
     clearly English sentence may score only 0.2: the top-language test is what separates).
     """
+    runner = FilterRunner(candidate_filters(min_chars, english_min_confidence, lid_check))
     if len(rows) == 0:
-        return rows, rows, Counter()
-    instructions = rows["instruction"]
-    checkable = [i for i, t in enumerate(instructions) if len(t) >= min_chars] if lid_check else []
-    detections = dict(zip(checkable, lid.detect([instructions[i] for i in checkable], "en")))
-    reasons, confidences, detected = [], [], []
-    for i, text in enumerate(instructions):
-        d = detections.get(i)
-        confidences.append(d.confidence if d else 0.0)
-        detected.append(d.detected if d else None)
-        if not text:
-            reasons.append("empty_instruction")
-        elif len(text) < min_chars:
-            reasons.append("too_short_instruction")
-        elif d is not None and (d.detected != "en" or d.confidence < english_min_confidence):
-            reasons.append("non_english_instruction")
-        else:
-            reasons.append("")
-    rows = rows.add_column("english_confidence", confidences).add_column("reason", reasons).add_column("detected", detected)
+        return rows, rows, runner.report
+    columns = [c for c in ("instruction", "language") if c in rows.column_names]
+    result = runner.run(rows.select_columns(columns).to_list())
+    reasons = [r or "" for r in result.reasons]
+    confidences = [f.get("english_confidence", 0.0) for f in result.fields]
+    detected = [f.get("detected") for f in result.fields]
+    rows = rows.add_column("english_confidence", confidences).add_column("reason", reasons)
+    rows = rows.add_column("detected", detected)
     kept = rows.filter(lambda r: r == "", input_columns="reason").remove_columns(["reason", "detected"])
     dropped = rows.filter(lambda r: r != "", input_columns="reason")
-    return kept, dropped, Counter(r for r in reasons if r)
+    return kept, dropped, runner.report
