@@ -1,5 +1,6 @@
 """Serving helpers for the tests (the server itself is :class:`xinstruct.inference.server.TransformersServer`): a
-loopback proxy in front of it that injects faults (429, 503, timeouts, malformed JSON, 401, 404) and counts what it forwards."""
+loopback proxy in front of it that injects faults (429, 503, timeouts, malformed JSON, 401, 404) and counts what it
+forwards, a logprob server, and a server that says (or not) which model it serves."""
 
 from __future__ import annotations
 
@@ -53,9 +54,13 @@ class FaultProxy:
             def log_message(self, *args):  # quiet
                 pass
 
-            def do_GET(self):
-                with urllib.request.urlopen(proxy.upstream + self.path, timeout=10) as r:
-                    self._send(r.status, r.read())
+            def do_GET(self):  # forwarded as it is, errors included (GET /info is 404 on transformers serve)
+                try:
+                    with urllib.request.urlopen(proxy.upstream + self.path, timeout=10) as r:
+                        status, data = r.status, r.read()
+                except urllib.error.HTTPError as e:
+                    status, data = e.code, e.read()
+                self._send(status, data)
 
             def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("content-length") or 0))
@@ -177,6 +182,64 @@ class LogprobServer:
 
         self.paths: list[str] = []
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class ModelServer:
+    """A loopback server that says (or not) which model it serves, and answers every generation.
+
+    Args:
+        models: ids listed by ``GET /v1/models`` (vLLM, SGLang); 404 when ``None``.
+        info: ``model_id`` of ``GET /info`` (TGI); 404 when ``None``.
+        on_demand: list the models the way an unpinned ``transformers serve`` does (with a ``status``).
+        garbled: answer ``GET /v1/models`` and ``GET /info`` with 200 and a body that is not JSON.
+
+    ``gets`` lists the paths of the GETs; ``posts`` the ``(path, body)`` of the POSTs (the rows sent).
+    """
+
+    def __init__(self, models: list[str] | None = None, info: str | None = None, on_demand: bool = False,
+                 garbled: bool = False, text: str = "Habari."):
+        self.gets: list[str] = []
+        self.posts: list[tuple[str, dict]] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                server.gets.append(self.path)
+                if garbled and self.path in ("/v1/models", "/info"):
+                    return self._send(200, b"<html>not json</html>")
+                if self.path == "/v1/models" and models is not None:
+                    status = {"status": {"value": "unloaded"}} if on_demand else {}
+                    data = [{"id": m, "object": "model", "owned_by": "test", **status} for m in models]
+                    return self._send(200, json.dumps({"object": "list", "data": data}).encode())
+                if self.path == "/info" and info is not None:
+                    return self._send(200, json.dumps({"model_id": info, "max_input_tokens": 4095}).encode())
+                self._send(404, b'{"detail": "Not Found"}')
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers.get("content-length") or 0)))
+                server.posts.append((self.path, body))
+                choice = {"message": {"role": "assistant", "content": text}} if "chat" in self.path else {"text": text}
+                usage = {"prompt_tokens": 3, "completion_tokens": 2}
+                self._send(200, json.dumps({"choices": [choice], "usage": usage}).encode())
+
+            def _send(self, status: int, data: bytes):
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 

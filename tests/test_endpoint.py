@@ -3,6 +3,7 @@ gives the local engine's rows, survives injected faults, resumes after a real ki
 answered request, and fails clearly on bad servers."""
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -252,6 +253,19 @@ def test_404_for_a_model_the_server_refuses(server, proxy, tiny_model):
     with pytest.raises(EndpointError, match=r"404 for model 'some-other-model'.*does not exist.*engine.model"):
         engine.generate(["Hello"], GenerationParams(max_new_tokens=2))
     assert vllm_like.outcomes["404"] == 1  # not retried
+
+
+def test_a_real_transformers_serve_names_the_model_it_loaded(server, proxy, tiny_model, caplog):
+    counting = proxy()
+    # the first request loads the model (until then an unpinned server may list nothing: a warning, not an error)
+    EndpointEngine([counting.url], tiny_model, progress=False).generate(["Hello"], GenerationParams(max_new_tokens=2))
+    caplog.clear()
+    engine = EndpointEngine([counting.url], tiny_model, progress=False)
+    with caplog.at_level(logging.WARNING):
+        engine.generate(["Hello again"], GenerationParams(max_new_tokens=2))
+    served = engine.served[counting.url]  # GET /v1/models lists the loaded model under the path it was asked by
+    assert served is not None and tiny_model in served.names and served.on_demand
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == [] and len(counting.forwarded) == 2
 
 
 def test_malformed_json_is_retried_then_reported(server, proxy, tiny_model):

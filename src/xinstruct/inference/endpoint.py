@@ -23,51 +23,39 @@ options' probabilities from the first generated token's alternatives: ``logprobs
 (vLLM, SGLang), ``top_n_tokens`` on TGI's native route (``score_route: generate``; TGI's ``/v1/completions``
 has no logprobs) or ``logprobs`` + ``top_logprobs`` on ``/v1/chat/completions`` (``score_route: chat``,
 which frames the prompt with the chat template). ``transformers serve`` (5.x) ignores ``logprobs``: score
-with a local engine or another server.
+with a local engine or another server. Each route is a class in :mod:`xinstruct.inference.routes`.
+
+Served model. Before a call sends its first request, the engine asks each server which model(s) it serves
+(``GET /v1/models``, then TGI's ``GET /info``; once per base URL and engine) and stops with
+:class:`EndpointError` when ``model`` is not among them: TGI ignores ``model=`` and would answer with whatever
+it serves. A server that does not say is used with a warning; an unpinned ``transformers serve`` lists what it
+can load and loads what a request names. ``model: tgi`` and ``check_model=False`` skip the check.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import logging
-import math
 import os
 import random
 import time
-from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
 import httpx2
 from huggingface_hub import AsyncInferenceClient, InferenceClient, constants
-from huggingface_hub.errors import HfHubHTTPError, InferenceTimeoutError
 from huggingface_hub.inference._common import RequestParameters
 from huggingface_hub.utils import build_hf_headers
 from tqdm.auto import tqdm
 
 from ..errors import EndpointError
+from . import routes
 from .base import Engine, GenerationParams
 from .replay import ReplayStore, request_key
+from .routes import Dispatcher, NoLogprobs, Retryable, Route, RowRefused, Served
 
 logger = logging.getLogger(__name__)
-
-RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
-
-
-class _Retryable(Exception):
-    """A failure worth retrying; ``kind`` is what is counted (``http-429``, ``timeout``, ...)."""
-
-    def __init__(self, kind: str, message: str, retry_after: float | None = None):
-        super().__init__(message)
-        self.kind = kind
-        self.retry_after = retry_after
-
-
-class _RowError(EndpointError):
-    """A request the server refuses on its own (400, 413, 422: e.g. a prompt over its input limit): not
-    retried, recorded as that row's failure; the other rows go on."""
 
 
 class EndpointEngine(Engine):
@@ -90,6 +78,8 @@ class EndpointEngine(Engine):
         system_prompt (`str`, *optional*): chat route only: a system message sent before each prompt.
         store (`ReplayStore`, *optional*): stored answers; without one nothing is replayed.
         progress (`bool`, defaults to `True`): progress bar with rows/s and tokens/s.
+        check_model (`bool`, defaults to `True`): ask each server which model it serves before sending anything
+            and stop if it serves another one (see the module docstring).
     """
 
     name = "endpoint"
@@ -112,9 +102,11 @@ class EndpointEngine(Engine):
         system_prompt: str | None = None,
         store: ReplayStore | None = None,
         progress: bool = True,
+        check_model: bool = True,
     ):
         if not base_urls:
             raise ValueError("An endpoint engine needs at least one base URL.")
+        routes.get_route(route), routes.get_route(score_route)  # known names, or a ValueError naming them
         self.base_urls = [url.rstrip("/") for url in base_urls]
         self.model = model
         self.route = route
@@ -131,14 +123,13 @@ class EndpointEngine(Engine):
         self.system_prompt = system_prompt
         self.store = store
         self.progress = progress
+        self.check_model = check_model
+        self.served: dict[str, Served | None] = {}  # base URL -> what it said it serves (checked URLs only)
         self.stats: dict[str, Any] = {
             "requests": 0, "sent": 0, "replayed": 0, "answered": 0, "retries": 0, "retries_by_kind": {},
             "failed": 0, "prompt_tokens": 0, "completion_tokens": 0, "options_missing": 0, "seconds": 0.0,
         }
 
-    # ------------------------------------------------------------------------------------------
-    # public API
-    # ------------------------------------------------------------------------------------------
     def generate(self, prompts: list[str], params: GenerationParams) -> list[str]:
         """One continuation per prompt (see :meth:`Engine.generate`); ``params.seed`` goes into every request."""
         fields = self._decoding_fields(params)
@@ -150,6 +141,7 @@ class EndpointEngine(Engine):
         like any request (on the next base URL); a stream cut after it raises :class:`EndpointError`.
         Nothing is stored. Closing the generator closes the HTTP stream."""
         self._check_online()
+        self._check_models()
         request = {**self._payload(self.route, prompt, self._decoding_fields(params)), "stream": True}
         for attempt in range(self.max_retries + 1):
             url = self.base_urls[self.stats["sent"] % len(self.base_urls)]
@@ -158,7 +150,7 @@ class EndpointEngine(Engine):
             try:
                 with InferenceClient(base_url=url, timeout=self.timeout) as client:
                     lines = client._inner_post(self._request(url, request), stream=True)
-                    for piece in _stream_pieces(lines, chat=self.route == "chat"):
+                    for piece in routes.stream_pieces(lines, routes.get_route(self.route)):
                         if piece:
                             started = True
                             yield piece
@@ -167,7 +159,7 @@ class EndpointEngine(Engine):
                 mapped = self._classify(url, error)
                 if started:
                     raise EndpointError(f"The stream from {url} broke off: {mapped}") from None
-                if not isinstance(mapped, _Retryable):
+                if not isinstance(mapped, Retryable):
                     raise mapped from None
                 if attempt == self.max_retries:
                     raise EndpointError(f"No answer from {url} after {self.max_retries} retries: {mapped}") from None
@@ -180,15 +172,15 @@ class EndpointEngine(Engine):
         if len(set(options)) != len(options):
             raise ValueError(f"Score options {options} repeat.")
         if self.top_logprobs < len(options):
-            raise ValueError(f"top_logprobs={self.top_logprobs} cannot show {len(options)} options; raise engine.top_logprobs.")
+            raise ValueError(
+                f"top_logprobs={self.top_logprobs} cannot show {len(options)} options; raise engine.top_logprobs."
+            )
         fields = {"max_tokens": 1, "temperature": 0.0, "top_logprobs": self.top_logprobs}
         requests = [self._payload(self.score_route, prompt, fields) for prompt in prompts]
-        alternatives = asyncio.run(self._run(requests, "score"))
-        return [self._option_probs(alt, options) for alt in alternatives]
+        scored = [routes.option_probs(alt, options) for alt in asyncio.run(self._run(requests, "score"))]
+        self.stats["options_missing"] += sum(missing for _, missing in scored)  # see routes.option_probs
+        return [probs for probs, _ in scored]
 
-    # ------------------------------------------------------------------------------------------
-    # requests
-    # ------------------------------------------------------------------------------------------
     @staticmethod
     def _decoding_fields(params: GenerationParams) -> dict[str, Any]:
         fields: dict[str, Any] = {"max_tokens": params.max_new_tokens, "seed": params.seed}
@@ -220,41 +212,44 @@ class EndpointEngine(Engine):
                 "folders load without the Hub either way)."
             )
 
+    def _check_models(self) -> None:
+        """Stop with :class:`EndpointError` if a base URL serves another model than :attr:`model` (see the module
+        docstring). A URL is asked until its answer passes (an unreachable one again on the next call)."""
+        if not self.check_model or self.model == "tgi":
+            if self.check_model:
+                logger.debug("model 'tgi': TGI answers with whatever it serves; not checked")
+            return
+        for url in self.base_urls:
+            if url in self.served:
+                continue
+            try:
+                served = routes.served_models(url, self._headers(), self.timeout)
+            except httpx2.TransportError as error:
+                logger.debug("cannot ask %s which model it serves (%s: %s)", url, type(error).__name__, error)
+                continue
+            routes.check_served(url, self.model, served)
+            self.served[url] = served
+
     def _request(self, url: str, request: dict[str, Any]) -> RequestParameters:
         """The HTTP request of one payload, sent through the inference client's transport (``_inner_post``:
         AsyncInferenceClient has no public method for ``/v1/completions``, and building every route here
         keeps one rule for the token: the ``token_env`` variable's value when set, otherwise no token at all,
         so a saved Hugging Face login never goes to a third-party server)."""
-        fields = {k: v for k, v in request.items() if k not in ("key", "route", "model", "prompt", "system", "top_logprobs")}
-        scoring = "top_logprobs" in request
-        route = request["route"]
-        if route == "chat":
-            path = "/v1/chat/completions"
-            body = {"model": request["model"], "messages": _messages(request), **fields}
-            if scoring:
-                body.update(logprobs=True, top_logprobs=request["top_logprobs"])
-        elif route == "generate":  # TGI's native route (scoring)
-            path = "/generate"
-            body = {"inputs": request["prompt"], "parameters": {"max_new_tokens": 1, "details": True, "do_sample": False,
-                                                               "top_n_tokens": request["top_logprobs"]}}
-        else:
-            path = "/v1/completions"
-            body = {"model": request["model"], "prompt": request["prompt"], **fields}
-            if scoring:
-                body["logprobs"] = request["top_logprobs"]
-        headers = build_hf_headers(token=self._token() or False)
-        return RequestParameters(url=url + path, task="text-generation", model=request["model"], json=body, data=None,
-                                 headers=headers)
+        route = routes.get_route(request["route"])
+        return RequestParameters(url=url + route.path, task="text-generation", model=request["model"],
+                                 json=route.body(request), data=None, headers=self._headers())
 
-    def _delay(self, attempt: int, failure: _Retryable) -> float:
+    def _headers(self) -> dict[str, str]:
+        """The ``token_env`` variable's value as the bearer token when it is set; otherwise no token at all."""
+        token = (os.environ.get(self.token_env) or None) if self.token_env else None
+        return build_hf_headers(token=token or False)
+
+    def _delay(self, attempt: int, failure: Retryable) -> float:
         """Full-jitter exponential backoff, at least the server's ``Retry-After`` (capped)."""
         delay = random.uniform(0, min(self.backoff_max, self.backoff * 2**attempt))
         if failure.retry_after is not None:
             delay = max(delay, min(failure.retry_after, self.backoff_max))
         return delay
-
-    def _token(self) -> str | None:
-        return (os.environ.get(self.token_env) or None) if self.token_env else None
 
     async def _run(self, requests: list[dict[str, Any]], what: str) -> list[Any]:
         """Answer every request (stored ones from the store), ``concurrency`` in flight per base URL."""
@@ -271,55 +266,13 @@ class EndpointEngine(Engine):
         if not todo:
             return results
         self._check_online()
+        self._check_models()
+        call = Dispatcher(self.base_urls, self.balance, todo)
         clients = {url: AsyncInferenceClient(base_url=url, timeout=self.timeout) for url in self.base_urls}
-        in_flight = Counter({url: 0 for url in self.base_urls})
-        cycle = itertools.cycle(self.base_urls)
-        queue = iter(todo)
-        failures: list[tuple[int, str]] = []
-        state = {"answered": 0, "tokens": 0}
         bar = tqdm(total=len(requests), initial=len(requests) - len(todo), desc=what, unit="row",
                    disable=not self.progress, leave=False)
-
-        def pick() -> str:
-            if self.balance == "round-robin":
-                return next(cycle)
-            start = next(cycle)  # rotate the tie-break so equal loads spread
-            order = self.base_urls[self.base_urls.index(start):] + self.base_urls[: self.base_urls.index(start)]
-            return min(order, key=lambda url: in_flight[url])
-
-        async def worker() -> None:
-            for i in queue:
-                request = requests[i]
-                try:
-                    answer, usage = await self._with_retries(request, clients, in_flight, pick)
-                except (_Retryable, _RowError) as error:
-                    failures.append((i, str(error)))
-                    self.stats["failed"] += 1
-                    if self.store is not None:
-                        self.store.fail(request["key"], str(error), getattr(error, "attempts", 1))
-                    if state["answered"] == 0:
-                        where = f" (answers so far are stored in {self.store.folder})" if self.store is not None else ""
-                        if isinstance(error, _RowError):
-                            raise EndpointError(f"{error} No request of this call was answered, so it stops here; "
-                                                f"nothing was lost{where}.") from None
-                        raise EndpointError(
-                            f"No answer from {', '.join(self.base_urls)} after {self.max_retries} retries: {error}. "
-                            f"Check that the server is up and reachable (engine.base_urls); nothing was lost{where}."
-                        ) from None
-                    continue
-                if self.store is not None:
-                    self.store.put(request["key"], answer)
-                results[i] = answer
-                state["answered"] += 1
-                self.stats["answered"] += 1
-                self.stats["prompt_tokens"] += usage.get("prompt_tokens", 0)
-                self.stats["completion_tokens"] += usage.get("completion_tokens", 0)
-                state["tokens"] += usage.get("completion_tokens", 0)
-                elapsed = max(time.perf_counter() - started, 1e-9)
-                bar.set_postfix(rows_s=f"{state['answered'] / elapsed:.1f}", tok_s=f"{state['tokens'] / elapsed:.0f}", refresh=False)
-                bar.update(1)
-
-        workers = [asyncio.create_task(worker()) for _ in range(self.concurrency * len(self.base_urls))]
+        workers = [asyncio.create_task(self._worker(call, requests, results, clients, bar))
+                   for _ in range(self.concurrency * len(self.base_urls))]
         try:
             await asyncio.gather(*workers)
         except BaseException:
@@ -332,29 +285,64 @@ class EndpointEngine(Engine):
             for client in clients.values():
                 await client.close()
             self.stats["seconds"] += time.perf_counter() - started
-        if failures:
+        if call.failures:
             where = f"; their errors are in {self.store.failures_path}" if self.store is not None else ""
             raise EndpointError(
-                f"{len(failures)} of {len(requests)} requests failed (after up to {self.max_retries} retries) "
-                f"(first: {failures[0][1]}){where}. The {len(requests) - len(failures)} others are answered"
+                f"{len(call.failures)} of {len(requests)} requests failed (after up to {self.max_retries} retries) "
+                f"(first: {call.failures[0][1]}){where}. The {len(requests) - len(call.failures)} others are answered"
                 + (" and stored; run again to send only the failed ones." if self.store is not None else ".")
             )
         return results
 
-    async def _with_retries(self, request, clients, in_flight, pick) -> tuple[Any, dict[str, int]]:
-        for attempt in range(self.max_retries + 1):
-            url = pick()
-            in_flight[url] += 1
-            self.stats["sent"] += 1
+    async def _worker(self, call: Dispatcher, requests: list[dict[str, Any]], results: list[Any],
+                      clients: dict[str, AsyncInferenceClient], bar: tqdm) -> None:
+        """Send the call's pending rows one after the other until none is left."""
+        for i in call.pending:
+            request = requests[i]
             try:
-                return await self._send(clients[url], url, request)
-            except _Retryable as error:
-                failure = error
-            except _RowError as error:
-                error.attempts = attempt + 1
-                raise
-            finally:
-                in_flight[url] -= 1
+                answer, usage = await self._with_retries(request, clients, call)
+            except (Retryable, RowRefused) as error:
+                self._failed(call, i, request, error)
+                continue
+            if self.store is not None:
+                self.store.put(request["key"], answer)
+            results[i] = answer
+            call.answer(usage.get("completion_tokens", 0))
+            self.stats["answered"] += 1
+            self.stats["prompt_tokens"] += usage.get("prompt_tokens", 0)
+            self.stats["completion_tokens"] += usage.get("completion_tokens", 0)
+            bar.set_postfix(call.rates(), refresh=False)
+            bar.update(1)
+
+    def _failed(self, call: Dispatcher, i: int, request: dict[str, Any], error: Exception) -> None:
+        """Record row ``i``'s failure; stop the call if none of its requests was answered yet."""
+        call.failures.append((i, str(error)))
+        self.stats["failed"] += 1
+        if self.store is not None:
+            self.store.fail(request["key"], str(error), getattr(error, "attempts", 1))
+        if call.answered:
+            return
+        where = f" (answers so far are stored in {self.store.folder})" if self.store is not None else ""
+        if isinstance(error, RowRefused):
+            raise EndpointError(f"{error} No request of this call was answered, so it stops here; "
+                                f"nothing was lost{where}.") from None
+        raise EndpointError(
+            f"No answer from {', '.join(self.base_urls)} after {self.max_retries} retries: {error}. "
+            f"Check that the server is up and reachable (engine.base_urls); nothing was lost{where}."
+        ) from None
+
+    async def _with_retries(self, request: dict[str, Any], clients: dict[str, AsyncInferenceClient],
+                            call: Dispatcher) -> tuple[Any, dict[str, int]]:
+        for attempt in range(self.max_retries + 1):
+            with call.slot() as url:
+                self.stats["sent"] += 1
+                try:
+                    return await self._send(clients[url], url, request)
+                except Retryable as error:
+                    failure = error
+                except RowRefused as error:
+                    error.attempts = attempt + 1
+                    raise
             if attempt == self.max_retries:
                 failure.attempts = attempt + 1
                 raise failure
@@ -366,93 +354,29 @@ class EndpointEngine(Engine):
             await asyncio.sleep(delay)
         raise AssertionError("unreachable")
 
-    async def _send(self, client: AsyncInferenceClient, url: str, request: dict[str, Any]) -> tuple[Any, dict[str, int]]:
-        """One HTTP request; returns (answer, usage). Raises :class:`_Retryable`, :class:`_RowError` or
+    async def _send(self, client: AsyncInferenceClient, url: str,
+                    request: dict[str, Any]) -> tuple[Any, dict[str, int]]:
+        """One HTTP request; returns (answer, usage). Raises :class:`Retryable`, :class:`RowRefused` or
         :class:`EndpointError`."""
         try:
             data = json.loads(await client._inner_post(self._request(url, request)))
         except Exception as error:  # noqa: BLE001 - classified below
             raise self._classify(url, error) from None
-        return self._parse(url, request["route"], "top_logprobs" in request, data)
+        return self._parse(url, routes.get_route(request["route"]), "top_logprobs" in request, data)
 
     def _classify(self, url: str, error: Exception) -> Exception:
-        """Map a client exception to :class:`_Retryable` (retry it) or :class:`EndpointError` (stop)."""
-        if isinstance(error, (_Retryable, EndpointError)):
-            return error
-        if isinstance(error, InferenceTimeoutError):
-            return _Retryable("timeout", f"{url} did not answer within {self.timeout}s")
-        if isinstance(error, HfHubHTTPError) and error.response is not None:
-            return self._http_error(url, error)
-        if isinstance(error, (httpx2.TransportError, OSError)):
-            return _Retryable("connection", f"cannot reach {url}: {type(error).__name__}: {error}")
-        if isinstance(error, (json.JSONDecodeError, UnicodeDecodeError)):
-            return _Retryable("malformed", f"{url} answered with malformed JSON ({error})")
-        if isinstance(error, (ValueError, KeyError, TypeError)):
-            return _Retryable("malformed", f"{url} answered with something that is not a valid completion: {error}")
-        raise error
+        """Map a client exception to :class:`Retryable` (retry it) or :class:`EndpointError` (stop)."""
+        return routes.classify(url, error, self.timeout, self.token_env, self.model)
 
-    def _http_error(self, url: str, error: HfHubHTTPError) -> Exception:
-        status = error.response.status_code
-        detail = error.response.text[:300]
-        if status in RETRYABLE_STATUS:
-            retry_after = error.response.headers.get("retry-after")
-            try:
-                seconds = float(retry_after) if retry_after else None
-            except ValueError:
-                seconds = None
-            return _Retryable(f"http-{status}", f"{url} answered {status}: {detail}", seconds)
-        if status in (401, 403):
-            return EndpointError(
-                f"{url} refused the request ({status}): {detail}. Set {self.token_env} (engine.token_env) to a "
-                "token this server accepts."
-            )
-        if status in (400, 413, 422):
-            hint = ""
-            if "min_tokens" in detail or "repetition_penalty" in detail:
-                hint = " This server does not take min_tokens/repetition_penalty: set decoding.min_new_tokens: 0 and repetition_penalty: 1.0."
-            return _RowError(
-                f"{url} refused the request ({status}): {detail}.{hint} (A prompt longer than the server accepts is "
-                "refused on its own: raise TGI's --max-input-tokens / vLLM's --max-model-len or lower data.filters.max_chars.)"
-            )
-        if status == 404:
-            return EndpointError(
-                f"{url} answered 404 for model {self.model!r}: {detail}. Check engine.model against the name the "
-                "server serves (vLLM: --served-model-name; TGI accepts any) and the URL (a server root, no /v1)."
-            )
-        return EndpointError(f"{url} refused the request ({status}): {detail}.")
-
-    def _parse(self, url: str, route: str, scoring: bool, data: Any) -> tuple[Any, dict[str, int]]:
+    def _parse(self, url: str, route: Route, scoring: bool, data: Any) -> tuple[Any, dict[str, int]]:
         try:
-            if isinstance(data, list) and route == "generate":  # TGI's "/" route answers a list of one
-                data = data[0]
-            if route == "generate":
-                details = data["details"]
-                usage = {"prompt_tokens": 0, "completion_tokens": int(details.get("generated_tokens") or 1)}
-                top = details.get("top_tokens")
-                if not top:
-                    raise self._no_logprobs(url)
-                return {t["text"]: t["logprob"] for t in top[0]}, usage
-            usage = {k: int((data.get("usage") or {}).get(k) or 0) for k in ("prompt_tokens", "completion_tokens")}
-            choice = data["choices"][0]
-            if not scoring:
-                text = choice["message"]["content"] if route == "chat" else choice["text"]
-                if not isinstance(text, str):
-                    raise TypeError(f"text is {type(text).__name__}")
-                return text.strip(), usage
-            logprobs = choice.get("logprobs")
-            if route == "chat":
-                content = (logprobs or {}).get("content") or []
-                if not content or not content[0].get("top_logprobs"):
-                    raise self._no_logprobs(url)
-                return {t["token"]: t["logprob"] for t in content[0]["top_logprobs"]}, usage
-            top = (logprobs or {}).get("top_logprobs") or []
-            if not top or not top[0]:
-                raise self._no_logprobs(url)
-            return dict(top[0]), usage
-        except EndpointError:
-            raise
+            return route.parse(data, scoring)
+        except NoLogprobs:
+            raise self._no_logprobs(url) from None
         except (KeyError, IndexError, TypeError, AttributeError, ValueError) as error:
-            raise _Retryable("malformed", f"{url} answered without the expected fields ({type(error).__name__}: {error})") from None
+            raise Retryable(
+                "malformed", f"{url} answered without the expected fields ({type(error).__name__}: {error})"
+            ) from None
 
     def _no_logprobs(self, url: str) -> EndpointError:
         return EndpointError(
@@ -461,47 +385,14 @@ class EndpointEngine(Engine):
             "logprobs, so score with a local engine there (e.g. refinement.evaluator.engine: {type: local})."
         )
 
-    def _option_probs(self, alternatives: dict[str, float], options: list[str]) -> list[float]:
-        """Renormalised probabilities of ``options``. An option missing from the server's top alternatives
-        gets the lowest listed log-probability (an upper bound of its own) and is counted in
-        ``stats["options_missing"]``; a row with none of them listed comes out uniform."""
-        floor = min(alternatives.values())
-        logps = [alternatives.get(option, floor) for option in options]
-        self.stats["options_missing"] += sum(option not in alternatives for option in options)
-        top = max(logps)
-        weights = [math.exp(lp - top) for lp in logps]
-        total = sum(weights)
-        return [w / total for w in weights]
 
-def _messages(request: dict[str, Any]) -> list[dict[str, str]]:
-    """Chat messages of a request: the optional system message, then the prompt as the user's."""
-    system = [{"role": "system", "content": request["system"]}] if request.get("system") else []
-    return [*system, {"role": "user", "content": request["prompt"]}]
-
-
-def _stream_pieces(lines, chat: bool) -> Iterator[str]:
-    """Text pieces of a streamed answer (SSE ``data:`` lines, ``[DONE]`` at the end), completions or chat."""
-    for line in lines:
-        line = line.strip() if isinstance(line, str) else line.decode().strip()
-        if not line.startswith("data:"):
-            continue
-        data = line[5:].strip()
-        if data == "[DONE]":
-            return
-        chunk = json.loads(data)
-        if "error" in chunk:
-            raise ValueError(f"server error in stream: {chunk['error']}")
-        if chunk.get("choices"):
-            choice = chunk["choices"][0]
-            yield ((choice.get("delta") or {}).get("content") if chat else choice.get("text")) or ""
-
-
-def make_endpoint_engine(config, model: str, store: ReplayStore | None = None, progress: bool = True) -> EndpointEngine:
+def make_endpoint_engine(config, model: str, store: ReplayStore | None = None,
+                         progress: bool = True) -> EndpointEngine:
     """An :class:`EndpointEngine` from an ``engine`` recipe block; ``model`` is used when the block names none."""
     return EndpointEngine(
         config.base_urls, config.model or model, route=config.route, score_route=config.score_route,
         top_logprobs=config.top_logprobs, concurrency=config.concurrency, balance=config.balance,
         timeout=config.timeout, max_retries=config.max_retries, backoff=config.backoff,
         backoff_max=config.backoff_max, token_env=config.token_env, extra_body=config.extra_body,
-        store=store, progress=progress,
+        store=store, progress=progress, check_model=getattr(config, "check_model", True),
     )
