@@ -89,3 +89,29 @@ def transformers_server(tiny_model, tmp_path_factory):
     server = TransformersServer(log=tmp_path_factory.mktemp("serve") / "serve.log")
     yield server
     server.stop()
+
+
+def endpoint_override(*urls: str, **extra) -> str:
+    """A ``--set`` that points the generator at endpoint servers (short timeouts and backoff for tests)."""
+    import json
+
+    block = {"type": "endpoint", "base_urls": list(urls), "concurrency": 4, "timeout": 5, "backoff": 0.05,
+             "backoff_max": 0.5, **extra}
+    return "generator.engine=" + json.dumps(block)
+
+
+@pytest.fixture
+def proxy(transformers_server):
+    """Make fault-injecting proxies (``tests/serving.py``) in front of the session's real ``transformers serve``."""
+    from serving import FaultProxy
+
+    made = []
+
+    def make(**kw):
+        p = FaultProxy(transformers_server.url, **kw)
+        made.append(p)
+        return p
+
+    yield make
+    for p in made:
+        p.close()

@@ -11,7 +11,9 @@ from xinstruct.chat import (
     fold_history,
     language_name,
 )
+from xinstruct.errors import EndpointError
 from xinstruct.inference import GenerationParams
+from xinstruct.inference.endpoint import EndpointEngine
 from xinstruct.prompts import FOLLOWER_TEMPLATE, ZERO_SHOT_TEMPLATE
 
 FRAME = "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n### Instruction:\n"
@@ -77,3 +79,24 @@ def test_local_streaming_equals_generation(tiny_engine):
     params = GenerationParams(max_new_tokens=24, do_sample=False)
     pieces = list(tiny_engine.stream(prompt, params))
     assert "".join(pieces).strip() == tiny_engine.generate([prompt], params)[0]
+
+
+def test_chat_backend_from_the_environment_streams_through_the_endpoint(proxy, tiny_model, monkeypatch):
+    from xinstruct.chat import session_from_env
+
+    flaky = proxy(fault_rate=0.0)
+    monkeypatch.setenv("XINSTRUCT_ENDPOINT", flaky.url)
+    monkeypatch.setenv("XINSTRUCT_ENDPOINT_MODEL", tiny_model)
+    session, description = session_from_env()
+    assert isinstance(session.engine, EndpointEngine) and session.engine.base_urls == [flaky.url]
+    assert description == f"an inference endpoint (model {tiny_model})"  # the URL is not shown to visitors
+    partial = list(session.reply("cross-lingual", "Say hello", "sw", False, [], 1.0, 1.0, 24))
+    assert len(partial) > 1 and all(b.startswith(a) for a, b in zip(partial, partial[1:]))
+    prompt = session.prompt("cross-lingual", "Say hello", "sw", False, [], 24)
+    greedy = GenerationParams(max_new_tokens=24, do_sample=False)
+    streamed = "".join(session.engine.stream(prompt, greedy))
+    assert streamed.strip() == session.engine.generate([prompt], greedy)[0]
+    # a refused stream is an error with the server's reason, before any text
+    guarded = proxy(token="other-token")
+    with pytest.raises(EndpointError, match=r"\(401\)"):
+        list(EndpointEngine([guarded.url], tiny_model, progress=False).stream(prompt, greedy))

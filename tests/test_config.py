@@ -3,9 +3,12 @@
 import pytest
 from trl import SFTConfig
 
-from conftest import REPO
+from conftest import REPO, endpoint_override
+from conftest import TINY_RECIPE as TINY
 from xinstruct import languages
 from xinstruct.config import RecipeError, load_recipe
+from xinstruct.inference import make_engine
+from xinstruct.inference.endpoint import EndpointEngine
 from xinstruct.training import make_sft_config
 
 
@@ -147,3 +150,24 @@ def test_memory_estimate_refuses_gemma_7b_lora_on_24gb():
 
     costs = plan_costs(load_recipe(REPO / "recipes/gemma-7b/config_lora.yaml"), "l4-24gb")
     assert max(costs["memory_gb"].values()) > 24 > 2 * 8.54  # weights alone fit, the logits tip it over
+
+
+def test_recipe_engine_blocks_per_role():
+    recipe = load_recipe(TINY, [endpoint_override("http://127.0.0.1:8080", model="gen"),
+                                "refinement.evaluator.engine={type: local}"])
+    assert recipe.engine_for(recipe.generator).type == "endpoint"
+    generator = recipe.engine_for(recipe.generator)  # another kind: only the settings every kind has carry over
+    assert generator.model == "gen" and not hasattr(generator, "batch_size")
+    assert generator.max_input_tokens == recipe.engine.max_input_tokens and generator.dtype == recipe.engine.dtype
+    assert recipe.engine_for(recipe.refinement.evaluator).type == "local"
+    assert recipe.engine_for(recipe.refinement.follower) == recipe.engine
+    engine = make_engine(recipe.engine_for(recipe.generator), "tiny")
+    assert isinstance(engine, EndpointEngine) and engine.model == "gen" and engine.concurrency == 4
+    with pytest.raises(RecipeError, match="base_urls is empty"):
+        load_recipe(TINY, ["generator.engine={type: endpoint}"])
+    with pytest.raises(RecipeError, match="Did you mean 'concurrency'"):
+        load_recipe(TINY, ["generator.engine={type: endpoint, base_urls: [http://x], concurency: 3}"])
+    with pytest.raises(RecipeError, match="Unknown recipe key 'score_route' in engine"):  # a local engine has none
+        load_recipe(TINY, ["engine.score_route=logits"])
+    with pytest.raises(RecipeError, match="score_route is 'logits'"):
+        load_recipe(TINY, [endpoint_override("http://127.0.0.1:8080", score_route="logits")])

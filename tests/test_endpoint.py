@@ -13,12 +13,11 @@ import time
 
 import pytest
 from datasets import load_from_disk
-from serving import FaultProxy
 
-from conftest import FAST
+from conftest import FAST, endpoint_override
 from conftest import TINY_RECIPE as TINY
-from xinstruct.config import RecipeError, load_recipe
-from xinstruct.inference import GenerationParams, make_engine
+from xinstruct.config import load_recipe
+from xinstruct.inference import GenerationParams
 from xinstruct.inference.endpoint import EndpointEngine, EndpointError
 from xinstruct.inference.replay import ReplayStore
 from xinstruct.pipeline import run
@@ -29,30 +28,12 @@ GREEDY = ["candidates.decoding.do_sample=false", "candidates.lid=false", "candid
 UPSTREAM = ("seed", "webtext", "baseline", "generator")
 
 
-def endpoint_override(*urls: str, **extra) -> str:
-    block = {"type": "endpoint", "base_urls": list(urls), "concurrency": 4, "timeout": 5, "backoff": 0.05,
-             "backoff_max": 0.5, **extra}
-    return "generator.engine=" + json.dumps(block)
 
 
 @pytest.fixture(scope="module")
 def server(transformers_server):
     """The session's real ``transformers serve`` (it loads the model each request names, here the run's generator)."""
     return transformers_server
-
-
-@pytest.fixture
-def proxy(server):
-    made = []
-
-    def make(**kw):
-        p = FaultProxy(server.url, **kw)
-        made.append(p)
-        return p
-
-    yield make
-    for p in made:
-        p.close()
 
 
 def cli_args(run_dir, *overrides):
@@ -282,23 +263,6 @@ def test_scoring_on_a_server_without_logprobs_says_what_to_use(server, tiny_mode
         engine.score(["### Rating:\n"], ["1", "2", "3"])
 
 
-def test_recipe_engine_blocks_per_role():
-    recipe = load_recipe(TINY, [endpoint_override("http://127.0.0.1:8080", model="gen"),
-                                "refinement.evaluator.engine={type: local}"])
-    assert recipe.engine_for(recipe.generator).type == "endpoint"
-    assert recipe.engine_for(recipe.generator).model == "gen" and recipe.engine_for(recipe.generator).batch_size == 32
-    assert recipe.engine_for(recipe.refinement.evaluator).type == "local"
-    assert recipe.engine_for(recipe.refinement.follower) == recipe.engine
-    engine = make_engine(recipe.engine_for(recipe.generator), "tiny")
-    assert isinstance(engine, EndpointEngine) and engine.model == "gen" and engine.concurrency == 4
-    with pytest.raises(RecipeError, match="base_urls is empty"):
-        load_recipe(TINY, ["generator.engine={type: endpoint}"])
-    with pytest.raises(RecipeError, match="Did you mean 'concurrency'"):
-        load_recipe(TINY, ["generator.engine={type: endpoint, base_urls: [http://x], concurency: 3}"])
-    with pytest.raises(RecipeError, match="score_route"):
-        load_recipe(TINY, ["engine.score_route=logits"])
-
-
 @pytest.mark.parametrize("route", ["completions", "chat", "generate"])
 def test_scores_from_server_logprobs_equal_the_local_scores(route, tiny_engine, tmp_path):
     from serving import LogprobServer
@@ -319,27 +283,6 @@ def test_scores_from_server_logprobs_equal_the_local_scores(route, tiny_engine, 
         assert engine.score(prompts, list(RATING_OPTIONS)) == remote and len(server.paths) == 2
     finally:
         server.close()
-
-
-def test_chat_backend_from_the_environment_streams_through_the_endpoint(server, proxy, tiny_model, monkeypatch):
-    from xinstruct.chat import session_from_env
-
-    flaky = proxy(fault_rate=0.0)
-    monkeypatch.setenv("XINSTRUCT_ENDPOINT", flaky.url)
-    monkeypatch.setenv("XINSTRUCT_ENDPOINT_MODEL", tiny_model)
-    session, description = session_from_env()
-    assert isinstance(session.engine, EndpointEngine) and session.engine.base_urls == [flaky.url]
-    assert description == f"an inference endpoint (model {tiny_model})"  # the URL is not shown to visitors
-    partial = list(session.reply("cross-lingual", "Say hello", "sw", False, [], 1.0, 1.0, 24))
-    assert len(partial) > 1 and all(b.startswith(a) for a, b in zip(partial, partial[1:]))
-    prompt = session.prompt("cross-lingual", "Say hello", "sw", False, [], 24)
-    greedy = GenerationParams(max_new_tokens=24, do_sample=False)
-    streamed = "".join(session.engine.stream(prompt, greedy))
-    assert streamed.strip() == session.engine.generate([prompt], greedy)[0]
-    # a refused stream is an error with the server's reason, before any text
-    guarded = proxy(token="other-token")
-    with pytest.raises(EndpointError, match=r"\(401\)"):
-        list(EndpointEngine([guarded.url], tiny_model, progress=False).stream(prompt, greedy))
 
 
 def test_a_saved_login_token_is_never_sent_to_an_endpoint(server, proxy, tiny_model, tmp_path, monkeypatch):

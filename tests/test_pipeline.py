@@ -98,6 +98,20 @@ def test_every_role_is_measured_against_its_reference(tiny_run):
         assert metrics["rows_in"] >= metrics["train_rows"] > 0 and "dropped" in metrics and "truncated" in metrics
 
 
+def test_tiny_run_writes_the_reference_rows(tiny_run):
+    """Every dataset the tiny run saves (data, dropped, held-out answers, planted negatives...) has the rows of the
+    stored reference (``tests/data/tiny_row_hashes.json``): refactoring changes no output. Float32 engines; the
+    reference was written on an AVX512 CPU and holds with torch's AVX2 kernels too (see ``tests/row_hashes.py``)."""
+    from row_hashes import REFERENCE, row_hashes
+
+    reference = json.loads(REFERENCE.read_text())["hashes"]
+    hashes = row_hashes(tiny_run[0])
+    assert hashes.keys() == reference.keys()
+    assert {k: v["rows"] for k, v in hashes.items()} == {k: v["rows"] for k, v in reference.items()}
+    for name, ref in reference.items():  # sums of float columns (probabilities): 2e-4 per row at most across CPU kinds
+        assert hashes[name]["floats"] == pytest.approx(ref["floats"], abs=0.05), name
+
+
 def test_second_run_skips_every_finished_step(tiny_run):
     run_dir, results = tiny_run
     again = run(load_recipe(TINY, FAST), run_dir, echo=lambda s: None)
@@ -250,7 +264,8 @@ def test_unknown_stage_for_until(tmp_path):
 
 
 @pytest.mark.parametrize("case", ["malformed_yaml", "missing_recipe", "bad_override", "unknown_step", "bad_dtype",
-                                  "too_few_seeds_to_hold_out", "not_a_run_dir"])
+                                  "too_few_seeds_to_hold_out", "not_a_run_dir", "missing_model", "malformed_data",
+                                  "unreachable_server", "bad_cli_input"])
 def test_each_kind_of_bad_input_is_one_line_without_traceback(tmp_path, case):
     broken = tmp_path / "broken.yaml"
     broken.write_text("name: x\nlanguages: [sw, ta\n")
@@ -263,7 +278,15 @@ def test_each_kind_of_bad_input_is_one_line_without_traceback(tmp_path, case):
         "bad_dtype": ("run", str(TINY), "--set", "engine.dtype=bf17"),
         "too_few_seeds_to_hold_out": ("run", str(TINY), "--set", "languages=[sw]", "--set", f"data.seeds.path={tmp_path / 'seeds'}"),
         "not_a_run_dir": ("publish", str(tmp_path), "--out", str(tmp_path / "out")),
+        "missing_model": ("run", str(TINY), "--set", f"base_model={tmp_path / 'no-such-model'}"),
+        "malformed_data": ("run", str(TINY), "--set", "languages=[sw]", "--set", f"data.seeds.path={tmp_path / 'bad'}"),
+        "unreachable_server": ("run", str(TINY), "--set", "languages=[sw]", "--set", "engine.type=endpoint", "--set",
+                               "engine.base_urls=[http://127.0.0.1:9]", "--set", "engine.max_retries=0"),
+        "bad_cli_input": ("evaluate", "--languages", "sw"),
     }[case]
+    write_jsonl(tmp_path / "bad" / "sw.jsonl", [{"instruction": "Say hi.", "output": "Habari!"}])
+    with (tmp_path / "bad" / "sw.jsonl").open("a") as broken_line:
+        broken_line.write('{"instruction": "cut by a crash\n')
     proc = cli(*args, "--run-dir", str(tmp_path / "run")) if args[0] == "run" else cli(*args)
     lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]

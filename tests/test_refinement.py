@@ -14,8 +14,7 @@ from xinstruct.inference.local import LocalEngine
 from xinstruct.prompts import FOLLOWER_TEMPLATE, RATING_TEMPLATE, rating_prompt
 from xinstruct.rundir import Step
 from xinstruct.stages.generation import heldout_split
-from xinstruct.stages.refinement import (
-    build_pseudo_ratings,
+from xinstruct.stages.rating import (
     evaluator_training_set,
     fit_rating_prompts,
     keep_mask,
@@ -23,6 +22,7 @@ from xinstruct.stages.refinement import (
     plant_negatives,
     rate_candidates,
 )
+from xinstruct.stages.refinement import build_pseudo_ratings
 
 LONG = " ".join(f"neno{i}" for i in range(80))  # a response far over the budget below
 ROWS = (
@@ -234,7 +234,7 @@ def test_rating_stores_probabilities_and_planted_rows_never_leave_it(tmp_path, t
 
 @pytest.mark.parametrize("kind", ["sft", "likelihood"])
 def test_evaluator_is_measured_on_heldout_rows_next_to_length_only(pseudo, tmp_path, tiny_model, kind):
-    from xinstruct.stages.refinement import train_evaluator
+    from xinstruct.stages.rating import train_evaluator
 
     rows, _, _ = pseudo
     recipe = _recipe(f"refinement.evaluator_kind={kind}", "refinement.evaluator.training={max_steps: 2, max_length: 256}")
@@ -282,7 +282,7 @@ def test_loglik_sums_the_continuation_log_probabilities(tiny_engine):
 
 
 def test_recall_keep_rule_uses_the_threshold_calibrated_on_heldout_gold_pairs(tmp_path):
-    from xinstruct.stages.refinement import effective_threshold
+    from xinstruct.stages.rating import effective_threshold
 
     recipe = load_recipe(None, ["refinement.keep_rule=recall", "refinement.keep_recall=0.9"])
     assert effective_threshold(recipe, {"keep_threshold_at_recall": 0.35}) == 0.35

@@ -2,14 +2,13 @@
 ``GET /info``), against small real HTTP servers on 127.0.0.1."""
 
 import logging
-from types import SimpleNamespace
 
 import pytest
 from serving import ModelServer
 
 from xinstruct.errors import EndpointError
-from xinstruct.inference import GenerationParams
-from xinstruct.inference.endpoint import EndpointEngine, make_endpoint_engine
+from xinstruct.inference import GenerationParams, engine_config, make_engine
+from xinstruct.inference.endpoint import EndpointEngine
 from xinstruct.inference.replay import ReplayStore
 
 PARAMS = GenerationParams(max_new_tokens=4, do_sample=False)
@@ -109,8 +108,5 @@ def test_check_model_can_be_turned_off(model_server):
     gen = engine(other, "xinstruct-generator", check_model=False)
     assert gen.generate(ROWS, PARAMS) == ["Habari."] * len(ROWS)
     assert other.gets == [] and len(other.posts) == len(ROWS)
-    block = dict(base_urls=[other.url], model=None, route="completions", score_route="completions", top_logprobs=5,
-                 concurrency=2, balance="least-busy", timeout=5.0, max_retries=1, backoff=0.01, backoff_max=0.1,
-                 token_env="HF_TOKEN", extra_body={})
-    assert make_endpoint_engine(SimpleNamespace(**block), "gen").check_model is True  # a block without the key
-    assert make_endpoint_engine(SimpleNamespace(**block, check_model=False), "gen").check_model is False
+    assert make_engine(engine_config("endpoint", base_urls=[other.url]), "gen").check_model is True  # the default
+    assert make_engine(engine_config("endpoint", base_urls=[other.url], check_model=False), "gen").check_model is False

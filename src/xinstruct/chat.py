@@ -180,7 +180,10 @@ def settings_from_env(local: bool) -> ChatSettings:
 
 def default_model(runs_dir: str | Path = "runs") -> str:
     """The final model of the most recent local run (``runs/*/final/model``), else the offline Gemma-3-270M."""
-    finals = [p for p in Path(runs_dir).glob("*/final/model") if (p / "config.json").exists()]
+    from .rundir import RunDir
+
+    runs = [RunDir(d) for d in Path(runs_dir).iterdir()] if Path(runs_dir).is_dir() else []
+    finals = [run.model("final") for run in runs if (run.model("final") / "config.json").exists()]
     if finals:
         return str(max(finals, key=lambda p: (p / "config.json").stat().st_mtime))
     return "gemma-3-270m"
@@ -194,17 +197,16 @@ def session_from_env() -> tuple[ChatSession, str]:
     - else ``XINSTRUCT_MODEL``: a Hub id or local path loaded here;
     - else the final model of the last local run, else Gemma-3-270M (offline).
     """
+    from .inference import engine_config, make_engine
+
     endpoint = os.environ.get("XINSTRUCT_ENDPOINT")
     if endpoint:
-        from .inference.endpoint import EndpointEngine
-
         model = os.environ.get("XINSTRUCT_ENDPOINT_MODEL", "tgi")
-        engine = EndpointEngine([endpoint], model, max_retries=3, timeout=120, progress=False)
+        config = engine_config("endpoint", base_urls=[endpoint], model=model, max_retries=3, timeout=120.0)
+        engine = make_engine(config, model, progress=False)
         return ChatSession(engine, settings_from_env(local=False)), f"an inference endpoint (model {model})"
-    from .inference.local import LocalEngine
-
     model = os.environ.get("XINSTRUCT_MODEL") or default_model(os.environ.get("XINSTRUCT_RUNS", "runs"))
-    engine = LocalEngine(model, batch_size=1, progress=False)
+    engine = make_engine(engine_config("local", batch_size=1), model, progress=False)
     context = getattr(engine.model.config, "max_position_embeddings", None) or 2048
     settings = settings_from_env(local=True)
     settings.context_tokens = min(settings.context_tokens, int(context))

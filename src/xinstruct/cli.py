@@ -12,6 +12,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .config import load_recipe
     from .pipeline import run
     from .run_report import format_iteration_report, format_run_summary, iteration_report, run_summary
+    from .rundir import RunDir
 
     recipe = load_recipe(args.recipe, args.set)
     run_dir = Path(args.run_dir or Path("runs") / recipe.name)
@@ -28,7 +29,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     print(f"\nRun directory: {run_dir.resolve()}")
     for r in results:
         print(f"  {r.name:<22} {r.status:<8} {r.seconds:7.1f}s  {r.path}")
-    final = run_dir / "final" / "model"
+    final = RunDir(run_dir).model("final")
     if (final / "config.json").exists():
         print(f"\nX-Instruction model: {final.resolve()}")
     return 0
@@ -88,42 +89,39 @@ def _cmd_push_space(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    import yaml
-
-    from .config import EngineConfig
-    from .errors import StageError
+    from .errors import UsageError
     from .evaluation.answers import MODES
     from .evaluation.harness import TASK_LANGUAGES
     from .evaluation.run import EvalConfig, JudgeConfig, evaluate_models
+    from .inference import engine_config
+    from .rundir import RunDir
 
     model, baseline, langs, out = args.model, args.baseline, None, args.out
     if args.run:
-        run_dir = Path(args.run)
-        if not (run_dir / "recipe.yaml").exists():
-            raise StageError(f"{run_dir} is not a run directory (no recipe.yaml).")
-        recipe = yaml.safe_load((run_dir / "recipe.yaml").read_text())
-        model = model or str(run_dir / "final" / "model")
+        run = RunDir(args.run)
+        recipe = run.recipe()
+        model = model or str(run.model("final"))
         baseline = baseline or recipe["base_model"]
         langs = recipe["languages"]
-        out = out or str(run_dir / "eval")
+        out = out or str(run.eval_results().parent)
     if not model:
-        raise StageError("Give --model (or --run RUN to evaluate RUN/final/model against its base model).")
+        raise UsageError("Give --model (or --run RUN to evaluate RUN/final/model against its base model).")
     if args.languages:
         langs = [c.strip() for c in args.languages.split(",") if c.strip()]
-    engine = EngineConfig(type="endpoint", base_urls=[args.engine_url]) if args.engine_url else EngineConfig()
+    engine = engine_config("endpoint", base_urls=[args.engine_url]) if args.engine_url else engine_config()
     judge = JudgeConfig(args.judge_url, args.judge_model, token_env=args.judge_token_env) if args.judge_url else None
     if judge and not args.judge_model:
-        raise StageError("--judge-url needs --judge-model (the model name the judge server expects).")
+        raise UsageError("--judge-url needs --judge-model (the model name the judge server expects).")
     if judge and not baseline:
-        raise StageError("Pairwise judging compares against a baseline: give --baseline (or --run, whose base model is the default).")
+        raise UsageError("Pairwise judging compares against a baseline: give --baseline (or --run, whose base model is the default).")
     modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
     tasks = [t.strip() for t in (args.harness or "").split(",") if t.strip()]
     for value, allowed, what in ((modes, MODES, "--modes"), (tasks, tuple(TASK_LANGUAGES), "--harness")):
         unknown = [v for v in value if v not in allowed]
         if unknown:
-            raise StageError(f"{what}: unknown {', '.join(unknown)}; use {', '.join(allowed)}.")
+            raise UsageError(f"{what}: unknown {', '.join(unknown)}; use {', '.join(allowed)}.")
     if any("=" not in item for item in args.harness_data):
-        raise StageError("--harness-data takes TASK=DIR, e.g. xcopa=../shared/data/xcopa.")
+        raise UsageError("--harness-data takes TASK=DIR, e.g. xcopa=../shared/data/xcopa.")
     data_dirs = dict(item.split("=", 1) for item in args.harness_data)
     cfg = EvalConfig(candidate=model, baseline=baseline, questions=args.questions, limit=args.limit,
                      modes=modes, max_new_tokens=args.max_new_tokens, engine=engine, judge=judge,

@@ -21,7 +21,7 @@ import yaml
 
 from . import languages as lang_registry
 from .errors import RecipeError
-from .hardware import DTYPES
+from .inference.base import Decoding, EngineConfig
 
 
 class _Loader(yaml.SafeLoader):
@@ -164,26 +164,7 @@ class RoleConfig:
     lm_head_on_loss_only: bool = True
 
 
-@dataclass
-class DecodingConfig:
-    """Decoding settings of a generation step.
-
-    Args:
-        max_new_tokens (`int`, *optional*, defaults to `64`): maximum tokens generated per row.
-        min_new_tokens (`int`, *optional*, defaults to `0`): EOS is suppressed before this many tokens (an
-            under-trained generator otherwise often stops at once, giving empty instructions).
-        do_sample (`bool`, *optional*, defaults to `True`): sample (``True``) or decode greedily.
-        temperature (`float`, *optional*, defaults to `0.7`): sampling temperature.
-        top_p (`float`, *optional*, defaults to `0.9`): nucleus sampling mass.
-        repetition_penalty (`float`, *optional*, defaults to `1.0`): transformers' repetition penalty.
-    """
-
-    max_new_tokens: int = 64
-    min_new_tokens: int = 0
-    do_sample: bool = True
-    temperature: float = 0.7
-    top_p: float = 0.9
-    repetition_penalty: float = 1.0
+DecodingConfig = Decoding  # the recipe's ``decoding`` blocks: defined once, with the engines' parameters
 
 
 @dataclass
@@ -336,71 +317,6 @@ class LauncherConfig:
 
 
 @dataclass
-class EngineConfig:
-    """How inference runs: in this process (``local``) or through OpenAI-compatible servers (``endpoint``:
-    TGI, vLLM, SGLang, Inference Endpoints, ``transformers serve``). Engine settings that change only speed
-    (batch size, concurrency, URLs) are not part of any step hash; ``dtype`` and ``max_input_tokens`` are.
-
-    Args:
-        type (`str`, *optional*, defaults to `"local"`): ``local`` or ``endpoint``.
-        batch_size (`int`, *optional*, defaults to `16`): local: prompts per forward pass.
-        dtype (`str`, *optional*, defaults to `"auto"`): local: ``auto`` (bfloat16 where the hardware runs it
-            natively: CUDA with bf16, a CPU with AVX512-BF16 or AMX; float32 elsewhere), ``float32``, ``bfloat16``
-            or ``float16``.
-        device (`str`, *optional*): local: ``cpu``, ``cuda``, ...; default: CUDA when available.
-        devices (`int` or `str`, *optional*, defaults to `1`): local: worker processes, one per device (``cuda:0`` ..
-            ``cuda:N-1``; ``all``: every visible GPU). Rows are split by whole batches and merged in input order;
-            the rows are the same as with one device. On CPU, ``N`` processes share the cores.
-        max_input_tokens (`int`, *optional*, defaults to `1024`): local: the longest prompt the engine accepts.
-            Stages fit their prompts to it by cutting the content (a web text, a response), never the template or
-            the instruction; a prompt still over it is an error, not a silent cut.
-        base_urls (`list[str]`, *optional*): endpoint: server roots (``http://127.0.0.1:8080``), used together.
-        model (`str`, *optional*): endpoint: the ``model=`` of every request (vLLM checks it against its served
-            name; TGI ignores it; ``transformers serve`` loads it). Default: the role's model path or Hub id.
-        route (`str`, *optional*, defaults to `"completions"`): endpoint generation route: ``completions``
-            (``/v1/completions``, the prompt is sent byte for byte) or ``chat`` (``/v1/chat/completions``, the
-            prompt becomes one user message and the server's chat template frames it).
-        score_route (`str`, *optional*, defaults to `"completions"`): endpoint scoring route: ``completions``
-            (``logprobs``: vLLM, SGLang), ``generate`` (TGI's native route with ``top_n_tokens``) or ``chat``
-            (``logprobs`` + ``top_logprobs``; the chat template frames the prompt).
-        top_logprobs (`int`, *optional*, defaults to `5`): endpoint: alternatives asked for when scoring.
-        concurrency (`int`, *optional*, defaults to `16`): endpoint: requests in flight per base URL (TGI
-            answers 429 past its ``--max-concurrent-requests``, 128 by default).
-        balance (`str`, *optional*, defaults to `"least-busy"`): endpoint: ``least-busy`` or ``round-robin``.
-        timeout (`float`, *optional*, defaults to `120`): endpoint: seconds per request.
-        max_retries (`int`, *optional*, defaults to `6`): endpoint: retries of a request after a 429, 5xx,
-            timeout, connection error or malformed answer.
-        backoff (`float`, *optional*, defaults to `0.5`): endpoint: first backoff in seconds; doubles per
-            retry, with full jitter, capped by ``backoff_max``.
-        backoff_max (`float`, *optional*, defaults to `30`): endpoint: longest backoff in seconds.
-        token_env (`str`, *optional*, defaults to `"HF_TOKEN"`): endpoint: environment variable holding the
-            bearer token; sent to every base URL when the variable is set (``null``: never). Nothing else is
-            sent, not even a saved ``hf auth login``. The token is never logged or written.
-        extra_body (`dict`, *optional*): endpoint: server-specific fields added to every request.
-    """
-
-    type: str = "local"
-    batch_size: int = 16
-    dtype: str = "auto"
-    device: str | None = None
-    devices: int | str = 1
-    max_input_tokens: int = 1024
-    base_urls: list[str] = field(default_factory=list)
-    model: str | None = None
-    route: str = "completions"
-    score_route: str = "completions"
-    top_logprobs: int = 5
-    concurrency: int = 16
-    balance: str = "least-busy"
-    timeout: float = 120.0
-    max_retries: int = 6
-    backoff: float = 0.5
-    backoff_max: float = 30.0
-    token_env: str | None = "HF_TOKEN"
-    extra_body: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
 class Recipe:
     """A whole run.
 
@@ -417,7 +333,9 @@ class Recipe:
         refinement (`RefinementConfig`): the K refinement iterations.
         diversification (`DiversificationConfig`): clustering and equal sampling.
         final (`TuningConfig`): final tuning of the X-Instruction model.
-        engine (`EngineConfig`): inference engine.
+        engine (`EngineConfig`): inference engine: the config class of its ``type`` (``local``:
+            :class:`~xinstruct.inference.local.LocalConfig`, ``endpoint``:
+            :class:`~xinstruct.inference.endpoint.EndpointConfig`).
         launcher (`LauncherConfig`): how training steps are launched.
     """
 
@@ -432,18 +350,22 @@ class Recipe:
     refinement: RefinementConfig = field(default_factory=RefinementConfig)
     diversification: DiversificationConfig = field(default_factory=DiversificationConfig)
     final: TuningConfig = field(default_factory=TuningConfig)
-    engine: EngineConfig = field(default_factory=EngineConfig)
+    engine: EngineConfig = field(default_factory=lambda: _engine_block({}, "engine"))
     launcher: LauncherConfig = field(default_factory=LauncherConfig)
 
     def model_for(self, role: RoleConfig) -> str:
         """The model a role starts from (its own ``model`` or the recipe's ``base_model``)."""
         return role.model or self.base_model
 
-    def engine_for(self, role: RoleConfig | None) -> EngineConfig:
-        """The engine serving a role: the recipe's ``engine`` with the role's ``engine`` keys on top."""
+    def engine_for(self, role: RoleConfig | None, where: str = "engine") -> EngineConfig:
+        """The engine serving a role: the recipe's ``engine`` with the role's ``engine`` keys on top. A role that
+        switches to another ``type`` keeps only the settings every kind has (``dtype``, ``max_input_tokens``)."""
         if role is None or not role.engine:
             return self.engine
-        return _build(EngineConfig, {**dataclasses.asdict(self.engine), **role.engine}, "engine")
+        same = role.engine.get("type", self.engine.type) == self.engine.type
+        start = dataclasses.asdict(self.engine) if same else {
+            f.name: getattr(self.engine, f.name) for f in dataclasses.fields(EngineConfig)}
+        return _engine_block({**start, **role.engine}, where)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data form (what ``xinstruct run`` writes as ``recipe.yaml`` in the run directory)."""
@@ -494,6 +416,11 @@ def read_recipe_file(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
+    engine = out.get("engine")
+    if isinstance(engine, dict) and isinstance(over.get("engine"), dict) and \
+            over["engine"].get("type", engine.get("type", "local")) != engine.get("type", "local"):
+        common = {f.name for f in dataclasses.fields(EngineConfig)}  # an engine of another kind keeps only these
+        out["engine"] = {k: v for k, v in engine.items() if k in common}
     for key, value in over.items():
         out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
     return out
@@ -522,6 +449,19 @@ def _unknown_key(key: str, valid: list[str], where: str) -> RecipeError:
     return RecipeError(f"Unknown recipe key {key!r}{place}.{hint} Valid keys: {', '.join(sorted(valid))}.")
 
 
+def _engine_block(raw: Any, where: str) -> EngineConfig:
+    from .inference import config_class
+
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{where} must be a mapping, got {raw!r}.")
+    return build_block(config_class(raw.get("type", "local"), f"{where}.type"), raw, where)
+
+
+def build_block(cls: type, raw: Any, where: str) -> Any:
+    """Build the dataclass ``cls`` from a recipe block, checking every key and scalar type (errors name ``where``)."""
+    return _build(cls, raw, where)
+
+
 def _build(cls: type, raw: Any, where: str) -> Any:
     if raw is None:
         raw = {}
@@ -535,7 +475,9 @@ def _build(cls: type, raw: Any, where: str) -> Any:
             raise _unknown_key(key, names, where)
         sub = f"{where}.{key}" if where else key
         hint = hints[key]
-        if dataclasses.is_dataclass(hint):
+        if hint is EngineConfig:  # the config class of the block's own type
+            kwargs[key] = _engine_block(value, sub)
+        elif dataclasses.is_dataclass(hint):
             kwargs[key] = _build(hint, value, sub)
         else:
             kwargs[key] = _coerce(value, hint, sub)
@@ -610,9 +552,9 @@ def _check_recipe(recipe: Recipe) -> None:
             f"refinement.iterations is {ref.iterations}: it must be >= 1 (K, the number of refinement iterations; "
             "the paper uses 3). To stop after candidate generation use --until generation."
         )
-    _choice(ref.rate, ("candidates", "kept"), "refinement.rate")
-    _choice(ref.evaluator_kind, ("sft", "likelihood"), "refinement.evaluator_kind")
-    _choice(ref.keep_rule, ("argmax", "threshold", "recall"), "refinement.keep_rule")
+    check_choice(ref.rate, ("candidates", "kept"), "refinement.rate")
+    check_choice(ref.evaluator_kind, ("sft", "likelihood"), "refinement.evaluator_kind")
+    check_choice(ref.keep_rule, ("argmax", "threshold", "recall"), "refinement.keep_rule")
     if not 0.0 < ref.keep_recall <= 1.0:
         raise RecipeError("refinement.keep_recall is a share: 0 < value <= 1.")
     if not 0.0 <= ref.keep_threshold <= 1.0:
@@ -620,9 +562,9 @@ def _check_recipe(recipe: Recipe) -> None:
     sources = {int(k): v for k, v in ref.pseudo_ratings.level_sources.items()}
     if set(sources) != {1, 2, 3}:
         raise RecipeError(f"refinement.pseudo_ratings.level_sources needs levels 1, 2 and 3; got {sorted(sources)}.")
-    _choice(sources[3], ("seed",), "level_sources[3]")
-    _choice(sources[2], ("follower", "base"), "level_sources[2]")
-    _choice(sources[1], ("mismatched", "other_language"), "level_sources[1]")
+    check_choice(sources[3], ("seed",), "level_sources[3]")
+    check_choice(sources[2], ("follower", "base"), "level_sources[2]")
+    check_choice(sources[1], ("mismatched", "other_language"), "level_sources[1]")
     ref.pseudo_ratings.level_sources = sources
     seeds = recipe.data.seeds
     if not 0.0 < seeds.heldout_fraction < 1.0 or seeds.heldout_min_per_language < 1:
@@ -634,32 +576,13 @@ def _check_recipe(recipe: Recipe) -> None:
         raise RecipeError("diversification.clusters and diversification.target_per_language must be >= 1.")
     if not 0.0 <= recipe.final.assistant_share <= 1.0:
         raise RecipeError("final.assistant_share is a share: 0 <= value <= 1.")
-    _choice(recipe.launcher.type, ("python", "accelerate"), "launcher.type")
-    check_engine(recipe.engine, "engine")
+    check_choice(recipe.launcher.type, ("python", "accelerate"), "launcher.type")
+    recipe.engine.check("engine")
     for where, role in roles.items():
-        check_block_keys(role.engine, EngineConfig, f"{where}.engine")
-        check_engine(recipe.engine_for(role), f"{where}.engine")
+        recipe.engine_for(role, f"{where}.engine").check(f"{where}.engine")
 
 
-def check_engine(engine: EngineConfig, where: str) -> None:
-    """Validate an engine block (choices, positive sizes, base URLs of an endpoint engine)."""
-    _choice(engine.type, ("local", "endpoint"), f"{where}.type")
-    _choice(engine.dtype, DTYPES, f"{where}.dtype")
-    _choice(engine.route, ("completions", "chat"), f"{where}.route")
-    _choice(engine.score_route, ("completions", "chat", "generate"), f"{where}.score_route")
-    _choice(engine.balance, ("least-busy", "round-robin"), f"{where}.balance")
-    if engine.devices != "all" and (not isinstance(engine.devices, int) or engine.devices < 1):
-        raise RecipeError(f"{where}.devices is {engine.devices!r}: use a number >= 1 or 'all'.")
-    if engine.concurrency < 1 or engine.max_retries < 0 or engine.timeout <= 0 or engine.top_logprobs < 1:
-        raise RecipeError(f"{where}: concurrency and top_logprobs must be >= 1, max_retries >= 0, timeout > 0.")
-    if engine.type == "endpoint":
-        if not engine.base_urls:
-            raise RecipeError(f"{where}.base_urls is empty: an endpoint engine needs at least one server URL.")
-        for url in engine.base_urls:
-            if not url.startswith(("http://", "https://")):
-                raise RecipeError(f"{where}.base_urls: {url!r} is not an http(s) URL.")
-
-
-def _choice(value: str, allowed: tuple[str, ...], where: str) -> None:
+def check_choice(value: str, allowed: tuple[str, ...], where: str) -> None:
+    """Raise a :class:`RecipeError` unless ``value`` is one of ``allowed``."""
     if value not in allowed:
         raise RecipeError(f"{where} is {value!r}; use one of: {', '.join(allowed)}.")

@@ -16,7 +16,6 @@ launcher's processes. Memory per device is estimated for every trained role (:fu
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass
@@ -95,18 +94,20 @@ def throughput(device: str, params: float, mfu: float = 0.4, prefill_efficiency:
 
 def rates_from_run(run_dir: str | Path) -> dict[str, float]:
     """Keep rates measured by a finished run: web-text filters, the candidate gate, the mean keep rate of refinement."""
-    run_dir = Path(run_dir)
-    manifest = lambda step: json.loads((run_dir / step / "manifest.json").read_text())  # noqa: E731
+    from .rundir import RunDir, iteration_step
+
+    run = RunDir(run_dir)
     rates = dict(DEFAULT_RATES)
-    try:
-        web, cand = manifest("webtext"), manifest("candidates")
+    web, cand = run.manifest("webtext"), run.manifest("candidates")
+    if web and cand:
         rates["webtext_kept"] = web["rows_out"] / max(1, web.get("rows_in", web["rows_out"]))
         rates["gate_kept"] = cand["rows_out"] / max(1, cand["rows_in"])
-        kept = [json.loads(p.read_text()) for p in sorted(run_dir.glob("iter-*/kept/manifest.json"))]
+        kept, k = [], 1
+        while run.finished(iteration_step(k, "kept")):
+            kept.append(run.manifest(iteration_step(k, "kept")))
+            k += 1
         if kept:
             rates["keep_rate"] = sum(k["rows_out"] / max(1, k["rows_in"]) for k in kept) / len(kept)
-    except FileNotFoundError:
-        pass
     return rates
 
 
@@ -165,7 +166,7 @@ def plan_costs(recipe: Recipe, device: str = "h100-80gb", rates: dict[str, float
     shape = KNOWN_MODELS.get(recipe.base_model, ModelShape(n_params))
     speed = speeds or throughput(device, n_params)
     gpus = _processes(recipe)
-    devices = recipe.engine.devices
+    devices = getattr(recipe.engine, "devices", 1)
     engines = gpus if devices == "all" else devices  # local engine workers; "all" is taken as the training GPUs
     langs = len(recipe.languages)
     web = recipe.data.webtext

@@ -8,6 +8,10 @@ class XInstructError(Exception):
     """Base of the errors whose message says what to change (a recipe, data, a server, a command line)."""
 
 
+class UsageError(XInstructError, ValueError):
+    """A command line that cannot be run as given (a missing or contradictory option)."""
+
+
 class RecipeError(XInstructError, ValueError):
     """A recipe that cannot be used as written; the message says what to change."""
 
@@ -20,6 +24,10 @@ class UnknownLanguageError(XInstructError, ValueError):
     """A language code that is neither built in nor registered by the recipe."""
 
 
+class ModelError(XInstructError, ValueError):
+    """A model that cannot be found or loaded as named."""
+
+
 class StageError(XInstructError, RuntimeError):
     """A stage cannot go on with the data it has; the message says what to change."""
 
@@ -30,3 +38,8 @@ class PublishError(XInstructError, ValueError):
 
 class EndpointError(XInstructError, RuntimeError):
     """An endpoint call cannot complete; the message says what the server answered and what to change."""
+
+
+class RunDirError(DataError, PublishError):
+    """A run directory without the recipe or the finished step a command reads (a :class:`DataError` and, for the
+    publishing code that raised it before :class:`~xinstruct.rundir.RunDir` existed, a :class:`PublishError`)."""

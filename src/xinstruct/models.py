@@ -46,6 +46,11 @@ def resolve_model(name: str) -> str:
         return str(_build_once(cache_dir() / "models" / "gemma-3-270m", _build_gemma))
     if name == TINY_NAME:
         return str(_build_once(cache_dir() / "models" / f"tiny-v{TINY_VERSION}", _build_tiny))
+    if not Path(name).expanduser().exists() and (name.startswith((".", "/", "~")) or name.count("/") > 1):
+        from .errors import ModelError
+
+        raise ModelError(f"Model {name!r} not found: no such folder. Give a local model folder, a Hub id (org/name), "
+                         f"'{GEMMA_NAME}' or '{TINY_NAME}'.")
     return name
 
 

@@ -17,6 +17,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .rundir import RunDir, iteration_step
+
 
 def _get(data: dict[str, Any] | None, *keys: str) -> Any:
     for key in keys:
@@ -28,12 +30,10 @@ def _get(data: dict[str, Any] | None, *keys: str) -> Any:
 
 def iteration_report(run_dir: str | Path, iterations: int) -> list[dict[str, Any]]:
     """One dict per finished refinement iteration (iterations not run yet are left out)."""
-    from .publish.dataset_repo import _manifest
-
-    run_dir = Path(run_dir)
+    run = RunDir(run_dir)
     report = []
     for k in range(1, iterations + 1):
-        m = {name: _manifest(run_dir, f"iter-{k}/{name}") for name in ("follower", "pseudo_ratings", "evaluator", "ratings", "kept")}
+        m = {name: run.manifest(iteration_step(k, name)) for name in ("follower", "pseudo_ratings", "evaluator", "ratings", "kept")}
         if not all(m.values()):
             continue
         ev, planted = m["evaluator"], m["ratings"].get("planted") or {}
@@ -65,10 +65,8 @@ def iteration_report(run_dir: str | Path, iterations: int) -> list[dict[str, Any
 
 def run_summary(run_dir: str | Path) -> dict[str, Any]:
     """The once-per-run figures: generator vs base, final model's fidelity vs base, diversification warnings."""
-    from .publish.dataset_repo import _manifest
-
-    run_dir = Path(run_dir)
-    gen, final, div = _manifest(run_dir, "generator"), _manifest(run_dir, "final"), _manifest(run_dir, "diversified")
+    run = RunDir(run_dir)
+    gen, final, div = run.manifest("generator"), run.manifest("final"), run.manifest("diversified")
     return {
         "generator": gen.get("heldout"),
         "generator_base": gen.get("heldout_base"),

@@ -1,4 +1,5 @@
-"""The run directory: one folder per step, each with its data and a ``manifest.json``.
+"""The run directory: one folder per step, each with its data and a ``manifest.json``; :class:`RunDir` is the only
+code that knows the layout (publishing, push, cards, evaluation and the Space read a run through it).
 
 A step's identity is a hash of the settings that change its output plus the hashes of the steps it
 reads. A step whose manifest carries the same hash is skipped. Long steps write shards as they go
@@ -29,6 +30,10 @@ logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 PROGRESS = "progress.json"
+RECIPE = "recipe.yaml"
+MODEL = "model"  # a training step's model folder
+RATING_HEAD = "rating_head.json"  # a likelihood evaluator's head (refinement.evaluator_kind: likelihood)
+ROLES = ("generator", "follower", "evaluator", "final")
 _VERSIONED = ("x-instruction", "torch", "transformers", "trl", "datasets", "peft", "huggingface_hub")
 
 
@@ -47,6 +52,12 @@ def package_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             pass
     return out
+
+
+def _save_to_disk(rows: Dataset, path: Path) -> None:
+    """``save_to_disk``; an empty dataset is written as one empty shard (datasets 5.2 writes none for it, and then
+    cannot load the folder back)."""
+    rows.save_to_disk(str(path), num_shards=1 if len(rows) == 0 else None)
 
 
 class Step:
@@ -106,7 +117,7 @@ class Step:
         final = self.shard_path(index)
         tmp = final.with_name(final.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        rows.save_to_disk(str(tmp))
+        _save_to_disk(rows, tmp)
         tmp.rename(final)
 
     def map_shards(self, rows: Dataset, shard_size: int, fn: Callable[[Dataset, int], Dataset], desc: str) -> Dataset:
@@ -133,6 +144,11 @@ class Step:
         return concatenate_datasets(parts) if parts else Dataset.from_dict({})
 
     # -- data and manifest ---------------------------------------------------------------------
+    @property
+    def model_path(self) -> Path:
+        """Where a training step saves its model."""
+        return self.path / MODEL
+
     def data_path(self, name: str = "data") -> Path:
         return self.path / name
 
@@ -141,7 +157,7 @@ class Step:
         target = self.data_path(name)
         tmp = target.with_name(target.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        rows.save_to_disk(str(tmp))
+        _save_to_disk(rows, tmp)
         shutil.rmtree(target, ignore_errors=True)
         tmp.rename(target)
         return target
@@ -168,3 +184,100 @@ class Step:
         shutil.rmtree(self.path / "shards", ignore_errors=True)
         (self.path / PROGRESS).unlink(missing_ok=True)
         return manifest
+
+
+def iteration_step(k: int, name: str) -> str:
+    """The folder of step ``name`` (``follower``, ``pseudo_ratings``, ``evaluator``, ``ratings``, ``kept``) of
+    refinement iteration ``k``."""
+    return f"iter-{k}/{name}"
+
+
+class RunDir:
+    """A run directory as a reader sees it: the recipe, each step's manifest and data, the kept set of an
+    iteration, the model of a role.
+
+    Args:
+        path (`str` or `Path`): the run directory (``runs/<name>``).
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    # -- the recipe ----------------------------------------------------------------------------
+    def write_recipe(self, recipe: dict[str, Any]) -> None:
+        """Record the recipe a run uses (plain data, as ``Recipe.to_dict`` gives it)."""
+        import yaml
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        (self.path / RECIPE).write_text(yaml.safe_dump(recipe, sort_keys=False, allow_unicode=True))
+
+    def is_run(self) -> bool:
+        return (self.path / RECIPE).exists()
+
+    def recipe(self) -> dict[str, Any]:
+        """The recipe the run used, as plain data."""
+        import yaml
+
+        from .errors import RunDirError
+
+        if not self.is_run():
+            raise RunDirError(f"{self.path} is not a run directory (no {RECIPE}); run a recipe into it first.")
+        return yaml.safe_load((self.path / RECIPE).read_text(encoding="utf-8")) or {}
+
+    @property
+    def iterations(self) -> int:
+        """K, the number of refinement iterations of the recipe."""
+        return int((self.recipe().get("refinement") or {}).get("iterations", 0))
+
+    # -- steps ---------------------------------------------------------------------------------
+    def step_path(self, step: str) -> Path:
+        return self.path / step
+
+    def manifest(self, step: str) -> dict[str, Any]:
+        """A finished step's manifest; empty when the step has not finished."""
+        path = self.path / step / MANIFEST
+        return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+
+    def finished(self, step: str) -> bool:
+        return (self.path / step / MANIFEST).exists()
+
+    def load(self, step: str, name: str = "data") -> Dataset:
+        """A dataset of a finished step (``data``, ``dropped``, ...)."""
+        from .errors import RunDirError
+
+        if not self.finished(step):
+            raise RunDirError(f"{self.path} has no finished {step} step (no {self.path / step / MANIFEST}). Run the "
+                            f"recipe first: xinstruct run RECIPE --run-dir {self.path}")
+        return load_from_disk(str(self.path / step / name))
+
+    def kept(self, k: int) -> Dataset:
+        """The rows iteration ``k`` kept."""
+        return self.load(iteration_step(k, "kept"))
+
+    # -- models --------------------------------------------------------------------------------
+    def role_step(self, role: str, iteration: int | None = None) -> str:
+        """The step that trains ``role``; the follower and the evaluator of iteration ``iteration`` (default: K)."""
+        from .errors import RunDirError
+
+        if role not in ROLES:
+            raise RunDirError(f"Unknown role {role!r}; use one of {', '.join(ROLES)}.")
+        if role in ("follower", "evaluator"):
+            return iteration_step(iteration or self.iterations, role)
+        return role
+
+    def model(self, role: str, iteration: int | None = None) -> Path:
+        """The model folder of a role (``final/model``, ``iter-k/evaluator/model``, ...). A likelihood evaluator has no
+        model of its own: it reads its iteration's follower (see :meth:`rating_head`)."""
+        return self.path / self.role_step(role, iteration) / MODEL
+
+    def rating_head(self, iteration: int | None = None) -> Path | None:
+        """The likelihood evaluator's rating head of an iteration, when the run uses one."""
+        head = self.path / self.role_step("evaluator", iteration) / RATING_HEAD
+        return head if head.exists() else None
+
+    def eval_results(self) -> Path:
+        """Where ``xinstruct evaluate --run`` writes its results."""
+        return self.path / "eval" / "results.json"

@@ -31,6 +31,7 @@ from .config import LauncherConfig, Recipe, RoleConfig
 from .errors import StageError
 from .hardware import resolve_dtype
 from .models import resolve_model
+from .rundir import MODEL
 
 logger = logging.getLogger(__name__)
 
@@ -197,7 +198,7 @@ def train_sft(
         metrics["num_tokens"] = seen[-1]  # non-padding tokens trained on (TRL's count)
 
     # --- save -----------------------------------------------------------------------------------
-    save_dir = output_dir / "model"
+    save_dir = output_dir / MODEL
     if trainer.args.world_size > 1 or trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled:
         _save_sharded(trainer, peft_config is not None, path, dtype, output_dir, save_dir)
     elif trainer.is_world_process_zero():
@@ -308,7 +309,7 @@ def run_training(
     ``train_spec.json``) and every process runs ``python -m xinstruct.training train_spec.json``.
     """
     output_dir = Path(output_dir)
-    done = output_dir / "model" / "metrics.json"  # written last, after the model
+    done = output_dir / MODEL / "metrics.json"  # written last, after the model
     if done.exists():  # the step stopped after training (e.g. its endpoint was not up yet): keep the model
         logger.info("%s is already trained with these settings; reusing it", done.parent)
         return json.loads(done.read_text())

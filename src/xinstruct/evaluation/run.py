@@ -10,8 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import languages
-from ..config import EngineConfig
-from ..inference import GenerationParams, make_engine
+from ..inference import EngineConfig, GenerationParams, engine_config, make_engine
 from .answers import MODES, generate_answers
 from .fidelity import language_fidelity
 from .judge import JUDGE_SYSTEM, judge_pairs, summarize, zero_shot_retention
@@ -45,7 +44,7 @@ class EvalConfig:
     limit: int | None = None
     modes: tuple[str, ...] = MODES
     max_new_tokens: int = 256
-    engine: EngineConfig = field(default_factory=EngineConfig)
+    engine: EngineConfig = field(default_factory=engine_config)
     judge: JudgeConfig | None = None
     harness: list[str] = field(default_factory=list)
     harness_data: dict[str, str] = field(default_factory=dict)
@@ -93,13 +92,10 @@ def evaluate_models(cfg: EvalConfig, out_dir: str | Path) -> dict[str, Any]:
 
 
 def _judge(cfg: EvalConfig, questions, answers, out_dir: Path) -> dict[str, Any]:
-    from ..inference.endpoint import EndpointEngine
-    from ..inference.replay import ReplayStore
-
     judge = cfg.judge
-    engine = EndpointEngine([judge.base_url], judge.model, route="chat", system_prompt=JUDGE_SYSTEM,
-                            concurrency=judge.concurrency, token_env=judge.token_env,
-                            store=ReplayStore(out_dir / "requests" / "judge"))
+    config = engine_config("endpoint", base_urls=[judge.base_url], model=judge.model, route="chat",
+                           system_prompt=JUDGE_SYSTEM, concurrency=judge.concurrency, token_env=judge.token_env)
+    engine = make_engine(config, judge.model, out_dir / "requests" / "judge")
 
     def generate(prompts: list[str], seed: int, temperature: float) -> list[str]:
         return engine.generate(prompts, GenerationParams(max_new_tokens=judge.max_new_tokens, do_sample=temperature > 0,

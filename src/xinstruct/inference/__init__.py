@@ -1,50 +1,54 @@
-"""Inference engines: the :class:`Engine` interface and its implementations."""
+"""Inference engines: the :class:`Engine` interface, its kinds, and the one place that builds them.
+
+A kind of engine is an :class:`Engine` subclass and an :class:`EngineConfig` subclass whose ``make`` builds it,
+registered by one line in :data:`ENGINES`. Recipes (``engine:`` blocks), chat and evaluation all build engines
+through :func:`make_engine`.
+"""
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
-from .base import Engine, GenerationParams
+from .base import Decoding, Engine, EngineConfig, GenerationParams
+
+# engine type -> "module:config class" (imported when a recipe asks for that type)
+ENGINES: dict[str, str] = {
+    "local": "xinstruct.inference.local:LocalConfig",
+    "endpoint": "xinstruct.inference.endpoint_config:EndpointConfig",
+}
 
 
-def make_engine(config, model: str, requests_dir: str | Path | None = None, progress: bool = True) -> Engine:
-    """Build the engine a recipe's ``engine`` block asks for, serving ``model``.
+def config_class(kind: str, where: str = "engine.type") -> type[EngineConfig]:
+    """The config class registered for engine kind ``kind``."""
+    if kind not in ENGINES:
+        from ..errors import RecipeError
+
+        raise RecipeError(f"{where} is {kind!r}; use one of: {', '.join(ENGINES)}.")
+    module, name = ENGINES[kind].split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def engine_config(type: str = "local", **settings) -> EngineConfig:
+    """The config of engine kind ``type`` from keyword settings, checked like a recipe's ``engine`` block."""
+    from ..config import build_block
+
+    config = build_block(config_class(type), {"type": type, **settings}, "engine")
+    config.check("engine")
+    return config
+
+
+def make_engine(config: EngineConfig, model: str, requests_dir: str | Path | None = None, progress: bool = True) -> Engine:
+    """Build the engine ``config`` describes (``recipe.engine_for(role)``), serving ``model``.
 
     Args:
-        config (`EngineConfig`): the engine block (``recipe.engine_for(role)``).
-        model (`str`): the role's model: loaded by a local engine; the default ``model=`` of an endpoint engine
-            (built-in names are resolved and local paths made absolute, so a ``transformers serve`` on this machine can load it).
+        config (`EngineConfig`): the engine block, an instance of its kind's config class.
+        model (`str`): the role's model: loaded by a local engine; the default ``model=`` of an endpoint engine.
         requests_dir (`str` or `Path`, *optional*): endpoint engines store answers here as they arrive and
             replay them after a crash (normally ``<step>/requests``).
+        progress (`bool`, *optional*, defaults to `True`): show progress bars.
     """
-    if config.type == "local":
-        from .local import LocalEngine
-        from .pool import DevicePool, pool_devices
-
-        devices = pool_devices(config.devices, config.device)
-        if len(devices) > 1:
-            return DevicePool(model, devices, batch_size=config.batch_size, dtype=config.dtype,
-                              max_input_tokens=config.max_input_tokens, progress=progress)
-        return LocalEngine(
-            model,
-            batch_size=config.batch_size,
-            dtype=config.dtype,
-            device=config.device,
-            max_input_tokens=config.max_input_tokens,
-            progress=progress,
-        )
-    if config.type == "endpoint":
-        from ..models import resolve_model
-        from .endpoint import make_endpoint_engine
-        from .replay import ReplayStore
-
-        if config.model is None:
-            model = resolve_model(model)  # the built-in names become local folders
-            if Path(model).exists():
-                model = str(Path(model).resolve())
-        store = ReplayStore(requests_dir) if requests_dir is not None else None
-        return make_endpoint_engine(config, model, store=store, progress=progress)
-    raise ValueError(f"Unknown engine type {config.type!r}; use 'local' or 'endpoint'.")
+    return config.make(model, requests_dir=requests_dir, progress=progress)
 
 
-__all__ = ["Engine", "GenerationParams", "make_engine"]
+__all__ = ["ENGINES", "Decoding", "Engine", "EngineConfig", "GenerationParams", "config_class", "engine_config", "make_engine"]

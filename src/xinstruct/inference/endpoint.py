@@ -52,10 +52,16 @@ from tqdm.auto import tqdm
 from ..errors import EndpointError
 from . import routes
 from .base import Engine, GenerationParams
+from .endpoint_config import EndpointConfig
 from .replay import ReplayStore, request_key
 from .routes import Dispatcher, NoLogprobs, Retryable, Route, RowRefused, Served
 
 logger = logging.getLogger(__name__)
+
+
+# the EndpointConfig fields an engine keeps as attributes (base_urls, model, extra_body are set apart)
+_SETTINGS = ("route", "score_route", "top_logprobs", "concurrency", "balance", "timeout", "max_retries", "backoff",
+             "backoff_max", "token_env", "system_prompt", "check_model")
 
 
 class EndpointEngine(Engine):
@@ -64,66 +70,28 @@ class EndpointEngine(Engine):
     Args:
         base_urls (`list[str]`): server roots, e.g. ``["http://127.0.0.1:8080"]``.
         model (`str`): sent as ``model=`` in every request.
-        route (`str`, defaults to `"completions"`): ``completions`` or ``chat`` (see the module docstring).
-        score_route (`str`, defaults to `"completions"`): ``completions``, ``generate`` or ``chat``.
-        top_logprobs (`int`, defaults to `5`): alternatives asked for when scoring.
-        concurrency (`int`, defaults to `16`): requests in flight per base URL.
-        balance (`str`, defaults to `"least-busy"`): ``least-busy`` or ``round-robin``.
-        timeout (`float`, defaults to `120`): seconds per request.
-        max_retries (`int`, defaults to `6`): retries per request.
-        backoff (`float`, defaults to `0.5`), backoff_max (`float`, defaults to `30`): backoff schedule, seconds.
-        token_env (`str`, defaults to `"HF_TOKEN"`): environment variable with the bearer token, sent when the
-            variable is set; otherwise (or with ``None``) no token is sent, not even a saved ``hf auth login``.
-        extra_body (`dict`, *optional*): fields added to every request.
-        system_prompt (`str`, *optional*): chat route only: a system message sent before each prompt.
         store (`ReplayStore`, *optional*): stored answers; without one nothing is replayed.
         progress (`bool`, defaults to `True`): progress bar with rows/s and tokens/s.
-        check_model (`bool`, defaults to `True`): ask each server which model it serves before sending anything
-            and stop if it serves another one (see the module docstring).
+        settings: any field of :class:`~xinstruct.inference.endpoint_config.EndpointConfig` (``route``,
+            ``score_route``, ``concurrency``, ``max_retries``, ``token_env``, ``system_prompt``, ``check_model``...),
+            documented there once; the same defaults.
     """
 
     name = "endpoint"
 
-    def __init__(
-        self,
-        base_urls: list[str],
-        model: str,
-        route: str = "completions",
-        score_route: str = "completions",
-        top_logprobs: int = 5,
-        concurrency: int = 16,
-        balance: str = "least-busy",
-        timeout: float = 120.0,
-        max_retries: int = 6,
-        backoff: float = 0.5,
-        backoff_max: float = 30.0,
-        token_env: str | None = "HF_TOKEN",
-        extra_body: dict[str, Any] | None = None,
-        system_prompt: str | None = None,
-        store: ReplayStore | None = None,
-        progress: bool = True,
-        check_model: bool = True,
-    ):
+    def __init__(self, base_urls: list[str], model: str, store: ReplayStore | None = None, progress: bool = True,
+                 **settings: Any):
         if not base_urls:
             raise ValueError("An endpoint engine needs at least one base URL.")
-        routes.get_route(route), routes.get_route(score_route)  # known names, or a ValueError naming them
+        config = EndpointConfig(base_urls=list(base_urls), model=model, **settings)  # an unknown setting: TypeError
+        routes.get_route(config.route), routes.get_route(config.score_route)  # known names, or a ValueError
         self.base_urls = [url.rstrip("/") for url in base_urls]
         self.model = model
-        self.route = route
-        self.score_route = score_route
-        self.top_logprobs = top_logprobs
-        self.concurrency = concurrency
-        self.balance = balance
-        self.timeout = timeout
-        self.max_retries = max_retries
-        self.backoff = backoff
-        self.backoff_max = backoff_max
-        self.token_env = token_env
-        self.extra_body = dict(extra_body or {})
-        self.system_prompt = system_prompt
+        for name in _SETTINGS:
+            setattr(self, name, getattr(config, name))
+        self.extra_body = dict(config.extra_body or {})
         self.store = store
         self.progress = progress
-        self.check_model = check_model
         self.served: dict[str, Served | None] = {}  # base URL -> what it said it serves (checked URLs only)
         self.stats: dict[str, Any] = {
             "requests": 0, "sent": 0, "replayed": 0, "answered": 0, "retries": 0, "retries_by_kind": {},
@@ -384,15 +352,3 @@ class EndpointEngine(Engine):
             "score_route: completions for vLLM/SGLang, generate or chat for TGI; transformers serve ignores "
             "logprobs, so score with a local engine there (e.g. refinement.evaluator.engine: {type: local})."
         )
-
-
-def make_endpoint_engine(config, model: str, store: ReplayStore | None = None,
-                         progress: bool = True) -> EndpointEngine:
-    """An :class:`EndpointEngine` from an ``engine`` recipe block; ``model`` is used when the block names none."""
-    return EndpointEngine(
-        config.base_urls, config.model or model, route=config.route, score_route=config.score_route,
-        top_logprobs=config.top_logprobs, concurrency=config.concurrency, balance=config.balance,
-        timeout=config.timeout, max_retries=config.max_retries, backoff=config.backoff,
-        backoff_max=config.backoff_max, token_env=config.token_env, extra_body=config.extra_body,
-        store=store, progress=progress, check_model=getattr(config, "check_model", True),
-    )

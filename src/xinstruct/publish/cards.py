@@ -6,22 +6,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-import yaml
 from huggingface_hub import ModelCard, ModelCardData
 
 from ..prompts import FOLLOWER_TEMPLATE, GENERATOR_TEMPLATE, RATING_TEMPLATE
+from ..rundir import RunDir
 from .dataset_repo import CITATION, PublishError
 from .templates import template_path
 
 ROLES = {"generator": GENERATOR_TEMPLATE, "evaluator": RATING_TEMPLATE, "final": FOLLOWER_TEMPLATE}
-
-
-def role_step(run_dir: Path, role: str) -> str:
-    """The run folder of a role's model (the evaluator of the last iteration)."""
-    if role == "evaluator":
-        recipe = yaml.safe_load((run_dir / "recipe.yaml").read_text())
-        return f"iter-{recipe['refinement']['iterations']}/evaluator"
-    return role
 
 
 def render_model_card(
@@ -43,15 +35,14 @@ def render_model_card(
     """
     if role not in ROLES:
         raise PublishError(f"Unknown role {role!r}; use one of {', '.join(ROLES)}.")
-    run_dir = Path(run_dir)
-    recipe = yaml.safe_load((run_dir / "recipe.yaml").read_text())
-    step = role_step(run_dir, role)
-    manifest_path = run_dir / step / "manifest.json"
-    if not manifest_path.exists():
-        raise PublishError(f"{run_dir} has no trained {role} ({manifest_path} missing); run the recipe first.")
-    manifest = json.loads(manifest_path.read_text())
+    run = RunDir(run_dir)
+    recipe = run.recipe()
+    step = run.role_step(role)
+    manifest = run.manifest(step)
+    if not manifest:
+        raise PublishError(f"{run.path} has no trained {role} (no finished {step} step); run the recipe first.")
     eval_results: list[Any] = []
-    eval_file = run_dir / "eval" / "results.json"
+    eval_file = run.eval_results()
     if role == "final" and evaluation is None and eval_file.exists():  # written by `xinstruct evaluate --run`
         from ..evaluation.report import card_eval_results
 

@@ -6,19 +6,19 @@ no loading script is involved (``datasets`` >= 4 refuses them).
 
 from __future__ import annotations
 
-import json
 import shutil
 import statistics
 from pathlib import Path
 from typing import Any
 
 import yaml
-from datasets import Dataset, load_from_disk
+from datasets import Dataset
 from huggingface_hub import DatasetCard, DatasetCardData
 
 from ..errors import PublishError
 from ..languages import get as get_language
 from ..run_report import iteration_report, run_summary
+from ..rundir import RunDir, iteration_step
 from . import plots
 from .templates import template_path
 
@@ -31,20 +31,6 @@ CITATION = """@inproceedings{li-etal-2024-x,
 }"""
 
 COLUMNS = ("id", "language", "instruction", "output", "messages", "source", "rating", "cluster", "iteration")
-
-
-def _manifest(run_dir: Path, step: str) -> dict[str, Any]:
-    path = run_dir / step / "manifest.json"
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
-
-
-def _load(run_dir: Path, step: str) -> Dataset:
-    if not (run_dir / step / "manifest.json").exists():
-        raise PublishError(
-            f"{run_dir} has no finished {step} step (no {run_dir / step / 'manifest.json'}). Run the recipe first: "
-            f"xinstruct run RECIPE --run-dir {run_dir}"
-        )
-    return load_from_disk(str(run_dir / step / "data"))
 
 
 def to_rows(data: Dataset) -> Dataset:
@@ -119,15 +105,15 @@ def build_dataset_repo(
     Returns:
         The folder.
     """
-    run_dir, out = Path(run_dir), Path(out)
-    recipe = yaml.safe_load((run_dir / "recipe.yaml").read_text()) if (run_dir / "recipe.yaml").exists() else {}
-    data = to_rows(_load(run_dir, source))
+    run, out = RunDir(run_dir), Path(out)
+    recipe = run.recipe() if run.is_run() else {}
+    data = to_rows(run.load(source))
     languages = recipe.get("languages") or sorted(set(data["language"]))
     by_lang = {code: data.filter(lambda lang, c=code: lang == c, input_columns="language") for code in languages}
     empty = [code for code, rows in by_lang.items() if len(rows) == 0]
     if empty:
         raise PublishError(
-            f"No rows for {', '.join(empty)} in {run_dir / source}: a config without data cannot be loaded. Give "
+            f"No rows for {', '.join(empty)} in {run.step_path(source)}: a config without data cannot be loaded. Give "
             "these languages more web texts or seed pairs and rerun, or remove them from the recipe's languages."
         )
     if out.exists():
@@ -151,11 +137,11 @@ def build_dataset_repo(
     iteration_configs = []
     histograms: dict[int, dict[str, int]] = {}
     for k in range(1, k_max + 1):
-        ratings = _manifest(run_dir, f"iter-{k}/ratings")
+        ratings = run.manifest(iteration_step(k, "ratings"))
         if ratings:
             histograms[k] = ratings.get("rating_histogram", {})
-        if iterations and _manifest(run_dir, f"iter-{k}/kept"):
-            kept = to_rows(_load(run_dir, f"iter-{k}/kept"))
+        if iterations and run.finished(iteration_step(k, "kept")):
+            kept = to_rows(run.kept(k))
             _write_parquet(kept, out / "iterations" / f"iter-{k}", shard_rows)
             configs.append({"config_name": f"iter-{k}", "data_files": [{"split": "train", "path": f"iterations/iter-{k}/train-*.parquet"}]})
             iteration_configs.append({"name": f"iter-{k}", "rows": len(kept)})
@@ -163,10 +149,10 @@ def build_dataset_repo(
     plot_files = [plots.output_lengths({c: [len(t) for t in r["output"]] for c, r in by_lang.items()}, out / "plots" / "output_length.png").name]
     if histograms:
         plot_files.append(plots.rating_distribution(histograms, out / "plots" / "rating_distribution.png").name)
-    quality = {"iterations": iteration_report(run_dir, k_max), "summary": run_summary(run_dir)}
+    quality = {"iterations": iteration_report(run.path, k_max), "summary": run_summary(run.path)}
     if quality["iterations"]:
         plot_files.append(plots.quality_per_iteration(quality["iterations"], out / "plots" / "quality_per_iteration.png").name)
-    div = _manifest(run_dir, "diversified")
+    div = run.manifest("diversified")
     if div.get("per_language"):
         sizes = {c: v["cluster_sizes"] for c, v in div["per_language"].items()}
         plot_files.append(plots.cluster_sizes(sizes, out / "plots" / "cluster_sizes.png").name)
@@ -180,7 +166,7 @@ def build_dataset_repo(
         tags=["x-instruction", "cross-lingual", "instruction-tuning", "multilingual", "low-resource", "synthetic"],
         configs=configs,
     )
-    lineage = _lineage(run_dir, recipe)
+    lineage = _lineage(run, recipe)
     card = DatasetCard.from_template(
         card_data,
         template_path=str(template_path("dataset_card.md")),
@@ -197,19 +183,20 @@ def build_dataset_repo(
     return out
 
 
-def _lineage(run_dir: Path, recipe: dict[str, Any]) -> dict[str, Any]:
+def _lineage(run: RunDir, recipe: dict[str, Any]) -> dict[str, Any]:
     """What produced the data: recipe, models (with the run's step hashes as revisions), K, rule, clusters, seed."""
     ref = recipe.get("refinement") or {}
     k = ref.get("iterations", 0)
     div = recipe.get("diversification") or {}
-    hashes = {step: _manifest(run_dir, step).get("hash") for step in ("generator", f"iter-{k}/evaluator", "final", "diversified")}
-    accuracies = {i: _manifest(run_dir, f"iter-{i}/evaluator").get("heldout_accuracy") for i in range(1, k + 1)}
+    evaluator = iteration_step(k, "evaluator")
+    hashes = {step: run.manifest(step).get("hash") for step in ("generator", evaluator, "final", "diversified")}
+    accuracies = {i: run.manifest(iteration_step(i, "evaluator")).get("heldout_accuracy") for i in range(1, k + 1)}
     return {
         "recipe_name": recipe.get("name"),
         "base_model": recipe.get("base_model"),
-        "generator": f"{run_dir.name}/generator (step {hashes['generator']})",
-        "evaluator": f"{run_dir.name}/iter-{k}/evaluator (step {hashes[f'iter-{k}/evaluator']})",
-        "final": f"{run_dir.name}/final (step {hashes['final']})" if hashes["final"] else "not trained",
+        "generator": f"{run.path.name}/generator (step {hashes['generator']})",
+        "evaluator": f"{run.path.name}/{evaluator} (step {hashes[evaluator]})",
+        "final": f"{run.path.name}/final (step {hashes['final']})" if hashes["final"] else "not trained",
         "iterations": k,
         "keep_rule": ref.get("keep_rule"),
         "keep_threshold": ref.get("keep_threshold"),

@@ -17,8 +17,9 @@ from huggingface_hub import HfApi, get_token
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
-from .cards import render_model_card, role_step
-from .dataset_repo import PublishError, _manifest, build_dataset_repo
+from ..rundir import RunDir, iteration_step
+from .cards import render_model_card
+from .dataset_repo import PublishError, build_dataset_repo
 
 logger = logging.getLogger(__name__)
 
@@ -66,47 +67,42 @@ def push(
     Returns:
         What was pushed: per revision the branch, commit and whether a new commit was made; the tags.
     """
-    run_dir = Path(run_dir)
+    run = RunDir(run_dir)
     _check_repo_id(repo_id)
     token = token or get_token()
     if not token:
         raise PublishError("No Hugging Face token: set HF_TOKEN or run `hf auth login`, then push again.")
-    if not (run_dir / "recipe.yaml").exists():
-        raise PublishError(f"{run_dir} is not a run directory (no recipe.yaml).")
+    k_max = run.iterations  # (a run directory without its recipe is an error here)
     api = HfApi(token=token)
     api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
-    import yaml
-
-    k_max = yaml.safe_load((run_dir / "recipe.yaml").read_text())["refinement"]["iterations"]
     todo = [iteration] if iteration is not None else list(range(1, k_max + 1))
     summary: dict[str, Any] = {"repo_id": repo_id, "revisions": [], "tags": [], "models": []}
     with tempfile.TemporaryDirectory() as tmp:
         for k in todo:
-            step = f"iter-{k}/kept"
-            if not _manifest(run_dir, step):
-                raise PublishError(f"Iteration {k} has not finished in {run_dir} (no {step}); run the recipe first.")
-            folder = build_dataset_repo(run_dir, Path(tmp) / f"iter-{k}" / "x-instruction", source=step, iterations=False)
+            step = iteration_step(k, "kept")
+            if not run.finished(step):
+                raise PublishError(f"Iteration {k} has not finished in {run.path} (no {step}); run the recipe first.")
+            folder = build_dataset_repo(run.path, Path(tmp) / f"iter-{k}" / "x-instruction", source=step, iterations=False)
             result = _upload(api, folder, repo_id, "dataset", f"iter-{k}", f"X-Instruction: kept set of iteration {k}")
-            tag = f"iter-{k}-{_manifest(run_dir, step)['hash']}"
+            tag = f"iter-{k}-{run.manifest(step)['hash']}"
             api.create_tag(repo_id, repo_type="dataset", tag=tag, revision=f"iter-{k}", exist_ok=True)
             summary["revisions"].append(result)
             summary["tags"].append(tag)
         if iteration is None:
-            folder = build_dataset_repo(run_dir, Path(tmp) / "main" / "x-instruction")
+            folder = build_dataset_repo(run.path, Path(tmp) / "main" / "x-instruction")
             summary["revisions"].append(_upload(api, folder, repo_id, "dataset", "main", "X-Instruction: final diversified set"))
         if models:
             main_rev = next((r["commit"] for r in summary["revisions"] if r["branch"] == "main"), None)
             for role, suffix in (("generator", "generator"), ("evaluator", "evaluator"), ("final", "model")):
                 model_repo = f"{repo_id}-{suffix}"
                 folder = Path(tmp) / f"model-{role}"
-                step = run_dir / role_step(run_dir, role)
-                head = step / "rating_head.json"
-                if head.exists():  # evaluator_kind: likelihood: the follower it reads plus the rating head
+                head = run.rating_head() if role == "evaluator" else None
+                if head is not None:  # evaluator_kind: likelihood: the follower it reads plus the rating head
                     shutil.copytree(json.loads(head.read_text())["follower"], folder)
                     shutil.copy(head, folder / head.name)
                 else:
-                    shutil.copytree(step / "model", folder)
-                render_model_card(run_dir, role, model_repo, dataset=repo_id, dataset_revision=main_rev).save(folder / "README.md")
+                    shutil.copytree(run.model(role), folder)
+                render_model_card(run.path, role, model_repo, dataset=repo_id, dataset_revision=main_rev).save(folder / "README.md")
                 api.create_repo(model_repo, repo_type="model", private=private, exist_ok=True)
                 result = _upload(api, folder, model_repo, "model", "main", f"X-Instruction {role}")
                 summary["models"].append({"repo_id": model_repo, **result})

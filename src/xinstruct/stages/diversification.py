@@ -8,6 +8,7 @@ other clusters round-robin, deterministically. Each row records its ``cluster``.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 from collections import Counter
@@ -20,7 +21,8 @@ from datasets import Dataset
 from ..config import Recipe
 from ..errors import StageError
 from ..models import cache_dir
-from ..rundir import Step
+from ..rundir import Step, iteration_step
+from ..steps import StepSpec
 
 logger = logging.getLogger(__name__)
 
@@ -162,3 +164,12 @@ def diversify(recipe: Recipe, kept: Dataset, step: Step) -> dict[str, Any]:
         "per_language": per_language,
         "warnings": warnings,
     }
+
+
+def steps(recipe: Recipe) -> list[StepSpec]:
+    """The ``diversified`` step, over the last iteration's kept set."""
+    kept = iteration_step(recipe.refinement.iterations, "kept")
+    settings = {k: v for k, v in dataclasses.asdict(recipe.diversification).items() if k != "batch_size"}
+    return [StepSpec("diversified", "diversification", (kept,),
+                     {**settings, "seed": recipe.seed, "languages": recipe.languages},
+                     lambda ctx: diversify(ctx.recipe, ctx.load(kept), ctx.step))]

@@ -26,17 +26,18 @@ from typing import Any
 from datasets import Dataset
 
 from ..budget import PromptFitter, load_tokenizer
-from ..config import DecodingConfig, Recipe
+from ..config import Recipe
 from ..data.filters import FilterReport, FilterRunner, candidate_filters
 from ..data.seeds import load_seeds
 from ..data.webtext import load_webtext
 from ..errors import StageError
-from ..inference import Engine, GenerationParams
+from ..inference import Engine
 from ..languages import get as get_language
 from ..prompts import follower_prompt, generator_prompt
 from ..quality import fidelity_figures, generator_figures
 from ..rundir import Step
-from ..training import train_role
+from ..steps import InputHash, StepContext, StepSpec, engine_settings, measured_settings
+from ..training import role_settings, train_role
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ def held_out_outputs(recipe: Recipe, heldout: Dataset, engine: Engine, fitter: P
     out: dict[str, list[str]] = {}
     if generate_instructions:
         prompts, _ = fit_generator_prompts(fitter, heldout["output"], recipe.candidates.text_tokens)
-        texts = engine.generate(prompts, decoding_params(recipe.candidates.decoding, recipe.seed))
+        texts = engine.generate(prompts, recipe.candidates.decoding.with_seed(recipe.seed))
         out["instruction"] = [clean_instruction(t) for t in texts]
     if answer:
         out["answer"] = answer_seed_instructions(recipe, heldout, engine)
@@ -123,7 +124,7 @@ def answer_seed_instructions(recipe: Recipe, seeds: Dataset, engine: Engine, ind
     Decoding: ``refinement.pseudo_ratings.decoding`` with ``refinement.response_tokens`` new tokens at most, so
     every model is measured the same way and level 2 is never longer than the budget of the other levels."""
     ref = recipe.refinement
-    params = decoding_params(ref.pseudo_ratings.decoding, recipe.seed + index)
+    params = ref.pseudo_ratings.decoding.with_seed(recipe.seed + index)
     params = dataclasses.replace(params, max_new_tokens=ref.response_tokens,
                                  min_new_tokens=min(params.min_new_tokens, ref.response_tokens))
     names = [get_language(c).name for c in seeds["language"]]
@@ -196,19 +197,6 @@ def train_generator(recipe: Recipe, seeds: Dataset, step: Step, make_engine, bas
     }
 
 
-def decoding_params(dec: DecodingConfig, seed: int) -> GenerationParams:
-    """Engine parameters from a recipe's ``decoding`` block, with the seed of one shard."""
-    return GenerationParams(
-        max_new_tokens=dec.max_new_tokens,
-        min_new_tokens=dec.min_new_tokens,
-        do_sample=dec.do_sample,
-        temperature=dec.temperature,
-        top_p=dec.top_p,
-        repetition_penalty=dec.repetition_penalty,
-        seed=seed,
-    )
-
-
 def clean_instruction(text: str) -> str:
     """Cut a generated instruction at the next ``###`` section and trim it."""
     return _SECTION.split(text, maxsplit=1)[0].strip()
@@ -228,7 +216,7 @@ def generate_candidates(recipe: Recipe, webtext: Dataset, generator: str, step: 
 
     def shard(rows: Dataset, index: int) -> Dataset:
         prompts, _ = fit_generator_prompts(fitter, rows["text"], cfg.text_tokens)
-        texts = engine.generate(prompts, decoding_params(cfg.decoding, recipe.seed + index))
+        texts = engine.generate(prompts, cfg.decoding.with_seed(recipe.seed + index))
         return Dataset.from_dict(
             {
                 "id": rows["id"],
@@ -282,3 +270,36 @@ def gate_candidates(rows: Dataset, min_chars: int, english_min_confidence: float
     kept = rows.filter(lambda r: r == "", input_columns="reason").remove_columns(["reason", "detected"])
     dropped = rows.filter(lambda r: r != "", input_columns="reason")
     return kept, dropped, runner.report
+
+
+def steps(recipe: Recipe) -> list[StepSpec]:
+    """The generation stage: seed, webtext, baseline, generator, candidates."""
+    data, generator = recipe.data, recipe.generator
+    measured = measured_settings(recipe)
+    webtext = {k: v for k, v in dataclasses.asdict(data.webtext).items() if k != "streaming"}
+
+    def candidates(ctx: StepContext) -> dict[str, Any]:
+        model = ctx.model("generator")
+        return generate_candidates(ctx.recipe, ctx.load("webtext"), model, ctx.step, ctx.engine(generator, model))
+
+    return [
+        StepSpec("seed", "generation", (),
+                 {"seeds": dataclasses.asdict(data.seeds), "languages": recipe.languages, "seed": recipe.seed},
+                 lambda ctx: build_seed(ctx.recipe, ctx.step)),
+        StepSpec("webtext", "generation", (),
+                 {"webtext": webtext, "filters": dataclasses.asdict(data.filters), "languages": recipe.languages,
+                  "seed": recipe.seed if data.webtext.shuffle_buffer else None},
+                 lambda ctx: build_webtext(ctx.recipe, ctx.step)),
+        StepSpec("baseline", "generation", ("seed",),
+                 {**measured, "base_model": recipe.base_model, "engine": engine_settings(recipe, None)},
+                 lambda ctx: measure_baseline(ctx.recipe, ctx.load("seed"), ctx.step,
+                                              ctx.engine(None, ctx.recipe.base_model))),
+        StepSpec("generator", "generation", ("seed", "baseline"),
+                 {**role_settings(recipe, generator), **measured, "engine": engine_settings(recipe, generator)},
+                 lambda ctx: train_generator(ctx.recipe, ctx.load("seed"), ctx.step, ctx.engines(generator),
+                                             ctx.manifest("baseline"))),
+        StepSpec("candidates", "generation", ("webtext", "generator"),
+                 {"candidates": dataclasses.asdict(recipe.candidates), "seed": recipe.seed,
+                  "generator_hash": InputHash("generator"), "engine": engine_settings(recipe, generator)},
+                 candidates),
+    ]

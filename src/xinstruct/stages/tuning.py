@@ -13,7 +13,8 @@ from datasets import Dataset
 from ..config import Recipe
 from ..quality import fidelity_figures
 from ..rundir import Step
-from ..training import train_role
+from ..steps import StepSpec, engine_settings, measured_settings
+from ..training import role_settings, train_role
 from .generation import answer_seed_instructions, split_rows
 from .refinement import follower_training_set
 
@@ -28,7 +29,7 @@ def train_final(recipe: Recipe, diversified: Dataset, step: Step, seeds: Dataset
     """Train and save the X-Instruction model, then measure its language fidelity on the held-out seeds."""
     data = final_training_set(recipe, diversified)
     metrics = train_role(recipe, recipe.final, data, step.path)
-    model = str(step.path / "model")
+    model = str(step.model_path)
     report: dict[str, Any] = {"rows_in": len(diversified), "assistant_style_rows": sum(
         "style of an AI assistant" in p for p in data["prompt"]), "metrics": metrics, "model": model}
     heldout = split_rows(seeds, "heldout")
@@ -39,3 +40,12 @@ def train_final(recipe: Recipe, diversified: Dataset, step: Step, seeds: Dataset
         report.update({"fidelity": fidelity_figures(answers, heldout["language"]), "base_fidelity": base_fidelity,
                        **engine.report()})
     return report
+
+
+def steps(recipe: Recipe) -> list[StepSpec]:
+    """The ``final`` step."""
+    settings = {**role_settings(recipe, recipe.final), "assistant_share": recipe.final.assistant_share,
+                **measured_settings(recipe), "engine": engine_settings(recipe, recipe.final)}
+    return [StepSpec("final", "tuning", ("diversified", "seed"), settings,
+                     lambda ctx: train_final(ctx.recipe, ctx.load("diversified"), ctx.step, ctx.load("seed"),
+                                             ctx.engines(recipe.final), ctx.manifest("baseline").get("fidelity")))]
