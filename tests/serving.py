@@ -94,7 +94,8 @@ class FaultProxy:
             return self._answer(handler, "401", 401, {"error": "Unauthorized"})
         if self.served_model is not None and payload.get("model") != self.served_model:
             msg = f"The model `{payload.get('model')}` does not exist."
-            return self._answer(handler, "404", 404, {"object": "error", "message": msg, "type": "NotFoundError", "code": 404})
+            return self._answer(handler, "404", 404,
+                                {"object": "error", "message": msg, "type": "NotFoundError", "code": 404})
         if self.refuse_marker is not None and self.refuse_marker in str(payload.get("prompt", "")):
             msg = "Input validation error: `inputs` tokens + `max_new_tokens` must be <= 4096."
             return self._answer(handler, "422", 422, {"error": msg, "error_type": "validation"})
@@ -163,16 +164,20 @@ class LogprobServer:
                            "usage": {"prompt_tokens": 1, "completion_tokens": 1}}
                 elif self.path == "/v1/chat/completions":
                     alts = top(body["messages"][0]["content"], body["top_logprobs"])
-                    out = {"id": "x", "created": 0, "model": body["model"], "object": "chat.completion", "system_fingerprint": "",
-                           "choices": [{"index": 0, "finish_reason": "length", "message": {"role": "assistant", "content": alts[0][0]},
+                    out = {"id": "x", "created": 0, "model": body["model"], "object": "chat.completion",
+                           "system_fingerprint": "",
+                           "choices": [{"index": 0, "finish_reason": "length",
+                                        "message": {"role": "assistant", "content": alts[0][0]},
                                         "logprobs": {"content": [{"token": alts[0][0], "logprob": alts[0][1],
-                                                                  "top_logprobs": [{"token": t, "logprob": v} for t, v in alts]}]}}],
+                                                                  "top_logprobs": [{"token": t, "logprob": v}
+                                                                                   for t, v in alts]}]}}],
                            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
                 else:  # TGI's native /generate route
                     alts = top(body["inputs"], body["parameters"]["top_n_tokens"])
                     tokens = [{"id": 0, "text": t, "logprob": v, "special": False} for t, v in alts]
-                    out = {"generated_text": alts[0][0], "details": {"finish_reason": "length", "generated_tokens": 1,
-                                                                    "prefill": [], "tokens": tokens[:1], "top_tokens": [tokens]}}
+                    out = {"generated_text": alts[0][0],
+                           "details": {"finish_reason": "length", "generated_tokens": 1,
+                                       "prefill": [], "tokens": tokens[:1], "top_tokens": [tokens]}}
                 data = json.dumps(out).encode()
                 self.send_response(200)
                 self.send_header("content-type", "application/json")

@@ -16,11 +16,13 @@ from xinstruct.inference import GenerationParams
 from xinstruct.inference.endpoint import EndpointEngine
 from xinstruct.prompts import FOLLOWER_TEMPLATE, ZERO_SHOT_TEMPLATE
 
-FRAME = "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n### Instruction:\n"
+FRAME = ("Below is an instruction that describes a task. Write a response that appropriately completes the request."
+         "\n\n### Instruction:\n")
 
 
 def test_first_turn_prompts_are_the_single_turn_templates():
-    assert build_prompt("cross-lingual", "Give three tips.", "sw") == FRAME + "Give three tips. Answer in Swahili. \n\n### Response:"
+    assert build_prompt("cross-lingual", "Give three tips.", "sw") == (
+        FRAME + "Give three tips. Answer in Swahili. \n\n### Response:")
     assert build_prompt("cross-lingual", "Give three tips.", "Tamil", assistant_style=True) == (
         FRAME + "Give three tips. Answer in Tamil and the style of an AI assistant. \n\n### Response:")
     assert build_prompt("zero-shot", "Toa vidokezo vitatu.", "sw") == FRAME + "Toa vidokezo vitatu. \n\n### Response:"
@@ -30,7 +32,8 @@ def test_first_turn_prompts_are_the_single_turn_templates():
 def test_earlier_turns_are_folded_into_the_instruction():
     history = [("Hi", "Habari"), ("Name a fruit", "Embe")]
     folded = fold_history(history, "And a vegetable?")
-    assert folded == "Earlier in this conversation:\nUser: Hi\nAssistant: Habari\nUser: Name a fruit\nAssistant: Embe\n\nUser: And a vegetable?"
+    assert folded == ("Earlier in this conversation:\nUser: Hi\nAssistant: Habari\nUser: Name a fruit\nAssistant: Embe"
+                      "\n\nUser: And a vegetable?")
     assert build_prompt("cross-lingual", "And a vegetable?", "sw", history=history) == FOLLOWER_TEMPLATE.format(
         instruction=folded, language_name="Swahili")
 

@@ -29,7 +29,8 @@ def test_training_block_goes_to_sft_config_unchanged():
 
 
 def test_set_overrides_nested_keys():
-    r = load_recipe(REPO / "recipes" / "tiny.yaml", ["candidates.shard_size=5", "generator.training.learning_rate=1e-4", "languages=[sw,ta]"])
+    r = load_recipe(REPO / "recipes" / "tiny.yaml",
+                    ["candidates.shard_size=5", "generator.training.learning_rate=1e-4", "languages=[sw,ta]"])
     assert r.candidates.shard_size == 5
     assert r.generator.training["learning_rate"] == 1e-4
     assert r.languages == ["sw", "ta"]
@@ -69,9 +70,11 @@ def test_serving_recipes_extend_their_base_and_point_roles_at_servers(tmp_path):
     assert tgi.engine_for(tgi.refinement.evaluator).base_urls == ["http://127.0.0.1:8082"]
     assert tgi.engine_for(tgi.refinement.evaluator).score_route == "generate"
     vllm = load_recipe(REPO / "recipes" / "serving" / "vllm.yaml")
-    assert len(vllm.engine_for(vllm.generator).base_urls) == 2 and vllm.engine_for(vllm.generator).model == "xinstruct-generator"
+    assert (len(vllm.engine_for(vllm.generator).base_urls) == 2
+            and vllm.engine_for(vllm.generator).model == "xinstruct-generator")
     local = load_recipe(REPO / "recipes" / "serving" / "transformers-serve.yaml")
-    assert local.engine_for(local.refinement.evaluator).type == "local" and local.engine_for(local.generator).type == "endpoint"
+    assert (local.engine_for(local.refinement.evaluator).type == "local"
+            and local.engine_for(local.generator).type == "endpoint")
     assert local.candidates.decoding.max_new_tokens == 32 and local.candidates.decoding.min_new_tokens == 0  # merged
     (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
     (tmp_path / "b.yaml").write_text("extends: a.yaml\n")

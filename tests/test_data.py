@@ -60,7 +60,8 @@ def test_filters_count_each_skip_reason(tmp_path):
     write_jsonl(tmp_path / "sw.jsonl", rows)
     kept, dropped, report = load_webtext(DataConfig(webtext=WebTextConfig(path=str(tmp_path))), ["sw"])
     assert kept["id"] == ["a", "b"]
-    assert report["skipped"] == {"empty": 1, "too_short": 1, "exact_duplicate": 1, "near_duplicate": 1, "wrong_language": 1}
+    assert report["skipped"] == {"empty": 1, "too_short": 1, "exact_duplicate": 1, "near_duplicate": 1,
+                                 "wrong_language": 1}
     assert report["rows_in"] == 7 and report["rows_out"] == 2
     reasons = dict(zip(dropped["id"], dropped["reason"]))
     assert reasons["tamil"] == "wrong_language"

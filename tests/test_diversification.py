@@ -38,9 +38,12 @@ def test_faiss_kmeans_finds_separated_groups():
 def test_diversify_with_the_offline_embedder_and_cache(tmp_path):
     from xinstruct.stages.diversification import diversify
 
-    texts = [f"Write a recipe for dish number {i}." for i in range(12)] + [f"Explain the history of city {i}." for i in range(12)]
-    kept = Dataset.from_dict({"id": [str(i) for i in range(24)], "language": ["sw"] * 24, "instruction": texts, "output": ["x"] * 24})
-    recipe = load_recipe(None, ["languages=[sw]", "diversification.clusters=2", "diversification.target_per_language=10"])
+    texts = ([f"Write a recipe for dish number {i}." for i in range(12)]
+             + [f"Explain the history of city {i}." for i in range(12)])
+    kept = Dataset.from_dict({"id": [str(i) for i in range(24)], "language": ["sw"] * 24, "instruction": texts,
+                              "output": ["x"] * 24})
+    recipe = load_recipe(None, ["languages=[sw]", "diversification.clusters=2",
+                                "diversification.target_per_language=10"])
     step = Step(tmp_path / "run", "diversified", {})
     step.begin()
     report = diversify(recipe, kept, step)
@@ -50,7 +53,8 @@ def test_diversify_with_the_offline_embedder_and_cache(tmp_path):
     again = Step(tmp_path / "run2", "diversified", {})
     again.begin()
     assert diversify(recipe, kept, again)["embeddings_computed"] == 0  # cached by content hash
-    big = load_recipe(None, ["languages=[sw]", "diversification.clusters=2", "diversification.target_per_language=100"])
+    big = load_recipe(None, ["languages=[sw]", "diversification.clusters=2",
+                             "diversification.target_per_language=100"])
     third = Step(tmp_path / "run3", "diversified", {})
     third.begin()
     report = diversify(big, kept, third)

@@ -37,7 +37,8 @@ def server(transformers_server):
 
 
 def cli_args(run_dir, *overrides):
-    args = [sys.executable, "-m", "xinstruct.cli", "run", str(TINY), "--run-dir", str(run_dir), "--until", "candidates"]
+    args = [sys.executable, "-m", "xinstruct.cli", "run", str(TINY), "--run-dir", str(run_dir),
+            "--until", "candidates"]
     for item in FAST + GREEDY + list(overrides):
         args += ["--set", item]
     return args
@@ -71,7 +72,8 @@ def local_candidates(tiny_run, tmp_path_factory):
 @pytest.fixture(scope="module")
 def endpoint_run(tiny_run, server, tmp_path_factory):
     run_dir = prepared_run(tiny_run, tmp_path_factory.mktemp("endpoint"))
-    results = run(load_recipe(TINY, FAST + GREEDY + [endpoint_override(server.url)]), run_dir, until="candidates", echo=lambda s: None)
+    results = run(load_recipe(TINY, FAST + GREEDY + [endpoint_override(server.url)]), run_dir, until="candidates",
+                  echo=lambda s: None)
     return run_dir, results
 
 
@@ -98,10 +100,12 @@ def test_every_row_completes_when_a_fifth_of_requests_fail(tiny_run, proxy, endp
         echo=lambda s: None)
     assert candidate_rows(run_dir) == candidate_rows(endpoint_run[0])
     # the generator step measures the trained generator through the same endpoint before candidate generation
-    steps = [json.loads((run_dir / name / "manifest.json").read_text())["engine_stats"] for name in ("generator", "candidates")]
+    steps = [json.loads((run_dir / name / "manifest.json").read_text())["engine_stats"]
+             for name in ("generator", "candidates")]
     injected = {k: v for k, v in faulty.outcomes.items() if not k.startswith("upstream")}
     assert set(injected) == {"429", "503", "timeout"}
-    kinds = {k: sum(s["retries_by_kind"].get(k, 0) for s in steps) for k in {k for s in steps for k in s["retries_by_kind"]}}
+    kinds = {k: sum(s["retries_by_kind"].get(k, 0) for s in steps)
+             for k in {k for s in steps for k in s["retries_by_kind"]}}
     stats = {"failed": sum(s["failed"] for s in steps), "retries": sum(s["retries"] for s in steps)}
     assert stats["failed"] == 0 and stats["retries"] == sum(kinds.values()) >= sum(injected.values())
     assert kinds["http-429"] == injected["429"] and kinds["http-503"] == injected["503"]
@@ -118,7 +122,8 @@ def test_a_killed_endpoint_run_resends_no_answered_request(tiny_run, proxy, endp
     with open(log, "w") as out:
         proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=online_env())
         deadline = time.time() + 180
-        while time.time() < deadline and proc.poll() is None and (not answers.exists() or len(answers.read_text().splitlines()) < 10):
+        while (time.time() < deadline and proc.poll() is None
+               and (not answers.exists() or len(answers.read_text().splitlines()) < 10)):
             time.sleep(0.05)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
@@ -148,8 +153,8 @@ def test_failed_requests_are_recorded_and_only_they_are_sent_next_time(server, p
     store = tmp_path / "requests"
     first = EndpointEngine([healthy.url], tiny_model, store=ReplayStore(store), progress=False)
     first.generate(prompts[:4], params)  # four answers stored
-    flaky = EndpointEngine([broken.url], tiny_model, max_retries=2, backoff=0.01, concurrency=1, store=ReplayStore(store),
-                           progress=False)
+    flaky = EndpointEngine([broken.url], tiny_model, max_retries=2, backoff=0.01, concurrency=1,
+                           store=ReplayStore(store), progress=False)
     with pytest.raises(EndpointError, match="No answer from"):
         flaky.generate(prompts, params)  # the two new rows fail; nothing was answered in this call
     failures = ReplayStore(store).failures()
@@ -158,14 +163,18 @@ def test_failed_requests_are_recorded_and_only_they_are_sent_next_time(server, p
     sent_before = len(healthy.forwarded)
     again = EndpointEngine([healthy.url], tiny_model, store=ReplayStore(store), progress=False)
     out = again.generate(prompts, params)
-    assert len(healthy.forwarded) - sent_before == 2 and again.stats["replayed"] == 4 and all(isinstance(t, str) for t in out)
+    assert (len(healthy.forwarded) - sent_before == 2 and again.stats["replayed"] == 4
+            and all(isinstance(t, str) for t in out))
 
 
 def test_partial_failures_finish_the_others_then_raise(server, proxy, tiny_model, tmp_path):
     half = proxy(fault_rate=0.5, faults=("malformed",), seed=0)  # the first request passes
-    engine = EndpointEngine([half.url], tiny_model, max_retries=0, concurrency=1, store=ReplayStore(tmp_path), progress=False)
+    engine = EndpointEngine([half.url], tiny_model, max_retries=0, concurrency=1, store=ReplayStore(tmp_path),
+                            progress=False)
     prompts = [f"Question {i}?" for i in range(12)]
-    with pytest.raises(EndpointError, match=r"requests failed \(after up to 0 retries\) .*malformed JSON.*failures.jsonl.*run again"):
+    with pytest.raises(EndpointError,
+                       match=r"requests failed \(after up to 0 retries\) "
+                             r".*malformed JSON.*failures.jsonl.*run again"):
         engine.generate(prompts, GenerationParams(max_new_tokens=3, do_sample=False))
     assert engine.stats["failed"] == half.outcomes["malformed"] > 0
     assert len(ReplayStore(tmp_path)) == 12 - engine.stats["failed"]
@@ -191,7 +200,8 @@ def test_several_base_urls_share_the_load_and_cover_a_dead_one(server, proxy, ti
     engine.generate([f"Item {i}" for i in range(12)], GenerationParams(max_new_tokens=2, do_sample=False))
     assert len(a.forwarded) > 0 and len(b.forwarded) > 0 and len(a.forwarded) + len(b.forwarded) == 12
     dead = "http://127.0.0.1:9"  # nothing listens on the discard port
-    engine = EndpointEngine([dead, a.url], tiny_model, concurrency=2, balance="round-robin", backoff=0.01, progress=False)
+    engine = EndpointEngine([dead, a.url], tiny_model, concurrency=2, balance="round-robin", backoff=0.01,
+                            progress=False)
     out = engine.generate([f"Other {i}" for i in range(8)], GenerationParams(max_new_tokens=2, do_sample=False))
     assert len(out) == 8 and engine.stats["retries_by_kind"].get("connection", 0) > 0
 
@@ -272,13 +282,14 @@ def test_scores_from_server_logprobs_equal_the_local_scores(route, tiny_engine, 
     server = LogprobServer(tiny_engine)
     try:
         prompts = [rating_prompt("Describe rain.", text, "Swahili") for text in ("Mvua ni maji.", "Jua kali.")]
-        engine = EndpointEngine([server.url], "evaluator", score_route=route, top_logprobs=len(tiny_engine.tokenizer), store=ReplayStore(tmp_path),
-                                progress=False)
+        engine = EndpointEngine([server.url], "evaluator", score_route=route, top_logprobs=len(tiny_engine.tokenizer),
+                                store=ReplayStore(tmp_path), progress=False)
         remote = engine.score(prompts, list(RATING_OPTIONS))
         local = tiny_engine.score(prompts, list(RATING_OPTIONS))
         for got, want in zip(remote, local):
             assert got == pytest.approx(want, abs=1e-4)
-        assert server.paths[0] == {"completions": "/v1/completions", "chat": "/v1/chat/completions", "generate": "/generate"}[route]
+        assert server.paths[0] == {"completions": "/v1/completions", "chat": "/v1/chat/completions",
+                                   "generate": "/generate"}[route]
         # a second call is answered from the store
         assert engine.score(prompts, list(RATING_OPTIONS)) == remote and len(server.paths) == 2
     finally:

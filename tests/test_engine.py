@@ -8,7 +8,8 @@ import torch
 from xinstruct.inference import GenerationParams
 from xinstruct.prompts import generator_prompt
 
-PROMPTS = [generator_prompt(t) for t in ["Habari", "Leo ni siku nzuri sana ya kwenda sokoni na kununua matunda", "வணக்கம் நண்பர்களே", "Merhaba dünya, bugün hava güzel"]]
+PROMPTS = [generator_prompt(t) for t in ["Habari", "Leo ni siku nzuri sana ya kwenda sokoni na kununua matunda",
+                                         "வணக்கம் நண்பர்களே", "Merhaba dünya, bugün hava güzel"]]
 
 
 def test_batched_length_sorted_generation_equals_one_by_one(tiny_engine):
@@ -26,7 +27,8 @@ def test_batched_length_sorted_generation_equals_one_by_one(tiny_engine):
 def test_sampling_is_reproducible_with_a_seed(tiny_engine):
     p = GenerationParams(max_new_tokens=10, do_sample=True, temperature=1.0, top_p=1.0, seed=7)
     assert tiny_engine.generate(PROMPTS, p) == tiny_engine.generate(PROMPTS, p)
-    other = tiny_engine.generate(PROMPTS, GenerationParams(max_new_tokens=10, do_sample=True, temperature=1.0, top_p=1.0, seed=8))
+    other = tiny_engine.generate(PROMPTS, GenerationParams(max_new_tokens=10, do_sample=True, temperature=1.0,
+                                                           top_p=1.0, seed=8))
     assert other != tiny_engine.generate(PROMPTS, p)
 
 

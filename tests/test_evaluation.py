@@ -73,13 +73,15 @@ def test_judge_asks_both_orders_retries_missing_scores_and_counts_failures():
         return out
 
     pairs = [{"question_id": i, "language": "sw", "language_name": "Swahili", "mode": "cross-lingual", "category": "c",
-              "question": q, "candidate": f"CANDIDATE {q}", "baseline": f"BASELINE {q}"} for i, q in enumerate(["q1", "q2", "q3"], 1)]
+              "question": q, "candidate": f"CANDIDATE {q}", "baseline": f"BASELINE {q}"}
+             for i, q in enumerate(["q1", "q2", "q3"], 1)]
     results = judge_pairs(generate, pairs, retries=2)
     assert [r.verdict for r in results] == ["win", "loss", "failed"]
     assert calls == [(6, 0, 0.0), (2, 1, 0.7), (1, 2, 0.7)]  # greedy first, then sampled retries of the unparsed only
     assert results[1].attempts == 2 and results[2].attempts == 3 and results[2].candidate_first is None
     summary = summarize(results)["cross-lingual"]["sw"]
-    assert summary == {"win": 1, "tie": 0, "loss": 1, "failed": 1, "pairs": 3, "judged": 2, "win_rate": 0.5, "tie_rate": 0.0}
+    assert summary == {"win": 1, "tie": 0, "loss": 1, "failed": 1, "pairs": 3, "judged": 2, "win_rate": 0.5,
+                       "tie_rate": 0.0}
 
 
 def test_zero_shot_retention_is_the_ratio_of_win_rates():
@@ -90,14 +92,17 @@ def test_zero_shot_retention_is_the_ratio_of_win_rates():
 
 def test_judge_prompt_is_the_authors():
     prompt = judge_prompt("Swahili", "Swali?", "Jibu 1", "Jibu 2")
-    assert prompt.startswith("Given the question and the answer in Swahili language. You are a helpful and precise assistant")
-    assert "<question>\nSwali?\n</question>\n<answer1>\nJibu 1\n</answer1>\n<answer2>\nJibu 2\n</answer2>\n\n" in prompt
+    assert prompt.startswith("Given the question and the answer in Swahili language. "
+                             "You are a helpful and precise assistant")
+    assert ("<question>\nSwali?\n</question>\n<answer1>\nJibu 1\n</answer1>\n<answer2>\nJibu 2\n</answer2>\n\n"
+            in prompt)
     assert JUDGE_PROMPT.endswith("do not output the justification and any other information.\n\n")
 
 
 def test_builtin_questions_cover_every_language_with_the_same_ids():
     english = load_questions("builtin", "en")
-    assert len(english) >= 40 and {q["category"] for q in english} >= {"writing", "knowledge", "reasoning", "advice", "culture"}
+    assert len(english) >= 40 and {q["category"] for q in english} >= {"writing", "knowledge", "reasoning", "advice",
+                                                                       "culture"}
     for lang in PAPER_LANGUAGES:
         rows = paired_questions("builtin", lang.code)
         assert [r["question_id"] for r in rows] == [q["question_id"] for q in english]
@@ -118,9 +123,11 @@ def test_evaluate_modules_load_offline_by_path():
     win_rate = evaluate.load(str(METRICS / "win_rate"))
     result = win_rate.compute(predictions=[scores(8, 5), "no scores", scores(3, 5)],
                               references=[scores(4, 7), scores(4, 7), scores(5, 5)])
-    assert result == {"win_rate": 0.5, "tie_rate": 0.0, "loss_rate": 0.5, "wins": 1, "ties": 0, "losses": 1, "failed": 1, "judged": 2}
+    assert result == {"win_rate": 0.5, "tie_rate": 0.0, "loss_rate": 0.5, "wins": 1, "ties": 0, "losses": 1,
+                      "failed": 1, "judged": 2}
     fidelity = evaluate.load(str(METRICS / "language_fidelity"))
-    result = fidelity.compute(predictions=["Habari ya asubuhi, rafiki yangu mpendwa.", "Good morning, my dear friend."],
+    result = fidelity.compute(predictions=["Habari ya asubuhi, rafiki yangu mpendwa.",
+                                           "Good morning, my dear friend."],
                               references=["sw", "sw"])
     assert result == {"fidelity": 0.5, "per_language": {"sw": 0.5}}
 
@@ -143,7 +150,8 @@ def test_evaluate_end_to_end_with_a_served_judge(tiny_run, transformers_server, 
     shutil.copy(tiny_run[0] / "recipe.yaml", run_dir / "recipe.yaml")
     judge_model = str(tiny_run[0] / "final" / "model")
     args = [sys.executable, "-m", "xinstruct.cli", "evaluate", "--run", str(run_dir), "--languages", "sw,ta",
-            "--limit", "3", "--max-new-tokens", "12", "--judge-url", transformers_server.url, "--judge-model", judge_model]
+            "--limit", "3", "--max-new-tokens", "12", "--judge-url", transformers_server.url,
+            "--judge-model", judge_model]
     if XCOPA.exists():
         args += ["--harness", "xcopa", "--harness-data", f"xcopa={XCOPA}", "--harness-limit", "10"]
     env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}  # the judge is an HTTP endpoint
@@ -158,7 +166,8 @@ def test_evaluate_end_to_end_with_a_served_judge(tiny_run, transformers_server, 
             assert s["pairs"] == 3 and s["win"] + s["tie"] + s["loss"] + s["failed"] == 3
     judgments = [json.loads(line) for line in (eval_dir / "judgments.jsonl").read_text().splitlines()]
     assert len(judgments) == 12 and all(j["verdict"] in ("win", "tie", "loss", "failed") for j in judgments)
-    assert all((j["verdict"] == "failed") == (j["candidate_first"] is None or j["baseline_first"] is None) for j in judgments)
+    assert all((j["verdict"] == "failed") == (j["candidate_first"] is None or j["baseline_first"] is None)
+               for j in judgments)
     assert results["judge_stats"]["answered"] >= 24  # two orders per pair, plus retries
     answers = (eval_dir / "answers" / "candidate.cross-lingual.sw.jsonl").read_text().splitlines()
     assert json.loads(answers[0])["prompt"].endswith("Answer in Swahili. \n\n### Response:")
@@ -179,7 +188,8 @@ def test_evaluate_end_to_end_with_a_served_judge(tiny_run, transformers_server, 
 
 def test_evaluate_bad_input_is_a_clear_error(tmp_path):
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "xinstruct.cli", "evaluate", *args], capture_output=True, text=True, timeout=120)
+        return subprocess.run([sys.executable, "-m", "xinstruct.cli", "evaluate", *args], capture_output=True,
+                              text=True, timeout=120)
 
     out = cli()
     assert out.returncode == 2 and "Give --model" in out.stderr
@@ -188,7 +198,9 @@ def test_evaluate_bad_input_is_a_clear_error(tmp_path):
     (tmp_path / "qs").mkdir()
     (tmp_path / "qs" / "en.jsonl").write_text('{"question_id": 1, "text": "Hi?"}\n')
     (tmp_path / "qs" / "sw.jsonl").write_text('{"question_id": 1, "text": ""}\n')
-    out = cli("--model", "tiny", "--languages", "sw", "--questions", str(tmp_path / "qs"), "--out", str(tmp_path / "e"))
+    out = cli("--model", "tiny", "--languages", "sw", "--questions", str(tmp_path / "qs"),
+              "--out", str(tmp_path / "e"))
     assert out.returncode == 2 and "question 1 needs question_id and a non-empty text" in out.stderr
-    out = cli("--model", "tiny", "--languages", "ta", "--questions", str(tmp_path / "qs"), "--out", str(tmp_path / "e"))
+    out = cli("--model", "tiny", "--languages", "ta", "--questions", str(tmp_path / "qs"),
+              "--out", str(tmp_path / "e"))
     assert out.returncode == 2 and "No questions for 'ta'" in out.stderr and "Traceback" not in out.stderr

@@ -8,8 +8,8 @@ from xinstruct.stages.generation import clean_instruction, gate_candidates
 def test_gate_drops_and_counts_each_reason():
     rows = Dataset.from_dict({
         "id": ["ok", "empty", "short", "swahili", "ok2"],
-        "instruction": ["Write a recipe for a fresh tomato sauce.", "", "Hi", "Andika mapishi ya mchuzi wa nyanya mbichi kwa familia.",
-                        "How do you prevent malaria?"],
+        "instruction": ["Write a recipe for a fresh tomato sauce.", "", "Hi",
+                        "Andika mapishi ya mchuzi wa nyanya mbichi kwa familia.", "How do you prevent malaria?"],
     })
     kept, dropped, report = gate_candidates(rows, min_chars=8, english_min_confidence=0.0)
     assert kept["id"] == ["ok", "ok2"]

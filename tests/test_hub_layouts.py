@@ -29,7 +29,8 @@ def _repo(root, configs: dict[str, list[dict]], schema: pa.Schema):
         folder.mkdir(parents=True)
         pq.write_table(pa.Table.from_pylist(rows, schema=schema), folder / "000_00000.parquet")
         header += [f"- config_name: {name}", "  data_files:", "  - split: train", f"    path: data/{name}/train/*"]
-    (root / "README.md").write_text("\n".join(header + ["---", "", "# A local copy of the layout", ""]), encoding="utf-8")
+    (root / "README.md").write_text("\n".join(header + ["---", "", "# A local copy of the layout", ""]),
+                                    encoding="utf-8")
     return root
 
 
@@ -37,7 +38,8 @@ FINEWEB2 = pa.schema([("text", pa.string()), ("id", pa.string()), ("dump", pa.st
                       ("date", pa.string()), ("file_path", pa.string()), ("language", pa.string()),
                       ("language_score", pa.float64()), ("language_script", pa.string()),
                       ("minhash_cluster_size", pa.int64()), ("top_langs", pa.string())])
-CULTURAX = pa.schema([("text", pa.string()), ("timestamp", pa.string()), ("url", pa.string()), ("source", pa.string())])
+CULTURAX = pa.schema([("text", pa.string()), ("timestamp", pa.string()), ("url", pa.string()),
+                      ("source", pa.string())])
 
 
 def fineweb2(root, codes=("sw", "ta", "th"), rows=20):
@@ -78,23 +80,27 @@ def count_rows(monkeypatch):
 
 
 def test_fineweb2_layout_keeps_rows_in_every_language_and_reads_only_the_limit(tmp_path, count_rows):
-    data = DataConfig(webtext=WebTextConfig(path=str(fineweb2(tmp_path / "fineweb-2")), config="{flores}", limit_per_language=5))
+    data = DataConfig(webtext=WebTextConfig(path=str(fineweb2(tmp_path / "fineweb-2")), config="{flores}",
+                                            limit_per_language=5))
     kept, dropped, report = load_webtext(data, ["sw", "ta", "th"])
     assert sorted(set(kept["language"])) == ["sw", "ta", "th"]
     assert len(kept) + len(dropped) == 15 and count_rows["rows"] == 15  # 5 per language, no more streamed
 
 
 def test_culturax_layout_with_two_letter_configs(tmp_path):
-    data = DataConfig(webtext=WebTextConfig(path=str(culturax(tmp_path / "CulturaX")), config="{code}", limit_per_language=4))
+    data = DataConfig(webtext=WebTextConfig(path=str(culturax(tmp_path / "CulturaX")), config="{code}",
+                                            limit_per_language=4))
     kept, dropped, _ = load_webtext(data, ["sw", "ta"])
     assert sorted(set(kept["language"])) == ["sw", "ta"] and len(kept) + len(dropped) == 8
 
 
 def test_a_shuffle_buffer_draws_a_seeded_random_sample(tmp_path):
     root = fineweb2(tmp_path / "fineweb-2", codes=("sw",))
-    first = load_webtext(DataConfig(webtext=WebTextConfig(path=str(root), config="{flores}", limit_per_language=5)), ["sw"])[0]
+    first = load_webtext(DataConfig(webtext=WebTextConfig(path=str(root), config="{flores}", limit_per_language=5)),
+                         ["sw"])[0]
     shuffled = [load_webtext(DataConfig(webtext=WebTextConfig(path=str(root), config="{flores}", limit_per_language=5,
-                                                              shuffle_buffer=20)), ["sw"], seed=7)[0]["id"] for _ in range(2)]
+                                                              shuffle_buffer=20)), ["sw"], seed=7)[0]["id"]
+                for _ in range(2)]
     assert shuffled[0] == shuffled[1] and shuffled[0] != first["id"]
 
 
@@ -114,14 +120,16 @@ def test_seeds_with_three_letter_codes_and_ids_reused_across_languages(tmp_path)
     rows = []
     for code, iso3 in (("sw", "swh"), ("ta", "tam")):
         for i in range(4):
-            rows.append({"id": f"seed-{i}", "language": iso3, "instruction": f"Explain topic {i}.", "output": f"{code} answer {i}"})
+            rows.append({"id": f"seed-{i}", "language": iso3, "instruction": f"Explain topic {i}.",
+                         "output": f"{code} answer {i}"})
     path = write_jsonl(tmp_path / "seeds.jsonl", rows)
     seeds, report = load_seeds(SeedConfig(path=str(path)), ["sw", "ta"])
     assert report["rows_out_per_language"] == {"sw": 4, "ta": 4}
     from xinstruct.rundir import Step
     from xinstruct.stages.generation import build_seed
 
-    recipe = load_recipe(None, ["languages=[sw,ta]", f"data.seeds.path={path}", "data.seeds.heldout_min_per_language=1"])
+    recipe = load_recipe(None, ["languages=[sw,ta]", f"data.seeds.path={path}",
+                                "data.seeds.heldout_min_per_language=1"])
     step = Step(tmp_path, "seed", {})
     step.begin()
     build_seed(recipe, step)

@@ -31,7 +31,8 @@ def test_the_complete_loop_runs_every_step(tiny_run):
     assert all(r.status == "done" for r in results)
     assert (run_dir / "final" / "model" / "config.json").exists()
     cands = load_from_disk(str(run_dir / "candidates" / "data"))
-    for col in ("id", "language", "instruction", "output", "source", "generator_base", "generator_step", "english_confidence"):
+    for col in ("id", "language", "instruction", "output", "source", "generator_base", "generator_step",
+                "english_confidence"):
         assert col in cands.column_names
     webtext = load_from_disk(str(run_dir / "webtext" / "data"))
     dropped = load_from_disk(str(run_dir / "candidates" / "dropped"))
@@ -85,7 +86,8 @@ def test_every_role_is_measured_against_its_reference(tiny_run):
             assert figures["auc_3v1"] is not None and figures["auc_3v2"] is not None
             assert sum(figures["confusion"].values()) == figures["rows"]
         planted = manifest(f"iter-{k}/ratings")["planted"]
-        assert planted["rows"] > 0 and planted["drop_rate_planted"] is not None and planted["drop_rate_real"] is not None
+        assert (planted["rows"] > 0 and planted["drop_rate_planted"] is not None
+                and planted["drop_rate_real"] is not None)
         pseudo = manifest(f"iter-{k}/pseudo_ratings")
         assert pseudo["level2_fidelity"]["answers"] == pseudo["base_fidelity"]["answers"] == len(
             load_from_disk(str(run_dir / "baseline" / "data")))
@@ -126,7 +128,8 @@ def test_until_and_from(tiny_run, tmp_path):
     assert [r.name for r in partial] == ["seed", "webtext", "baseline", "generator", "candidates"]
     again = run(load_recipe(TINY, FAST), copy, start="diversification", echo=lambda s: None)
     assert [(r.name, r.status) for r in again if r.status == "done"] == [("diversified", "done"), ("final", "done")]
-    assert load_from_disk(str(copy / "diversified" / "data"))["id"] == load_from_disk(str(run_dir / "diversified" / "data"))["id"]
+    assert (load_from_disk(str(copy / "diversified" / "data"))["id"]
+            == load_from_disk(str(run_dir / "diversified" / "data"))["id"])
 
 
 def test_changed_setting_reruns_only_what_depends_on_it(tiny_run, tmp_path):
@@ -178,8 +181,10 @@ def test_killed_candidate_generation_resumes_without_loss_or_repeat(tiny_run, tm
     ids = [r["id"] for r in resumed]
     assert len(ids) == len(set(ids)) and len(ids) > 0
     # identical rows; the language-ID confidence may differ in the last bits (lingua runs in parallel)
-    assert [{**r, "english_confidence": None} for r in resumed] == [{**r, "english_confidence": None} for r in reference]
-    assert [r["english_confidence"] for r in resumed] == pytest.approx([r["english_confidence"] for r in reference], abs=1e-9)
+    assert ([{**r, "english_confidence": None} for r in resumed]
+            == [{**r, "english_confidence": None} for r in reference])
+    assert [r["english_confidence"] for r in resumed] == pytest.approx([r["english_confidence"] for r in reference],
+                                                                       abs=1e-9)
 
 
 def test_killed_rating_resumes_without_loss_or_repeat(tiny_run, tmp_path):
@@ -269,17 +274,20 @@ def test_unknown_stage_for_until(tmp_path):
 def test_each_kind_of_bad_input_is_one_line_without_traceback(tmp_path, case):
     broken = tmp_path / "broken.yaml"
     broken.write_text("name: x\nlanguages: [sw, ta\n")
-    write_jsonl(tmp_path / "seeds" / "sw.jsonl", [{"instruction": f"Say {i}.", "output": f"Habari {i}!"} for i in range(3)])
+    write_jsonl(tmp_path / "seeds" / "sw.jsonl",
+                [{"instruction": f"Say {i}.", "output": f"Habari {i}!"} for i in range(3)])
     args = {
         "malformed_yaml": ("run", str(broken)),
         "missing_recipe": ("run", str(tmp_path / "nowhere.yaml")),
         "bad_override": ("run", str(TINY), "--set", "languages=[sw"),
         "unknown_step": ("run", str(TINY), "--until", "iter-9/kept"),
         "bad_dtype": ("run", str(TINY), "--set", "engine.dtype=bf17"),
-        "too_few_seeds_to_hold_out": ("run", str(TINY), "--set", "languages=[sw]", "--set", f"data.seeds.path={tmp_path / 'seeds'}"),
+        "too_few_seeds_to_hold_out": ("run", str(TINY), "--set", "languages=[sw]", "--set",
+                                      f"data.seeds.path={tmp_path / 'seeds'}"),
         "not_a_run_dir": ("publish", str(tmp_path), "--out", str(tmp_path / "out")),
         "missing_model": ("run", str(TINY), "--set", f"base_model={tmp_path / 'no-such-model'}"),
-        "malformed_data": ("run", str(TINY), "--set", "languages=[sw]", "--set", f"data.seeds.path={tmp_path / 'bad'}"),
+        "malformed_data": ("run", str(TINY), "--set", "languages=[sw]", "--set",
+                           f"data.seeds.path={tmp_path / 'bad'}"),
         "unreachable_server": ("run", str(TINY), "--set", "languages=[sw]", "--set", "engine.type=endpoint", "--set",
                                "engine.base_urls=[http://127.0.0.1:9]", "--set", "engine.max_retries=0"),
         "bad_cli_input": ("evaluate", "--languages", "sw"),

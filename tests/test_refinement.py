@@ -26,8 +26,10 @@ from xinstruct.stages.refinement import build_pseudo_ratings
 
 LONG = " ".join(f"neno{i}" for i in range(80))  # a response far over the budget below
 ROWS = (
-    [{"id": f"sw-{i}", "language": "sw", "instruction": f"Explain topic {i}.", "output": f"Jibu la Kiswahili namba {i}. {LONG}", "source": "t"} for i in range(12)]
-    + [{"id": f"ta-{i}", "language": "ta", "instruction": f"Describe thing {i}.", "output": f"தமிழ் பதில் {i}. {LONG}", "source": "t"} for i in range(8)]
+    [{"id": f"sw-{i}", "language": "sw", "instruction": f"Explain topic {i}.",
+      "output": f"Jibu la Kiswahili namba {i}. {LONG}", "source": "t"} for i in range(12)]
+    + [{"id": f"ta-{i}", "language": "ta", "instruction": f"Describe thing {i}.",
+        "output": f"தமிழ் பதில் {i}. {LONG}", "source": "t"} for i in range(8)]
 )
 _SEEDS = Dataset.from_list(ROWS)
 SEEDS = _SEEDS.add_column("split", heldout_split(_SEEDS, 0.25, 2, 42))
@@ -136,8 +138,10 @@ def test_evaluator_learns_from_the_documented_rating_prompt_within_the_budget(ps
     data, _ = evaluator_training_set(recipe, rows, fitter)
     for r, ex in zip(rows, data):
         assert ex["completion"] == str(r["level"])
-        assert ex["prompt"].startswith(RATING_TEMPLATE.split("{instruction}")[0].format(language_name=r["language_name"]))
-        assert f"### Instruction:\n{r['instruction']}\n\n" in ex["prompt"] and ex["prompt"].endswith("\n\n### Rating:\n")
+        assert ex["prompt"].startswith(
+            RATING_TEMPLATE.split("{instruction}")[0].format(language_name=r["language_name"]))
+        assert (f"### Instruction:\n{r['instruction']}\n\n" in ex["prompt"]
+                and ex["prompt"].endswith("\n\n### Rating:\n"))
         assert fitter.length(ex["prompt"], special=True) <= frame + 6  # max_length - digit - EOS: TRL never cuts it
 
 
@@ -225,7 +229,8 @@ def test_rating_stores_probabilities_and_planted_rows_never_leave_it(tmp_path, t
     assert sum(report["rating_histogram"].values()) == len(POOL)
     planted = step.load("planted")
     assert len(planted) == report["planted"]["rows"] == 5 and all(planted["planted"])
-    assert report["planted"]["drop_rate_planted"] == 0.0 == report["planted"]["drop_rate_real"]  # threshold 0 keeps all
+    # threshold 0 keeps all
+    assert report["planted"]["drop_rate_planted"] == 0.0 == report["planted"]["drop_rate_real"]
     kept_step = Step(tmp_path, "kept", {})
     kept_step.begin()
     keep_rated(recipe, rated, kept_step, 1)
@@ -237,10 +242,12 @@ def test_evaluator_is_measured_on_heldout_rows_next_to_length_only(pseudo, tmp_p
     from xinstruct.stages.rating import train_evaluator
 
     rows, _, _ = pseudo
-    recipe = _recipe(f"refinement.evaluator_kind={kind}", "refinement.evaluator.training={max_steps: 2, max_length: 256}")
+    recipe = _recipe(f"refinement.evaluator_kind={kind}",
+                     "refinement.evaluator.training={max_steps: 2, max_length: 256}")
     step = Step(tmp_path, "iter-1/evaluator", {})
     step.begin()
-    report = train_evaluator(recipe, rows, step, lambda path: LocalEngine(path, batch_size=8, progress=False), tiny_model)
+    report = train_evaluator(recipe, rows, step, lambda path: LocalEngine(path, batch_size=8, progress=False),
+                             tiny_model)
     heldout = sum(s == "heldout" for s in rows["split"])
     for figures in (report["heldout"], report["length_baseline"]):
         assert figures["rows"] == heldout and sum(figures["confusion"].values()) == heldout
@@ -277,7 +284,8 @@ def test_loglik_sums_the_continuation_log_probabilities(tiny_engine):
         logits = model(torch.tensor([p_ids + c_ids])).logits[0].float()
     expected = torch.log_softmax(logits[len(p_ids) - 1 : -1], -1).gather(1, torch.tensor(c_ids)[:, None]).sum()
     assert n == len(c_ids) and total == pytest.approx(float(expected), abs=1e-3)
-    batched = tiny_engine.loglik([prompt, "A much longer prompt than the first one, padded on the left."], [continuation] * 2)
+    batched = tiny_engine.loglik([prompt, "A much longer prompt than the first one, padded on the left."],
+                                 [continuation] * 2)
     assert batched[0][0] == pytest.approx(total, abs=1e-3)
 
 

@@ -60,7 +60,8 @@ def client(space):
 
 def test_cross_lingual_streams_and_sends_the_official_prompt(space, client):
     _, engine = space
-    job = client.submit("Give three tips for staying healthy.", "Swahili", False, 1.0, 1.0, 32, api_name="/cross_lingual")  # seeded sampling
+    job = client.submit("Give three tips for staying healthy.", "Swahili", False, 1.0, 1.0, 32,
+                        api_name="/cross_lingual")  # seeded sampling
     final = job.result()
     partial = job.outputs()
     assert len(partial) > 1, "the answer should stream in several pieces"
@@ -70,14 +71,16 @@ def test_cross_lingual_streams_and_sends_the_official_prompt(space, client):
         "\n\n### Instruction:\nGive three tips for staying healthy. Answer in Swahili. \n\n### Response:"
     )
     client.predict("Explain rain.", "Tamil", True, 0.0, 0.9, 16, api_name="/cross_lingual")
-    assert engine.prompts[-1].endswith("Explain rain. Answer in Tamil and the style of an AI assistant. \n\n### Response:")
+    assert engine.prompts[-1].endswith("Explain rain. Answer in Tamil and the style of an AI assistant. "
+                                       "\n\n### Response:")
 
 
 def test_zero_shot_sends_the_instruction_as_typed(space, client):
     _, engine = space
     answer = client.predict("Toa vidokezo vitatu vya kuwa na afya njema.", 0.0, 0.9, 16, api_name="/zero_shot")
     assert isinstance(answer, str) and answer
-    assert engine.prompts[-1].endswith("### Instruction:\nToa vidokezo vitatu vya kuwa na afya njema. \n\n### Response:")
+    assert engine.prompts[-1].endswith("### Instruction:\nToa vidokezo vitatu vya kuwa na afya njema. "
+                                       "\n\n### Response:")
 
 
 def test_over_long_input_gets_the_cap_message(space, client):
@@ -101,7 +104,8 @@ def test_generation_errors_are_shown_as_text_without_a_traceback(space, client):
     assert "Traceback" not in str(caught.value)
 
 
-@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"Chromium not installed at {CHROMIUM} (apt-get install chromium)")
+@pytest.mark.skipif(not Path(CHROMIUM).exists(),
+                    reason=f"Chromium not installed at {CHROMIUM} (apt-get install chromium)")
 def test_browser_chat_in_headless_chromium(space):
     from playwright.sync_api import expect, sync_playwright
 
@@ -137,7 +141,8 @@ def test_space_metadata_matches_the_pinned_gradio():
     card = SpaceCard.load(REPO / "space" / "README.md").data
     pins = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["space"]
     assert pins == [f"gradio=={card.sdk_version}"]
-    assert card.sdk == "gradio" and card.app_file == "app.py" and card.license and card.models and card.datasets and card.tags
+    assert (card.sdk == "gradio" and card.app_file == "app.py" and card.license and card.models and card.datasets
+            and card.tags)
     requirements = (REPO / "space" / "requirements.txt").read_text()
     lines = [line for line in requirements.splitlines() if line.strip() and not line.startswith("#")]
     assert not any(line.startswith("gradio") for line in lines)  # the Space's gradio comes from sdk_version
@@ -162,7 +167,8 @@ def test_push_space_uploads_a_runnable_space(hub, tmp_path, capsys):
     assert SENTINEL not in capsys.readouterr().out
     # the uploaded folder imports its own copy of the package (as on the Space, from the app's folder)
     folder = build_space_folder(tmp_path / "space")
-    check = subprocess.run([sys.executable, "-I", "-c", "import sys; sys.path.insert(0, '.'); import app, xinstruct; print(xinstruct.__file__)"],
+    check = subprocess.run([sys.executable, "-I", "-c",
+                            "import sys; sys.path.insert(0, '.'); import app, xinstruct; print(xinstruct.__file__)"],
                            cwd=folder, capture_output=True, text=True)
     assert check.returncode == 0, check.stderr
     assert check.stdout.strip().startswith(str(folder))

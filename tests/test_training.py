@@ -9,7 +9,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 from xinstruct.prompts import generator_example
 from xinstruct.training import train_sft
 
-PAIRS = [("Explain how to cook rice.", "Pika wali kwa maji na chumvi kidogo."), ("Describe the sea.", "Bahari ni kubwa na ya buluu.")] * 8
+PAIRS = [("Explain how to cook rice.", "Pika wali kwa maji na chumvi kidogo."),
+         ("Describe the sea.", "Bahari ni kubwa na ya buluu.")] * 8
 
 
 def _data():
@@ -17,7 +18,8 @@ def _data():
 
 
 def test_full_sft_learns_and_saves_everything(tmp_path, tiny_model):
-    metrics = train_sft("tiny", _data(), tmp_path, {"num_train_epochs": 4, "per_device_train_batch_size": 8, "learning_rate": 5e-3, "logging_steps": 1})
+    metrics = train_sft("tiny", _data(), tmp_path, {"num_train_epochs": 4, "per_device_train_batch_size": 8,
+                                                    "learning_rate": 5e-3, "logging_steps": 1})
     saved = tmp_path / "model"
     assert (saved / "metrics.json").exists() and json.loads((saved / "metrics.json").read_text())["train_rows"] == 16
     losses = metrics["loss_history"]
@@ -48,7 +50,8 @@ def test_loss_is_on_the_completion_only(tmp_path, tiny_model):
 
 
 def test_lora_is_merged_into_a_plain_model(tmp_path, tiny_model):
-    train_sft("tiny", _data(), tmp_path, {"max_steps": 2}, lora={"r": 4, "lora_alpha": 8, "target_modules": "all-linear"})
+    train_sft("tiny", _data(), tmp_path, {"max_steps": 2},
+              lora={"r": 4, "lora_alpha": 8, "target_modules": "all-linear"})
     saved = tmp_path / "model"
     assert not (saved / "adapter_config.json").exists()
     model = AutoModelForCausalLM.from_pretrained(saved)
@@ -74,8 +77,10 @@ def _trainer(tmp_path, model_path, data, lm_head_on_loss_only):
 
     torch.manual_seed(0)
     with lm_head_on_loss_positions(lm_head_on_loss_only):
-        trainer = SFTTrainer(model=AutoModelForCausalLM.from_pretrained(model_path), processing_class=AutoTokenizer.from_pretrained(model_path),
-                             args=make_sft_config({"max_steps": 1, "per_device_train_batch_size": 4, "bf16": False}, tmp_path),
+        trainer = SFTTrainer(model=AutoModelForCausalLM.from_pretrained(model_path),
+                             processing_class=AutoTokenizer.from_pretrained(model_path),
+                             args=make_sft_config({"max_steps": 1, "per_device_train_batch_size": 4, "bf16": False},
+                                                  tmp_path),
                              train_dataset=data)
     return trainer
 
@@ -109,7 +114,8 @@ def test_lm_head_switch_changes_what_trl_projects(tmp_path, tiny_model, monkeypa
 
     seen = []
     original = trl_utils._ChunkedLogProbFunction.apply
-    monkeypatch.setattr(trl_utils._ChunkedLogProbFunction, "apply", lambda hidden, *a: seen.append(hidden.shape[0]) or original(hidden, *a))
+    monkeypatch.setattr(trl_utils._ChunkedLogProbFunction, "apply",
+                        lambda hidden, *a: seen.append(hidden.shape[0]) or original(hidden, *a))
     trainer = _trainer(tmp_path, tiny_model, _data(), True)
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
     for flag in (True, False):
@@ -123,7 +129,8 @@ def test_rows_cut_or_dropped_by_max_length_are_counted(tmp_path, tiny_model):
     rows = Dataset.from_list([generator_example(i, o) for i, o in PAIRS[:6]] + [long_prompt])
     tok = AutoTokenizer.from_pretrained(tiny_model)
     prompt_len = max(len(tok(generator_example(i, o)["prompt"])["input_ids"]) for i, o in PAIRS)
-    metrics = train_sft("tiny", rows, tmp_path, {"max_steps": 1, "max_length": prompt_len + 3, "per_device_train_batch_size": 4})
+    metrics = train_sft("tiny", rows, tmp_path, {"max_steps": 1, "max_length": prompt_len + 3,
+                                                 "per_device_train_batch_size": 4})
     assert metrics["rows_in"] == 7 and metrics["train_rows"] == 6
     assert metrics["dropped"] == {"fully_masked_by_max_length": 1}  # the long prompt fills max_length: TRL drops it
     assert metrics["truncated"]["completion_cut_at_max_length"] >= 1  # completions longer than 3 tokens are cut

@@ -66,7 +66,8 @@ def _timed(fn: Callable[[], list[str]]) -> tuple[list[str], float]:
 
 
 def bench_candidates(
-    model: str, rows: int, batch_size: int, max_new_tokens: int, baseline_dtype: str = "float32", dtypes: tuple[str, ...] = ("float32",)
+    model: str, rows: int, batch_size: int, max_new_tokens: int, baseline_dtype: str = "float32",
+    dtypes: tuple[str, ...] = ("float32",)
 ) -> list[dict[str, Any]]:
     """Candidate generation: local engine vs the authors' loop on the same model and prompts.
 
@@ -85,7 +86,8 @@ def bench_candidates(
         ours_out, ours_s = _timed(lambda e=engine: e.generate(prompts, params))
         same = sum(a == b for a, b in zip(base_out, ours_out)) / len(prompts)
         results.append({
-            "name": f"candidates/{model}" + ("" if dtype == baseline_dtype else f" ({dtype} engine vs {baseline_dtype} loop)"),
+            "name": f"candidates/{model}"
+            + ("" if dtype == baseline_dtype else f" ({dtype} engine vs {baseline_dtype} loop)"),
             "ratio": round(base_s / ours_s, 2),
             "target": 10.0,
             "baseline": f"authors' loop, batch 1, {baseline_dtype}",
@@ -123,7 +125,8 @@ def parse_rating(text: str) -> int | None:
     return int(match.group()) if match else None
 
 
-def bench_rating(model: str, rows: int, batch_size: int, max_new_tokens: int = 8, dtype: str = "float32") -> dict[str, Any]:
+def bench_rating(model: str, rows: int, batch_size: int, max_new_tokens: int = 8,
+                 dtype: str = "float32") -> dict[str, Any]:
     """Rating: ``Engine.score`` (batched, one forward pass) vs generate-and-parse (batch 1)."""
     from .prompts import RATING_OPTIONS
 
@@ -150,12 +153,15 @@ def bench_rating(model: str, rows: int, batch_size: int, max_new_tokens: int = 8
         "baseline_unparseable_share": round(sum(p is None for p in parsed) / rows, 3),
         "ours_unparseable_share": 0.0,
         "argmax_agreement_with_parsed": round(
-            sum(1 + max(range(3), key=lambda j: pr[j]) == p for pr, p in zip(probs, parsed) if p) / max(1, sum(p is not None for p in parsed)), 3
+            sum(1 + max(range(3), key=lambda j: pr[j]) == p for pr, p in zip(probs, parsed) if p)
+            / max(1, sum(p is not None for p in parsed)),
+            3,
         ),
     }
 
 
-def bench_diversification(languages: int = 10, per_language: int = 32000, dim: int = 384, k: int = 64, take: int = 3200) -> dict[str, Any]:
+def bench_diversification(languages: int = 10, per_language: int = 32000, dim: int = 384, k: int = 64,
+                          take: int = 3200) -> dict[str, Any]:
     """faiss k-means + equal sampling vs scikit-learn KMeans + the same sampling, on random unit vectors."""
     import numpy as np
     from sklearn.cluster import KMeans
@@ -171,7 +177,8 @@ def bench_diversification(languages: int = 10, per_language: int = 32000, dim: i
         return [len(equal_sample(kmeans_labels(x, k, seed=0, niter=20)[0], take, 0)) for x in data]
 
     def sklearn() -> list[int]:
-        return [len(equal_sample(KMeans(k, n_init=1, max_iter=20, random_state=0).fit_predict(x), take, 0)) for x in data]
+        return [len(equal_sample(KMeans(k, n_init=1, max_iter=20, random_state=0).fit_predict(x), take, 0))
+                for x in data]
 
     taken, ours_s = _timed(ours)
     _, base_s = _timed(sklearn)
@@ -201,14 +208,16 @@ def bench_packing(rows: int = 192, steps: int = 6) -> dict[str, Any]:
     examples = []
     for lang in PAPER_LANGUAGES:
         for seed in read_jsonl(sample_file("seeds", lang.code)):
-            examples.append({"id": seed["id"], "language": lang.code, "instruction": seed["instruction"], "output": seed["output"]})
+            examples.append({"id": seed["id"], "language": lang.code, "instruction": seed["instruction"],
+                             "output": seed["output"]})
     data = follower_training_set(Dataset.from_list(examples[:rows]))
     import tempfile
 
     results = {}
     for name, extra in (("padded", {"packing": False}), ("packed", {"packing": True, "packing_strategy": "bfd"})):
         with tempfile.TemporaryDirectory() as out:
-            args = {"max_steps": steps, "per_device_train_batch_size": 16, "max_length": 1024, "logging_steps": 1, **extra}
+            args = {"max_steps": steps, "per_device_train_batch_size": 16, "max_length": 1024, "logging_steps": 1,
+                    **extra}
             metrics = train_sft("tiny", data, out, args)
             results[name] = (metrics["num_tokens"], metrics["train_runtime"])
     tps = {name: tokens / seconds for name, (tokens, seconds) in results.items()}
@@ -238,7 +247,8 @@ def _sft_shape_rows(shape: str, rows: int, model: str) -> Any:
     fitter = PromptFitter(load_tokenizer(model))
     seeds = [(lang.name, s) for lang in PAPER_LANGUAGES for s in read_jsonl(sample_file("seeds", lang.code))][:rows]
     if shape == "generator":
-        examples = [{"prompt": fitter.fit(generator_prompt, s["output"], None, 192).prompt, "completion": s["instruction"]}
+        examples = [{"prompt": fitter.fit(generator_prompt, s["output"], None, 192).prompt,
+                     "completion": s["instruction"]}
                     for _, s in seeds]
     else:
         examples = [evaluator_example(s["instruction"], fitter.head(s["output"], 64)[0], name, 3) for name, s in seeds]
@@ -260,9 +270,10 @@ def bench_sft_lm_head(model: str = "gemma-3-270m", rows: int = 24, steps: int = 
         rates = {}
         for restricted in (False, True):
             with tempfile.TemporaryDirectory() as folder:
-                args = {"max_steps": steps, "per_device_train_batch_size": batch_size, "max_length": 512, "logging_steps": 1,
-                        "activation_checkpointing": False, "disable_tqdm": True}
-                metrics = train_sft(model, data, folder, args, lora={"r": 16, "lora_alpha": 32, "target_modules": "all-linear"},
+                args = {"max_steps": steps, "per_device_train_batch_size": batch_size, "max_length": 512,
+                        "logging_steps": 1, "activation_checkpointing": False, "disable_tqdm": True}
+                metrics = train_sft(model, data, folder, args,
+                                    lora={"r": 16, "lora_alpha": 32, "target_modules": "all-linear"},
                                     lm_head_on_loss_only=restricted)
                 rates[restricted] = (metrics["num_tokens"], metrics["train_runtime"], metrics["train_loss"])
         tps = {k: tokens / seconds for k, (tokens, seconds, _) in rates.items()}
@@ -285,7 +296,8 @@ def bench_sft_lm_head(model: str = "gemma-3-270m", rows: int = 24, steps: int = 
     return out
 
 
-def bench_endpoint(model: str = "tiny", rows: int = 64, max_new_tokens: int = 32, levels: tuple[int, ...] = (1, 4, 16)) -> dict[str, Any]:
+def bench_endpoint(model: str = "tiny", rows: int = 64, max_new_tokens: int = 32,
+                   levels: tuple[int, ...] = (1, 4, 16)) -> dict[str, Any]:
     """Endpoint engine throughput at several concurrency levels against one local continuous-batching server."""
     from .inference.endpoint import EndpointEngine
     from .inference.server import TransformersServer
@@ -297,14 +309,16 @@ def bench_endpoint(model: str = "tiny", rows: int = 64, max_new_tokens: int = 32
     rates: dict[int, float] = {}
     seconds: dict[int, float] = {}
     with TransformersServer(continuous_batching=True) as server:
-        EndpointEngine([server.url], path, concurrency=max(levels), progress=False).generate(prompts[:4], params)  # load + warm up
+        # load + warm up
+        EndpointEngine([server.url], path, concurrency=max(levels), progress=False).generate(prompts[:4], params)
         for level in levels:
             engine = EndpointEngine([server.url], path, concurrency=level, progress=False)
             _, seconds[level] = _timed(lambda e=engine: e.generate(prompts, params))
             rates[level] = round(rows / seconds[level], 2)
     low, high = min(levels), max(levels)
     return {
-        "name": f"endpoint/{model}, transformers serve --continuous-batching, {rows} rows, concurrency {high} vs {low}",
+        "name": f"endpoint/{model}, transformers serve --continuous-batching, {rows} rows, "
+                f"concurrency {high} vs {low}",
         "ratio": round(seconds[low] / seconds[high], 2),
         "target": None,
         "rows_per_second": rates,
@@ -322,16 +336,20 @@ def print_table(results: list[dict[str, Any]]) -> None:
         else:
             target = f"{r['target']:>6.1f}x"
             mark = "ok" if r.get("met", r["ratio"] >= r["target"]) else "below"
-        print(f"{r['name']:<58} {r['ratio']:>6.2f}x {target} {r['baseline_seconds']:>11.2f} {r['ours_seconds']:>8.2f}  {mark}")
+        print(f"{r['name']:<58} {r['ratio']:>6.2f}x {target} {r['baseline_seconds']:>11.2f} "
+              f"{r['ours_seconds']:>8.2f}  {mark}")
         if "rows_per_second" in r:
             print(f"    rows/s by concurrency: {r['rows_per_second']}")
 
 
 def main(out: str = "bench.json", gemma_rows: int = 16, skip_gemma: bool = False) -> int:
     """Run every benchmark, print the table and write ``out`` (rewritten after each entry)."""
-    jobs: list[Callable[[], list[dict[str, Any]]]] = [lambda: bench_candidates("tiny", rows=64, batch_size=16, max_new_tokens=32)]
+    jobs: list[Callable[[], list[dict[str, Any]]]] = [
+        lambda: bench_candidates("tiny", rows=64, batch_size=16, max_new_tokens=32)
+    ]
     if not skip_gemma:
-        jobs.append(lambda: bench_candidates("gemma-3-270m", rows=gemma_rows, batch_size=16, max_new_tokens=32, dtypes=("float32", "bfloat16")))
+        jobs.append(lambda: bench_candidates("gemma-3-270m", rows=gemma_rows, batch_size=16, max_new_tokens=32,
+                                             dtypes=("float32", "bfloat16")))
     jobs.append(lambda: [bench_rating("tiny", rows=64, batch_size=16)])
     if not skip_gemma:
         jobs.append(lambda: [bench_rating("gemma-3-270m", rows=gemma_rows, batch_size=16)])

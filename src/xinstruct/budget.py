@@ -77,7 +77,8 @@ class PromptFitter:
         kept, cut = self.head(value, limit)
         prompt = render(kept)
         # re-tokenising the joined prompt can merge or split a token at the seams: shrink until it fits
-        while max_prompt_tokens is not None and cut is not None and self.length(prompt, special=True) > max_prompt_tokens:
+        while (max_prompt_tokens is not None and cut is not None
+               and self.length(prompt, special=True) > max_prompt_tokens):
             over = self.length(prompt, special=True) - max_prompt_tokens
             limit -= max(1, over)
             kept, cut = self.head(value, limit)

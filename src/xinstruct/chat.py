@@ -116,7 +116,8 @@ class ChatSession:
         count_tokens: token counter of the model (default: about 4 characters per token).
     """
 
-    def __init__(self, engine: Engine, settings: ChatSettings | None = None, count_tokens: Callable[[str], int] | None = None):
+    def __init__(self, engine: Engine, settings: ChatSettings | None = None,
+                 count_tokens: Callable[[str], int] | None = None):
         self.engine = engine
         self.settings = settings or ChatSettings()
         self.count_tokens = count_tokens or (lambda text: len(text) // 4 + 1)
@@ -142,7 +143,8 @@ class ChatSession:
         if used > budget:
             raise InputTooLong(
                 f"Your message needs {used} tokens with the prompt; with {max_new_tokens} new tokens the model's "
-                f"context of {self.settings.context_tokens} leaves room for {budget}. Shorten it or lower max new tokens."
+                f"context of {self.settings.context_tokens} leaves room for {budget}. "
+                f"Shorten it or lower max new tokens."
             )
         return prompt
 
@@ -152,7 +154,8 @@ class ChatSession:
         prompt = self.prompt(mode, message, language, assistant_style, history, max_new_tokens)
         params = GenerationParams(max_new_tokens=int(max_new_tokens), do_sample=temperature > 0,
                                   temperature=max(float(temperature), 1e-5), top_p=float(top_p),
-                                  seed=next(s for s in (seed, self.settings.seed, random.randrange(2**31)) if s is not None))
+                                  seed=next(s for s in (seed, self.settings.seed, random.randrange(2**31))
+                                            if s is not None))
         text = ""
         with self.slots:
             pieces = self.engine.stream(prompt, params)

@@ -26,7 +26,8 @@ import yaml
 
 from .config import Recipe
 
-# Peak dense bf16 FLOP/s, memory bandwidth (bytes/s) and memory (GB) per device; ``cpu-2core`` is this project's CI machine.
+# Peak dense bf16 FLOP/s, memory bandwidth (bytes/s) and memory (GB) per device; ``cpu-2core`` is this project's CI
+# machine.
 DEVICES: dict[str, dict[str, float]] = {
     "h100-80gb": {"peak_flops": 989e12, "bandwidth": 3.35e12, "memory_gb": 80},
     "a100-80gb": {"peak_flops": 312e12, "bandwidth": 2.0e12, "memory_gb": 80},
@@ -81,7 +82,8 @@ def model_params(name: str, override: float | None = None) -> float:
     return float(match.group(1)) * (1e9 if match.group(2).lower() == "b" else 1e6)
 
 
-def throughput(device: str, params: float, mfu: float = 0.4, prefill_efficiency: float = 0.5, decode_batch: int = 64) -> Throughput:
+def throughput(device: str, params: float, mfu: float = 0.4, prefill_efficiency: float = 0.5,
+               decode_batch: int = 64) -> Throughput:
     """Stated throughputs of ``device`` for a model of ``params`` parameters (bf16 weights)."""
     spec = DEVICES[device]
     decode_per_step = spec["bandwidth"] / (2 * params)  # every step reads all weights once
@@ -93,7 +95,8 @@ def throughput(device: str, params: float, mfu: float = 0.4, prefill_efficiency:
 
 
 def rates_from_run(run_dir: str | Path) -> dict[str, float]:
-    """Keep rates measured by a finished run: web-text filters, the candidate gate, the mean keep rate of refinement."""
+    """Keep rates measured by a finished run: web-text filters, the candidate gate, the mean keep rate of
+    refinement."""
     from .rundir import RunDir, iteration_step
 
     run = RunDir(run_dir)
@@ -126,7 +129,8 @@ def _sharded(recipe: Recipe) -> bool:
     """True when the launcher shards weights, gradients and optimizer state over the processes (FSDP, ZeRO-3)."""
     accelerate = _accelerate_config(recipe)
     return accelerate.get("distributed_type") == "FSDP" or (
-        accelerate.get("distributed_type") == "DEEPSPEED" and (accelerate.get("deepspeed_config") or {}).get("zero_stage") == 3)
+        accelerate.get("distributed_type") == "DEEPSPEED"
+        and (accelerate.get("deepspeed_config") or {}).get("zero_stage") == 3)
 
 
 def training_memory_gb(shape: ModelShape, role, row_tokens: int, processes: int, sharded: bool) -> float | None:
@@ -151,15 +155,18 @@ def training_memory_gb(shape: ModelShape, role, row_tokens: int, processes: int,
 
 
 def _trained_rows(training: dict[str, Any], rows: float, processes: int) -> float:
-    """Rows a training block goes through: ``max_steps`` x global batch, or ``num_train_epochs`` x rows (TRL default 3)."""
+    """Rows a training block goes through: ``max_steps`` x global batch, or ``num_train_epochs`` x rows (TRL
+    default 3)."""
     if training.get("max_steps", -1) and training.get("max_steps", -1) > 0:
-        batch = training.get("per_device_train_batch_size", 8) * training.get("gradient_accumulation_steps", 1) * processes
+        batch = (training.get("per_device_train_batch_size", 8) * training.get("gradient_accumulation_steps", 1)
+                 * processes)
         return training["max_steps"] * batch
     return rows * training.get("num_train_epochs", 3)
 
 
-def plan_costs(recipe: Recipe, device: str = "h100-80gb", rates: dict[str, float] | None = None, seeds_per_language: int | None = None,
-               params: float | None = None, speeds: Throughput | None = None) -> dict[str, Any]:
+def plan_costs(recipe: Recipe, device: str = "h100-80gb", rates: dict[str, float] | None = None,
+               seeds_per_language: int | None = None, params: float | None = None,
+               speeds: Throughput | None = None) -> dict[str, Any]:
     """Rows, tokens, time and GPU-hours of every step of ``recipe`` (see the module doc)."""
     rates = {**DEFAULT_RATES, **(rates or {})}
     n_params = model_params(recipe.base_model, params)
@@ -186,9 +193,9 @@ def plan_costs(recipe: Recipe, device: str = "h100-80gb", rates: dict[str, float
         train_speed = speed.train * (1.5 if role is not None and role.lora else 1.0)
         seconds = (generate / speed.decode + score / speed.prefill) / engines + train / (train_speed * gpus)
         used = (generate / speed.decode + score / speed.prefill) + train / train_speed  # device-seconds
-        rows.append({"step": name, "rows_in": round(rows_in), "rows_out": round(rows_out), "generate_tokens": round(generate),
-                     "score_tokens": round(score), "train_tokens": round(train), "hours": seconds / 3600,
-                     "gpu_hours": used / 3600})
+        rows.append({"step": name, "rows_in": round(rows_in), "rows_out": round(rows_out),
+                     "generate_tokens": round(generate), "score_tokens": round(score), "train_tokens": round(train),
+                     "hours": seconds / 3600, "gpu_hours": used / 3600})
 
     def train_tokens(role, n_rows: float, max_row: int) -> float:
         return _trained_rows(role.training, n_rows, gpus) * min(role.training.get("max_length") or max_row, max_row)
@@ -201,7 +208,8 @@ def plan_costs(recipe: Recipe, device: str = "h100-80gb", rates: dict[str, float
     step("baseline", held_rows, held_rows, generate=held_rows * (recipe.candidates.decoding.max_new_tokens + resp),
          score=held_rows * (2 * FRAME_TOKENS + text + INSTRUCTION_TOKENS))
     gen_row = FRAME_TOKENS + text + INSTRUCTION_TOKENS
-    step("generator", train_seeds * langs, train_seeds * langs, train=train_tokens(recipe.generator, train_seeds * langs, gen_row), role=recipe.generator,
+    step("generator", train_seeds * langs, train_seeds * langs,
+         train=train_tokens(recipe.generator, train_seeds * langs, gen_row), role=recipe.generator,
          generate=held_rows * recipe.candidates.decoding.max_new_tokens, score=held_rows * gen_row)
     candidates = webtext_out * rates["gate_kept"]
     step("candidates", webtext_out, candidates, generate=webtext_out * recipe.candidates.decoding.max_new_tokens,
@@ -242,9 +250,11 @@ def plan_costs(recipe: Recipe, device: str = "h100-80gb", rates: dict[str, float
     sharded = _sharded(recipe)
     memory = {name: training_memory_gb(shape, role, row, gpus, sharded) for name, (role, row) in longest.items()}
     keep_factor = rates["keep_rate"] ** (ref.iterations if ref.rate == "kept" else 1)
-    needed = math.ceil(recipe.diversification.target_per_language / (rates["webtext_kept"] * rates["gate_kept"] * keep_factor))
+    needed = math.ceil(recipe.diversification.target_per_language
+                       / (rates["webtext_kept"] * rates["gate_kept"] * keep_factor))
     return {
-        "recipe": recipe.name, "model": recipe.base_model, "params": n_params, "device": device, "processes": gpus, "engine_devices": engines,
+        "recipe": recipe.name, "model": recipe.base_model, "params": n_params, "device": device, "processes": gpus,
+        "engine_devices": engines,
         "throughput": {"train": speed.train, "prefill": speed.prefill, "decode": speed.decode},
         "rates": rates, "steps": rows, "sharded": sharded, "memory_gb": memory,
         "device_memory_gb": DEVICES[device]["memory_gb"],
@@ -265,16 +275,18 @@ def format_costs(plan: dict[str, Any]) -> str:
     """The plan as a Markdown table with its assumptions."""
     t = plan["throughput"]
     lines = [
-        f"Recipe {plan['recipe']}: {plan['model']} ({_n(plan['params'])} parameters), {plan['processes']} training process(es) "
-        f"and {plan['engine_devices']} inference device(s) on {plan['device']}; tokens/s per device: train {_n(t['train'])}, prefill {_n(t['prefill'])}, decode {_n(t['decode'])}.",
+        f"Recipe {plan['recipe']}: {plan['model']} ({_n(plan['params'])} parameters), "
+        f"{plan['processes']} training process(es) "
+        f"and {plan['engine_devices']} inference device(s) on {plan['device']}; tokens/s per device: "
+        f"train {_n(t['train'])}, prefill {_n(t['prefill'])}, decode {_n(t['decode'])}.",
         "Rates: " + ", ".join(f"{k} {v:.2f}" for k, v in plan["rates"].items()) + ".",
         "",
         "| step | rows in | rows out | tokens to generate | tokens to score | tokens to train | hours | GPU-hours |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in plan["steps"]:
-        lines.append(f"| {r['step']} | {_n(r['rows_in'])} | {_n(r['rows_out'])} | {_n(r['generate_tokens'])} | {_n(r['score_tokens'])} | "
-                     f"{_n(r['train_tokens'])} | {r['hours']:.2f} | {r['gpu_hours']:.2f} |")
+        lines.append(f"| {r['step']} | {_n(r['rows_in'])} | {_n(r['rows_out'])} | {_n(r['generate_tokens'])} | "
+                     f"{_n(r['score_tokens'])} | {_n(r['train_tokens'])} | {r['hours']:.2f} | {r['gpu_hours']:.2f} |")
     lines.append(f"| **total** | | | | | | **{plan['total_hours']:.1f}** | **{plan['total_gpu_hours']:.1f}** |")
     known = {role: gb for role, gb in plan["memory_gb"].items() if gb is not None}
     if known:
@@ -285,6 +297,7 @@ def format_costs(plan: dict[str, Any]) -> str:
                   + f"; the peak {fits} in {plan['device']} ({plan['device_memory_gb']:.0f} GB)."]
     have = plan["webtexts_per_language"]
     verdict = "enough" if plan["enough"] else "NOT enough"
-    lines += ["", f"Web texts needed per language for target_per_language after filtering: {plan['webtexts_needed_per_language']}; "
+    lines += ["", f"Web texts needed per language for target_per_language after filtering: "
+                  f"{plan['webtexts_needed_per_language']}; "
                   f"the recipe reads {have if have is not None else 'all (no limit)'}: {verdict}."]
     return "\n".join(lines)

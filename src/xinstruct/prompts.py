@@ -52,7 +52,8 @@ def generator_example(instruction: str, output: str) -> dict[str, str]:
     return {"prompt": generator_prompt(output), "completion": instruction}
 
 
-def follower_example(instruction: str, output: str, language_name: str, assistant_style: bool = False) -> dict[str, str]:
+def follower_example(instruction: str, output: str, language_name: str,
+                     assistant_style: bool = False) -> dict[str, str]:
     """A pair as an instruction-follower training example (English instruction -> target-language text)."""
     return {"prompt": follower_prompt(instruction, language_name, assistant_style), "completion": output}
 

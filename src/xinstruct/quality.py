@@ -44,7 +44,8 @@ def auc(positive: Sequence[float], negative: Sequence[float]) -> float | None:
     return round(float((ranks[:n_pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)), 4)
 
 
-def rating_figures(levels: Sequence[int], probs: Sequence[Sequence[float]], languages: Sequence[str]) -> dict[str, Any]:
+def rating_figures(levels: Sequence[int], probs: Sequence[Sequence[float]],
+                   languages: Sequence[str]) -> dict[str, Any]:
     """Accuracy (overall and per language), confusion ``"true->predicted"``, and AUC of P(3) for 3 vs 1 and 3 vs 2,
     for rows with true ``levels`` and predicted ``probs`` = (P(1), P(2), P(3))."""
     predicted = [1 + int(np.argmax(p)) for p in probs]
@@ -56,7 +57,8 @@ def rating_figures(levels: Sequence[int], probs: Sequence[Sequence[float]], lang
     return {
         "accuracy": round(sum(t == p for t, p in zip(levels, predicted)) / max(1, len(levels)), 4),
         "accuracy_per_language": {c: round(sum(v) / len(v), 4) for c, v in sorted(per_lang.items())},
-        "accuracy_per_level": {str(lv): round(confusion[f"{lv}->{lv}"] / max(1, list(levels).count(lv)), 4) for lv in LEVELS},
+        "accuracy_per_level": {str(lv): round(confusion[f"{lv}->{lv}"] / max(1, list(levels).count(lv)), 4)
+                               for lv in LEVELS},
         "confusion": dict(sorted(confusion.items())),
         "auc_3v1": auc(p3[3], p3[1]),
         "auc_3v2": auc(p3[3], p3[2]),
@@ -93,7 +95,8 @@ class LengthBaseline:
         return out
 
 
-def retrieval(generated: np.ndarray, gold: np.ndarray, languages: Sequence[str], ks: Sequence[int] = (1, 5)) -> dict[str, Any]:
+def retrieval(generated: np.ndarray, gold: np.ndarray, languages: Sequence[str],
+              ks: Sequence[int] = (1, 5)) -> dict[str, Any]:
     """For each row, rank the gold instructions of its language (unit vectors, cosine) by similarity to its
     generated instruction: the share of rows whose own gold instruction is in the top k. ``pool`` is the mean
     number of candidates per row (k >= pool is a sure hit, so read @k against it)."""
@@ -112,7 +115,8 @@ def retrieval(generated: np.ndarray, gold: np.ndarray, languages: Sequence[str],
     return out
 
 
-def generator_figures(instructions: Sequence[str], gold: Sequence[str], languages: Sequence[str], embed) -> dict[str, Any]:
+def generator_figures(instructions: Sequence[str], gold: Sequence[str], languages: Sequence[str],
+                      embed) -> dict[str, Any]:
     """English share, mean cosine similarity to the gold instruction and retrieval@1/@5 of generated
     ``instructions``. ``embed(texts) -> unit vectors`` is the diversification embedder."""
     detections = lid.detect([t if t.strip() else "" for t in instructions], "en")
@@ -136,4 +140,5 @@ def fidelity_figures(answers: Sequence[str], languages: Sequence[str]) -> dict[s
         result = language_fidelity(texts, code)
         per_lang[code] = result["fidelity"]
         hits += result["in_language"]
-    return {"fidelity": round(hits / max(1, len(answers)), 4), "fidelity_per_language": per_lang, "answers": len(answers)}
+    return {"fidelity": round(hits / max(1, len(answers)), 4), "fidelity_per_language": per_lang,
+            "answers": len(answers)}

@@ -33,7 +33,8 @@ def iteration_report(run_dir: str | Path, iterations: int) -> list[dict[str, Any
     run = RunDir(run_dir)
     report = []
     for k in range(1, iterations + 1):
-        m = {name: run.manifest(iteration_step(k, name)) for name in ("follower", "pseudo_ratings", "evaluator", "ratings", "kept")}
+        m = {name: run.manifest(iteration_step(k, name))
+             for name in ("follower", "pseudo_ratings", "evaluator", "ratings", "kept")}
         if not all(m.values()):
             continue
         ev, planted = m["evaluator"], m["ratings"].get("planted") or {}
@@ -100,12 +101,15 @@ def format_iteration_report(report: list[dict[str, Any]]) -> str:
     per_language = lambda values: " ".join(f"{c}:{_f(v)}" for c, v in sorted((values or {}).items()))  # noqa: E731
     for r in report:
         k = r["iteration"]
-        per_lang = " ".join(f"{c}:{n}/{r['rows_in_per_language'][c]}" for c, n in sorted(r["kept_per_language"].items()))
+        per_lang = " ".join(f"{c}:{n}/{r['rows_in_per_language'][c]}"
+                            for c, n in sorted(r["kept_per_language"].items()))
         lines.append(f"iteration {k} kept per language: {per_lang}")
-        lines.append(f"iteration {k} evaluator accuracy per language: {per_language(r['evaluator_accuracy_per_language'])}")
+        lines.append(f"iteration {k} evaluator accuracy per language: "
+                     f"{per_language(r['evaluator_accuracy_per_language'])}")
         confusion = " ".join(f"{key}:{n}" for key, n in (r["evaluator_confusion"] or {}).items())
         lines.append(f"iteration {k} evaluator confusion (true->predicted): {confusion}")
-        lines.append(f"iteration {k} follower fidelity per language: {per_language(r['follower_fidelity_per_language'])}")
+        lines.append(f"iteration {k} follower fidelity per language: "
+                     f"{per_language(r['follower_fidelity_per_language'])}")
     return "\n".join(lines)
 
 
@@ -115,10 +119,13 @@ def format_run_summary(summary: dict[str, Any]) -> str:
     gen, base = summary.get("generator") or {}, summary.get("generator_base") or {}
     if gen:
         lines.append(
-            "generator (held-out, vs base): English {} ({}), similarity {} ({}), retrieval@1 {} ({}), retrieval@5 {} ({}) "
+            "generator (held-out, vs base): English {} ({}), similarity {} ({}), retrieval@1 {} ({}), "
+            "retrieval@5 {} ({}) "
             "among {} gold instructions per language".format(
-                _f(gen.get("english_share")), _f(base.get("english_share")), _f(gen.get("similarity")), _f(base.get("similarity")),
-                _f(gen.get("retrieval@1")), _f(base.get("retrieval@1")), _f(gen.get("retrieval@5")), _f(base.get("retrieval@5")),
+                _f(gen.get("english_share")), _f(base.get("english_share")),
+                _f(gen.get("similarity")), _f(base.get("similarity")),
+                _f(gen.get("retrieval@1")), _f(base.get("retrieval@1")),
+                _f(gen.get("retrieval@5")), _f(base.get("retrieval@5")),
                 gen.get("retrieval_pool")))
     if summary.get("final_fidelity") is not None:
         lines.append(f"final model language fidelity (held-out English instructions): {_f(summary['final_fidelity'])} "

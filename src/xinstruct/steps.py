@@ -52,7 +52,8 @@ class StepSpec:
 
 @dataclass
 class StepContext:
-    """What a running step sees: the recipe, its own :class:`~xinstruct.rundir.Step`, and the steps planned before it."""
+    """What a running step sees: the recipe, its own :class:`~xinstruct.rundir.Step`, and the steps planned before
+    it."""
 
     recipe: Recipe
     step: Step

@@ -105,7 +105,8 @@ def _local_rows(root: Path, lang: Language, field: str) -> Iterator[dict[str, An
     if sub.is_dir():
         files += sorted(p for p in sub.rglob("*") if p.suffix in SUFFIXES)
     if not files:
-        logger.warning("%s: no file for language %s (looked for %s.{jsonl,parquet,txt} and %s/)", root, lang.code, lang.code, lang.code)
+        logger.warning("%s: no file for language %s (looked for %s.{jsonl,parquet,txt} and %s/)", root, lang.code,
+                       lang.code, lang.code)
     for path in files:
         yield from read_file(path, field)
 

@@ -55,9 +55,11 @@ class Translator:
             logger.warning("Tokenizer has no %s token: the model must translate into it unprompted", flores)
         out: list[str] = []
         for start in range(0, len(texts), self.batch_size):
-            enc = self.tokenizer(texts[start : start + self.batch_size], return_tensors="pt", padding=True, truncation=True)
+            enc = self.tokenizer(texts[start : start + self.batch_size], return_tensors="pt", padding=True,
+                                 truncation=True)
             kwargs = {"forced_bos_token_id": forced} if forced is not None else {}
-            ids = self.model.generate(**enc, max_new_tokens=self.max_new_tokens, num_beams=1, do_sample=False, **kwargs)
+            ids = self.model.generate(**enc, max_new_tokens=self.max_new_tokens, num_beams=1, do_sample=False,
+                                      **kwargs)
             out += [clean_text(t) for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
         return out
 
@@ -98,6 +100,7 @@ def build_seed_pairs(
         translated = translator.translate([o for _, o in pairs], lang.flores)
         with (out / f"{code}.jsonl").open("w", encoding="utf-8") as fh:
             for n, ((instruction, _), output) in enumerate(zip(pairs, translated)):
-                row = {"id": f"{code}-mt-{n:05d}", "language": code, "instruction": instruction, "output": output, "source": f"mt:{model}"}
+                row = {"id": f"{code}-mt-{n:05d}", "language": code, "instruction": instruction, "output": output,
+                       "source": f"mt:{model}"}
                 fh.write(json.dumps(row, ensure_ascii=False) + "\n")
     return out

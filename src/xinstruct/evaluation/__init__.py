@@ -5,4 +5,5 @@ benchmarks (XCOPA, XNLI, XStoryCloze), and a Markdown report that also feeds the
 from .judge import JudgeResult, extract_scores, judge_pairs, pair_verdict, summarize, zero_shot_retention
 from .questions import load_questions
 
-__all__ = ["JudgeResult", "extract_scores", "judge_pairs", "load_questions", "pair_verdict", "summarize", "zero_shot_retention"]
+__all__ = ["JudgeResult", "extract_scores", "judge_pairs", "load_questions", "pair_verdict", "summarize",
+           "zero_shot_retention"]

@@ -34,7 +34,8 @@ def generate_answers(engine: Engine, questions: list[dict[str, Any]], language: 
     decoding = {"max_new_tokens": params.max_new_tokens, "do_sample": params.do_sample, "seed": params.seed}
     if path.exists():  # reused only when asked the same way: same model, prompts and decoding
         done = list(read_jsonl(path))
-        if [(a.get("model"), a.get("prompt"), a.get("decoding")) for a in done] == [(model, p, decoding) for p in prompts]:
+        if ([(a.get("model"), a.get("prompt"), a.get("decoding")) for a in done]
+                == [(model, p, decoding) for p in prompts]):
             return done
     outputs = engine.generate(prompts, params)
     rows = [{"question_id": q["question_id"], "category": q["category"], "language": language, "mode": mode,

@@ -28,7 +28,8 @@ JUDGE_SYSTEM = (
     "and the given input displayed following."
 )
 JUDGE_PROMPT = (
-    "Given the question and the answer in {lang} language. You are a helpful and precise assistant for checking the quality of the answer in {lang}.\n\n"
+    "Given the question and the answer in {lang} language. You are a helpful and precise assistant for checking the "
+    "quality of the answer in {lang}.\n\n"
     "<question>\n"
     "{instruction}\n"
     "</question>\n"
@@ -39,7 +40,8 @@ JUDGE_PROMPT = (
     "{output2}\n"
     "</answer2>\n\n"
     "Suppose the user only speaks the language of the question, please evaluate both answers with your justification, "
-    "and only provide a score ranging from 0 to 10 after your justifications, the score must be an integer. When evaluating the answers, you should consider the helpfulness, relevance, accuracy, "
+    "and only provide a score ranging from 0 to 10 after your justifications, the score must be an integer. "
+    "When evaluating the answers, you should consider the helpfulness, relevance, accuracy, "
     "level of details of the answers. The score for answer 1 should be wrapped by <score1> and </score1>, "
     "and the score for answer 2 should be wrapped by <score2> and </score2>.\n\n"
     "Please only output the scores for the answers, and do not output the justification and any other information.\n\n"

@@ -17,7 +17,8 @@ def question_file(source: str | Path, language: str) -> Path:
     folder = BUILTIN if str(source) == "builtin" else Path(source)
     path = folder / f"{language}.jsonl"
     if not path.exists():
-        raise DataError(f"No questions for {language!r}: {path} does not exist (a question set is a folder of <code>.jsonl files).")
+        raise DataError(f"No questions for {language!r}: {path} does not exist "
+                        f"(a question set is a folder of <code>.jsonl files).")
     return path
 
 
@@ -29,8 +30,10 @@ def load_questions(source: str | Path, language: str, limit: int | None = None) 
     for n, row in enumerate(read_jsonl(path), 1):
         missing = {"question_id", "text"} - set(row)
         if missing or not str(row.get("text", "")).strip():
-            raise DataError(f"{path}: question {n} needs question_id and a non-empty text (missing {sorted(missing)}).")
-        rows.append({"question_id": row["question_id"], "text": row["text"], "category": row.get("category", "generic")})
+            raise DataError(f"{path}: question {n} needs question_id and a non-empty text "
+                            f"(missing {sorted(missing)}).")
+        rows.append({"question_id": row["question_id"], "text": row["text"],
+                     "category": row.get("category", "generic")})
     return rows[:limit] if limit else rows
 
 

@@ -25,7 +25,8 @@ def write_report(results: dict[str, Any], out_dir: str | Path) -> Path:
     judged = results.get("pairwise") or {}
     if judged:
         lines += ["", "## Pairwise (candidate vs baseline, both answer orders)", "",
-                  "| language | mode | win | tie | loss | failed | win rate | tie rate |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+                  "| language | mode | win | tie | loss | failed | win rate | tie rate |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|"]
         for mode, per_lang in judged.items():
             for lang, s in per_lang.items():
                 lines.append(f"| {lang} | {mode} | {s['win']} | {s['tie']} | {s['loss']} | {s['failed']} | "
@@ -34,18 +35,21 @@ def write_report(results: dict[str, Any], out_dir: str | Path) -> Path:
         if retention:
             lines += ["", "Zero-shot retention (zero-shot win rate / cross-lingual win rate): "
                       + ", ".join(f"{lang} {_pct(v)}" for lang, v in retention.items()) + "."]
-        grouped_bars({mode: {lang: s["win_rate"] for lang, s in per_lang.items()} for mode, per_lang in judged.items()},
+        grouped_bars({mode: {lang: s["win_rate"] for lang, s in per_lang.items()}
+                      for mode, per_lang in judged.items()},
                      out_dir / "plots" / "win_rate.png", "win rate", "Win rate against the baseline")
         lines += ["", "![win rate](plots/win_rate.png)"]
     fidelity = results.get("language_fidelity") or {}
     if fidelity:
         langs = sorted({code for per_mode in fidelity.values() for per_lang in per_mode.values() for code in per_lang})
-        lines += ["", "## Language fidelity (answers in the requested language)", "", "| model | mode | " + " | ".join(langs) + " |"]
+        lines += ["", "## Language fidelity (answers in the requested language)", "",
+                  "| model | mode | " + " | ".join(langs) + " |"]
         lines.append("|---|---|" + "---:|" * len(langs))
         series = {}
         for label, per_mode in fidelity.items():
             for mode, per_lang in per_mode.items():
-                lines.append(f"| {label} | {mode} | " + " | ".join(_pct(per_lang[c]["fidelity"]) for c in langs) + " |")
+                lines.append(f"| {label} | {mode} | "
+                             + " | ".join(_pct(per_lang[c]["fidelity"]) for c in langs) + " |")
                 series[f"{label} {mode}"] = {c: per_lang[c]["fidelity"] for c in langs}
         grouped_bars(series, out_dir / "plots" / "language_fidelity.png", "share in the language", "Language fidelity")
         lines += ["", "![language fidelity](plots/language_fidelity.png)"]
@@ -60,7 +64,8 @@ def write_report(results: dict[str, Any], out_dir: str | Path) -> Path:
                      out_dir / "plots" / "benchmarks.png", "accuracy", "Benchmarks")
         lines += ["", "![benchmarks](plots/benchmarks.png)"]
         if results["harness"].get("limit"):
-            lines.append(f"\nAt most {results['harness']['limit']} documents per task (a quick check, not a full run).")
+            lines.append(f"\nAt most {results['harness']['limit']} documents per task "
+                         f"(a quick check, not a full run).")
     path = out_dir / "report.md"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
@@ -78,10 +83,12 @@ def card_eval_results(results: dict[str, Any]) -> tuple[list[Any], dict[str, Any
             if s["win_rate"] is None:
                 continue
             entries.append(EvalResult(task_type="text-generation", task_name=f"pairwise vs baseline ({mode})",
-                                      dataset_type="x-instruction-questions", dataset_name=f"X-Instruction questions ({questions})",
+                                      dataset_type="x-instruction-questions",
+                                      dataset_name=f"X-Instruction questions ({questions})",
                                       dataset_config=lang, metric_type="win_rate", metric_value=s["win_rate"],
                                       metric_name=f"win rate vs {results.get('baseline')}"))
-            table[f"win rate vs baseline, {mode}, {lang}"] = f"{_pct(s['win_rate'])} ({s['win']}/{s['tie']}/{s['loss']}, {s['failed']} failed)"
+            table[f"win rate vs baseline, {mode}, {lang}"] = (
+                f"{_pct(s['win_rate'])} ({s['win']}/{s['tie']}/{s['loss']}, {s['failed']} failed)")
     for lang, value in (results.get("zero_shot_retention") or {}).items():
         table[f"zero-shot retention, {lang}"] = _pct(value)
     for mode, per_lang in (results.get("language_fidelity") or {}).get("candidate", {}).items():
@@ -89,12 +96,15 @@ def card_eval_results(results: dict[str, Any]) -> tuple[list[Any], dict[str, Any
             if f["fidelity"] is None:
                 continue
             entries.append(EvalResult(task_type="text-generation", task_name=f"language fidelity ({mode})",
-                                      dataset_type="x-instruction-questions", dataset_name=f"X-Instruction questions ({questions})",
-                                      dataset_config=lang, metric_type="language_fidelity", metric_value=f["fidelity"]))
+                                      dataset_type="x-instruction-questions",
+                                      dataset_name=f"X-Instruction questions ({questions})",
+                                      dataset_config=lang, metric_type="language_fidelity",
+                                      metric_value=f["fidelity"]))
             table[f"language fidelity, {mode}, {lang}"] = _pct(f["fidelity"])
     for task, per_lang in ((results.get("harness") or {}).get("results") or {}).items():
         for lang, m in per_lang.items():
-            entries.append(EvalResult(task_type="multiple-choice", task_name=task, dataset_type=task, dataset_name=task,
-                                      dataset_config=lang, metric_type="accuracy", metric_value=m["acc"]))
+            entries.append(EvalResult(task_type="multiple-choice", task_name=task, dataset_type=task,
+                                      dataset_name=task, dataset_config=lang, metric_type="accuracy",
+                                      metric_value=m["acc"]))
             table[f"{task} {lang} accuracy"] = _pct(m["acc"])
     return entries, table

@@ -68,14 +68,16 @@ def evaluate_models(cfg: EvalConfig, out_dir: str | Path) -> dict[str, Any]:
             for code in cfg.languages:
                 logger.info("answers: %s, %s, %s", role, mode, code)
                 answers.setdefault(role, {}).setdefault(mode, {})[code] = generate_answers(
-                    engine, questions[code], code, mode, model, params, out_dir / "answers" / f"{role}.{mode}.{code}.jsonl")
+                    engine, questions[code], code, mode, model, params,
+                    out_dir / "answers" / f"{role}.{mode}.{code}.jsonl")
         del engine
     results: dict[str, Any] = {
         "candidate": cfg.candidate, "baseline": cfg.baseline, "languages": cfg.languages, "modes": list(cfg.modes),
         "questions": cfg.questions, "questions_per_language": {c: len(q) for c, q in questions.items()},
         "judge": f"{cfg.judge.model} at {cfg.judge.base_url}" if cfg.judge else None,
         "language_fidelity": {
-            role: {mode: {code: language_fidelity([a["output"] for a in rows], code) for code, rows in per_lang.items()}
+            role: {mode: {code: language_fidelity([a["output"] for a in rows], code)
+                          for code, rows in per_lang.items()}
                    for mode, per_lang in per_mode.items()}
             for role, per_mode in answers.items()
         },
@@ -85,7 +87,8 @@ def evaluate_models(cfg: EvalConfig, out_dir: str | Path) -> dict[str, Any]:
     if cfg.harness:
         from .harness import run_harness
 
-        results["harness"] = run_harness(cfg.candidate, cfg.harness, cfg.languages, cfg.harness_data, cfg.harness_limit)
+        results["harness"] = run_harness(cfg.candidate, cfg.harness, cfg.languages, cfg.harness_data,
+                                         cfg.harness_limit)
     (out_dir / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False), encoding="utf-8")
     write_report(results, out_dir)
     return results
@@ -98,7 +101,8 @@ def _judge(cfg: EvalConfig, questions, answers, out_dir: Path) -> dict[str, Any]
     engine = make_engine(config, judge.model, out_dir / "requests" / "judge")
 
     def generate(prompts: list[str], seed: int, temperature: float) -> list[str]:
-        return engine.generate(prompts, GenerationParams(max_new_tokens=judge.max_new_tokens, do_sample=temperature > 0,
+        return engine.generate(prompts, GenerationParams(max_new_tokens=judge.max_new_tokens,
+                                                          do_sample=temperature > 0,
                                                           temperature=temperature or 1.0, top_p=1.0, seed=seed))
 
     pairs = []
@@ -106,7 +110,8 @@ def _judge(cfg: EvalConfig, questions, answers, out_dir: Path) -> dict[str, Any]
         for code in cfg.languages:
             cand, base = answers["candidate"][mode][code], answers["baseline"][mode][code]
             for q, a, b in zip(questions[code], cand, base):
-                pairs.append({"question_id": q["question_id"], "language": code, "language_name": languages.get(code).name,
+                pairs.append({"question_id": q["question_id"], "language": code,
+                              "language_name": languages.get(code).name,
                               "mode": mode, "category": q["category"], "question": q["text"],
                               "candidate": a["output"], "baseline": b["output"]})
     judged = judge_pairs(generate, pairs, retries=judge.retries)

@@ -38,7 +38,8 @@ def engine_config(type: str = "local", **settings) -> EngineConfig:
     return config
 
 
-def make_engine(config: EngineConfig, model: str, requests_dir: str | Path | None = None, progress: bool = True) -> Engine:
+def make_engine(config: EngineConfig, model: str, requests_dir: str | Path | None = None,
+                progress: bool = True) -> Engine:
     """Build the engine ``config`` describes (``recipe.engine_for(role)``), serving ``model``.
 
     Args:
@@ -51,4 +52,5 @@ def make_engine(config: EngineConfig, model: str, requests_dir: str | Path | Non
     return config.make(model, requests_dir=requests_dir, progress=progress)
 
 
-__all__ = ["ENGINES", "Decoding", "Engine", "EngineConfig", "GenerationParams", "config_class", "engine_config", "make_engine"]
+__all__ = ["ENGINES", "Decoding", "Engine", "EngineConfig", "GenerationParams", "config_class", "engine_config",
+           "make_engine"]

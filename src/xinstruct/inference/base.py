@@ -108,5 +108,6 @@ class Engine(ABC):
     def loglik(self, prompts: list[str], continuations: list[str]) -> list[tuple[float, int]]:
         """Return, per row, the summed log-probability of ``continuation`` after ``prompt`` and its token count."""
         raise NotImplementedError(
-            f"The {self.name} engine cannot score continuations (log-likelihoods); serve this role with a local engine."
+            f"The {self.name} engine cannot score continuations (log-likelihoods); "
+            f"serve this role with a local engine."
         )

@@ -78,8 +78,9 @@ class EndpointConfig(EngineConfig):
                 raise RecipeError(f"{where}.base_urls: {url!r} is not an http(s) URL.")
 
     def make(self, model: str, requests_dir: str | Path | None = None, progress: bool = True) -> Engine:
-        """An :class:`~xinstruct.inference.endpoint.EndpointEngine`; ``model`` is the default ``model=`` (built-in names
-        are resolved and local paths made absolute, so a ``transformers serve`` on this machine can load it)."""
+        """An :class:`~xinstruct.inference.endpoint.EndpointEngine`; ``model`` is the default ``model=``
+        (built-in names are resolved and local paths made absolute, so a ``transformers serve`` on this machine can
+        load it)."""
         from ..models import resolve_model
         from .endpoint import EndpointEngine
         from .replay import ReplayStore

@@ -129,7 +129,8 @@ class LocalEngine(Engine):
     """A causal LM loaded with transformers in this process.
 
     Args:
-        model (`str`): model name for :func:`xinstruct.models.resolve_model` (Hub id, path, ``tiny``, ``gemma-3-270m``).
+        model (`str`): model name for :func:`xinstruct.models.resolve_model` (Hub id, path, ``tiny``,
+            ``gemma-3-270m``).
         batch_size (`int`, defaults to `16`): prompts per forward pass.
         dtype (`str`, defaults to `"auto"`): weights dtype; ``auto`` is bfloat16 where the device runs it natively
             (CUDA with bf16, a CPU with AVX512-BF16 or AMX) and float32 elsewhere.
@@ -290,12 +291,14 @@ class LocalEngine(Engine):
         for option in options:
             toks = self.tokenizer(option, add_special_tokens=False)["input_ids"]
             if len(toks) != 1:
-                raise ValueError(f"Score option {option!r} is {len(toks)} tokens for this tokenizer; options must be single tokens.")
+                raise ValueError(f"Score option {option!r} is {len(toks)} tokens for this tokenizer; "
+                                 f"options must be single tokens.")
             if context is not None:
                 base = self.tokenizer(context)["input_ids"]
                 joined = self.tokenizer(context + option)["input_ids"]
                 if joined != base + toks:
-                    raise ValueError(f"After the prompt, {option!r} does not tokenise as one separate token; end the prompt with a separator such as a newline.")
+                    raise ValueError(f"After the prompt, {option!r} does not tokenise as one separate token; "
+                                     f"end the prompt with a separator such as a newline.")
             ids.append(toks[0])
         if len(set(ids)) != len(ids):
             raise ValueError(f"Score options {options} map to the same token.")

@@ -142,7 +142,8 @@ class DevicePool(Engine):
                 dead = [d for d, w in zip(self.devices, self._workers) if not w.is_alive()]
                 if dead:
                     self.close()
-                    raise StageError(f"An engine worker process ({', '.join(dead)}) died; see its output above.") from None
+                    raise StageError(
+                        f"An engine worker process ({', '.join(dead)}) died; see its output above.") from None
                 continue
             status, key, value, extra = message
             if status == "failed":
@@ -185,7 +186,8 @@ class DevicePool(Engine):
         if not prompts:
             return []
         batches = length_batches(self._lengths(prompts), self.batch_size, self.max_input_tokens)
-        return self._run("score", [(idx, ([prompts[i] for i in idx], options)) for idx in batches], len(prompts), "score")
+        return self._run("score", [(idx, ([prompts[i] for i in idx], options)) for idx in batches], len(prompts),
+                         "score")
 
     def loglik(self, prompts: list[str], continuations: list[str]) -> list[tuple[float, int]]:
         """See :meth:`Engine.loglik`."""

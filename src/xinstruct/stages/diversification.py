@@ -93,7 +93,8 @@ def kmeans_labels(vectors: np.ndarray, k: int, seed: int, niter: int = 20) -> tu
     import faiss
 
     k = max(1, min(k, len(vectors)))
-    km = faiss.Kmeans(vectors.shape[1], k, niter=niter, seed=seed, verbose=False, spherical=False, min_points_per_centroid=1)
+    km = faiss.Kmeans(vectors.shape[1], k, niter=niter, seed=seed, verbose=False, spherical=False,
+                      min_points_per_centroid=1)
     km.train(vectors)
     dist, labels = km.index.search(vectors, 1)
     return labels[:, 0], dist[:, 0]

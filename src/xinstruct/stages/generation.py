@@ -135,7 +135,8 @@ def measure_baseline(recipe: Recipe, seeds: Dataset, step: Step, engine: Engine)
     """The untrained base model on the held-out seed pairs: generator figures and language fidelity."""
     heldout = split_rows(seeds, "heldout")
     outputs = held_out_outputs(recipe, heldout, engine, fitter_for(recipe.base_model))
-    step.save(heldout.add_column("generated_instruction", outputs["instruction"]).add_column("answer", outputs["answer"]))
+    step.save(heldout.add_column("generated_instruction", outputs["instruction"])
+              .add_column("answer", outputs["answer"]))
     embed = instruction_embedder(recipe)
     return {
         "rows_in": len(heldout),
@@ -173,7 +174,8 @@ def generator_training_set(seeds: Dataset, fitter: PromptFitter, text_tokens: in
     return Dataset.from_dict({"prompt": prompts, "completion": seeds["instruction"]}), cut
 
 
-def train_generator(recipe: Recipe, seeds: Dataset, step: Step, make_engine, baseline: dict[str, Any]) -> dict[str, Any]:
+def train_generator(recipe: Recipe, seeds: Dataset, step: Step, make_engine,
+                    baseline: dict[str, Any]) -> dict[str, Any]:
     """SFT the generator on the training seed pairs (``step/model``), then measure it on the held-out pairs
     next to the base model's figures (``baseline``, the manifest of the baseline step)."""
     role = recipe.generator

@@ -32,7 +32,8 @@ GENERIC_INSTRUCTION = "Write a text."
 FEATURES = ("logp_per_token_given_instruction", "logp_per_token_given_generic_instruction", "pmi_per_token")
 
 
-def likelihood_features(engine: Engine, instructions: Sequence[str], responses: Sequence[str], languages: Sequence[str]) -> np.ndarray:
+def likelihood_features(engine: Engine, instructions: Sequence[str], responses: Sequence[str],
+                        languages: Sequence[str]) -> np.ndarray:
     """``(rows, 3)`` features of each pair from the model ``engine`` serves (see the module doc)."""
     names = [get_language(code).name for code in languages]
     given = engine.loglik([follower_prompt(i, n) for i, n in zip(instructions, names)], list(responses))

@@ -77,14 +77,16 @@ def scores_from_probs(probs: list) -> dict[str, list]:
     }
 
 
-def train_evaluator(recipe: Recipe, pseudo: Dataset, step: Step, make_engine, follower: str | None = None) -> dict[str, Any]:
+def train_evaluator(recipe: Recipe, pseudo: Dataset, step: Step, make_engine,
+                    follower: str | None = None) -> dict[str, Any]:
     """Train the evaluator on the training split (``evaluator_kind``: ``sft`` fine-tunes a model to write the
     rating; ``likelihood`` fits a rating head on the ``follower``'s likelihoods, see :mod:`.likelihood`); on the
     held-out split: its figures next to a length-only classifier fitted on the same training rows."""
     role = recipe.refinement.evaluator
     train = split_rows(pseudo, "train")
     heldout = split_rows(pseudo, "heldout")
-    report: dict[str, Any] = {"rows_in": len(train), "heldout_rows": len(heldout), "kind": recipe.refinement.evaluator_kind}
+    report: dict[str, Any] = {"rows_in": len(train), "heldout_rows": len(heldout),
+                              "kind": recipe.refinement.evaluator_kind}
     if recipe.refinement.evaluator_kind == "likelihood":
         engine = make_engine(follower)
         features = likelihood_features(engine, train["instruction"], train["response"], train["language"])
@@ -96,7 +98,8 @@ def train_evaluator(recipe: Recipe, pseudo: Dataset, step: Step, make_engine, fo
     else:
         fitter = fitter_for(recipe.model_for(role))
         data, cut = evaluator_training_set(recipe, train, fitter)
-        report.update({"responses_cut": cut, "metrics": train_role(recipe, role, data, step.path), "model": str(step.model_path)})
+        report.update({"responses_cut": cut, "metrics": train_role(recipe, role, data, step.path),
+                       "model": str(step.model_path)})
         engine = None
 
         def predict(rows: Dataset) -> list:
@@ -115,7 +118,8 @@ def train_evaluator(recipe: Recipe, pseudo: Dataset, step: Step, make_engine, fo
         report["heldout"] = figures
         report["heldout_accuracy"] = figures["accuracy"]
         baseline = LengthBaseline().fit(train["response_tokens"], train["level"])
-        report["length_baseline"] = rating_figures(heldout["level"], baseline.predict_proba(heldout["response_tokens"]),
+        report["length_baseline"] = rating_figures(heldout["level"],
+                                                   baseline.predict_proba(heldout["response_tokens"]),
                                                    heldout["language"])
     return report
 
@@ -143,7 +147,8 @@ def plant_negatives(pool: Dataset, share: float, seed: int) -> Dataset:
             if donors:
                 picks.append((i, donors[0]))
     rows = pool.select([i for i, _ in picks])
-    rows = rows.map(lambda r, k: {"id": f"planted:{r['id']}", "instruction": instructions[picks[k][1]]}, with_indices=True)
+    rows = rows.map(lambda r, k: {"id": f"planted:{r['id']}", "instruction": instructions[picks[k][1]]},
+                    with_indices=True)
     return rows.add_column("planted", [True] * len(rows))
 
 
@@ -156,8 +161,8 @@ def effective_threshold(recipe: Recipe, evaluator_manifest: dict[str, Any] | Non
     if ref.keep_rule == "recall":
         value = (evaluator_manifest or {}).get("keep_threshold_at_recall")
         if value is None:
-            raise StageError("keep_rule: recall needs held-out level-3 pseudo-ratings to calibrate on; hold out seed pairs "
-                             "(data.seeds.heldout_fraction) or use keep_rule: argmax / threshold.")
+            raise StageError("keep_rule: recall needs held-out level-3 pseudo-ratings to calibrate on; "
+                             "hold out seed pairs (data.seeds.heldout_fraction) or use keep_rule: argmax / threshold.")
         return value
     return None
 
@@ -180,7 +185,8 @@ def rate_candidates(recipe: Recipe, pool: Dataset, step: Step, engine: Engine, i
     def shard(part: Dataset, index: int) -> Dataset:
         if rating_head is not None:
             responses = [fitter.head(text, ref.response_tokens)[0] for text in part["output"]]
-            probs = rating_head.predict_proba(likelihood_features(engine, part["instruction"], responses, part["language"]))
+            probs = rating_head.predict_proba(likelihood_features(engine, part["instruction"], responses,
+                                                                  part["language"]))
             scores = scores_from_probs(probs)
         else:
             prompts, _ = fit_rating_prompts(recipe, fitter, part["instruction"], part["output"], part["language"])
@@ -191,7 +197,8 @@ def rate_candidates(recipe: Recipe, pool: Dataset, step: Step, engine: Engine, i
         return out.add_column("iteration", [iteration] * len(part))
 
     rated_all = step.map_shards(rows, ref.shard_size, shard, desc=f"rating (iteration {iteration})")
-    _, cut_total = fit_rating_prompts(recipe, fitter, rated_all["instruction"], rated_all["output"], rated_all["language"])
+    _, cut_total = fit_rating_prompts(recipe, fitter, rated_all["instruction"], rated_all["output"],
+                                      rated_all["language"])
     is_planted = rated_all["planted"]
     rated = rated_all.select([i for i, p in enumerate(is_planted) if not p]).remove_columns("planted")
     planted_rated = rated_all.select([i for i, p in enumerate(is_planted) if p])
@@ -227,7 +234,8 @@ def keep_mask(rated: Dataset, rule: str, threshold: float | None) -> list[bool]:
     return [p >= threshold for p in rated["p3"]]
 
 
-def keep_rated(recipe: Recipe, rated: Dataset, step: Step, iteration: int, threshold: float | None = None) -> dict[str, Any]:
+def keep_rated(recipe: Recipe, rated: Dataset, step: Step, iteration: int,
+               threshold: float | None = None) -> dict[str, Any]:
     """Keep the rows that meet the keep rule (``threshold``: see :func:`effective_threshold`); an empty result is an
     error that says what to change."""
     ref = recipe.refinement
@@ -275,8 +283,10 @@ def rating_steps(recipe: Recipe, k: int) -> list[StepSpec]:
     return [
         StepSpec(evaluator, "refinement", (pseudo, follower) if likelihood else (pseudo,),
                  {**shared, "kind": ref.evaluator_kind, "keep_recall": ref.keep_recall,
-                  **({} if likelihood else role_settings(recipe, ref.evaluator)), "engine": engine_settings(recipe, role)},
-                 lambda ctx: train_evaluator(ctx.recipe, ctx.load(pseudo), ctx.step, ctx.engines(role), ctx.model(follower))),
+                  **({} if likelihood else role_settings(recipe, ref.evaluator)),
+                  "engine": engine_settings(recipe, role)},
+                 lambda ctx: train_evaluator(ctx.recipe, ctx.load(pseudo), ctx.step, ctx.engines(role),
+                                             ctx.model(follower))),
         StepSpec(ratings, "refinement", (evaluator, pool),
                  {"iteration": k, "rate": ref.rate, **shared, "seed": recipe.seed, "planted_share": ref.planted_share,
                   **rule, "engine": engine_settings(recipe, role)}, rate),

@@ -157,8 +157,9 @@ def build_pseudo_ratings(recipe: Recipe, seeds: Dataset, step: Step, engine: Eng
         cut = fitter.same_length([text for _, text, _ in candidates], ref.response_tokens)  # every level alike
         for (level, text, source), response in zip(candidates, cut):
             lengths_before[level].append(fitter.length(text))
-            rows.append({"id": f"{sid}#{level}", "seed_id": sid, "language": seed_row["language"], "language_name": langs[n],
-                         "instruction": seed_row["instruction"], "response": response, "response_tokens": fitter.length(response),
+            rows.append({"id": f"{sid}#{level}", "seed_id": sid, "language": seed_row["language"],
+                         "language_name": langs[n], "instruction": seed_row["instruction"], "response": response,
+                         "response_tokens": fitter.length(response),
                          "level": level, "source": source, "split": seed_row["split"]})
     pseudo = Dataset.from_list(rows)
     step.save(pseudo)
@@ -174,7 +175,8 @@ def build_pseudo_ratings(recipe: Recipe, seeds: Dataset, step: Step, engine: Eng
         "heldout_rows": splits["heldout"],
         "skipped": dict(skipped),
         "response_tokens_before_cut": {str(k): mean(v) for k, v in sorted(lengths_before.items())},
-        "response_tokens": {str(lv): mean([r["response_tokens"] for r in rows if r["level"] == lv]) for lv in (1, 2, 3)},
+        "response_tokens": {str(lv): mean([r["response_tokens"] for r in rows if r["level"] == lv])
+                            for lv in (1, 2, 3)},
         "level2_fidelity": fidelity_figures(held_answers, heldout["language"]) if len(heldout) else None,
         "base_fidelity": base_fidelity,
         **engine.report(),
@@ -187,7 +189,8 @@ def build_pseudo_ratings(recipe: Recipe, seeds: Dataset, step: Step, engine: Eng
 
 
 def iteration_steps(recipe: Recipe, k: int) -> list[StepSpec]:
-    """The five steps of refinement iteration ``k``: follower and pseudo-ratings here, then :func:`.rating.rating_steps`."""
+    """The five steps of refinement iteration ``k``: follower and pseudo-ratings here, then
+    :func:`.rating.rating_steps`."""
     ref = recipe.refinement
     follower = iteration_step(k, "follower")
     trained_on = "candidates" if k == 1 else iteration_step(k - 1, "kept")
@@ -206,7 +209,8 @@ def iteration_steps(recipe: Recipe, k: int) -> list[StepSpec]:
         StepSpec(iteration_step(k, "pseudo_ratings"), "refinement", ("seed", follower) if from_follower else ("seed",),
                  {"pseudo_ratings": dataclasses.asdict(ref.pseudo_ratings), "seed": recipe.seed,
                   "response_tokens": ref.response_tokens, "evaluator_model": recipe.model_for(ref.evaluator),
-                  "base_model": None if from_follower else recipe.base_model, "engine": engine_settings(recipe, answerer)},
+                  "base_model": None if from_follower else recipe.base_model,
+                  "engine": engine_settings(recipe, answerer)},
                  pseudo_ratings),
         *rating_steps(recipe, k),
     ]

@@ -23,7 +23,8 @@ Returns:
     wins, ties, losses, failed, judged (`int`).
 Examples:
     >>> metric = evaluate.load("win_rate")
-    >>> metric.compute(predictions=["<score1>8</score1><score2>5</score2>"], references=["<score1>4</score1><score2>7</score2>"])
+    >>> metric.compute(predictions=["<score1>8</score1><score2>5</score2>"],
+    ...                references=["<score1>4</score1><score2>7</score2>"])
     {'win_rate': 1.0, 'tie_rate': 0.0, 'loss_rate': 0.0, 'wins': 1, 'ties': 0, 'losses': 0, 'failed': 0, 'judged': 1}
 """
 
