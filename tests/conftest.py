@@ -51,9 +51,9 @@ def tiny_run(tmp_path_factory, tiny_model):
     run_dir = tmp_path_factory.mktemp("runs") / "reference"
     original = training.run_training
 
-    def recording(launcher, model, train_dataset, output_dir, *args, **kwargs):
+    def recording(launcher, train_dataset, output_dir, **sft):
         TRAINED[str(Path(output_dir).relative_to(run_dir))] = train_dataset.to_list()
-        return original(launcher, model, train_dataset, output_dir, *args, **kwargs)
+        return original(launcher, train_dataset, output_dir, **sft)
 
     training.run_training = recording  # every training set of every role, for the leak test
     try:

@@ -1,6 +1,7 @@
 """An in-process fake of the Hugging Face Hub HTTP API, enough for create_repo, branches, tags, refs,
-tree listing, preupload and NDJSON commits (regular uploads). Wired into huggingface_hub with
-``set_client_factory`` and an ``httpx.MockTransport``; no network."""
+tree listing, paths-info, preupload and NDJSON commits (regular uploads), and file downloads (``resolve`` with
+HEAD and byte ranges), so ``load_dataset`` and ``from_pretrained`` read a pushed revision back. Wired into
+huggingface_hub with ``set_client_factory`` and an ``httpx.MockTransport``; no network."""
 
 from __future__ import annotations
 
@@ -48,7 +49,8 @@ class FakeHub:
         return repo.commits[commit]
 
     def _new_commit(self, repo: Repo, files: dict[str, bytes], parent: str | None) -> str:
-        oid = hashlib.sha1(json.dumps([parent, sorted((k, git_blob_sha1(v)) for k, v in files.items())]).encode()).hexdigest()
+        listing = sorted((k, git_blob_sha1(v)) for k, v in files.items())
+        oid = hashlib.sha1(json.dumps([parent, listing]).encode()).hexdigest()
         repo.commits[oid] = files
         return oid
 
@@ -62,17 +64,22 @@ class FakeHub:
         if request.headers.get("authorization") != f"Bearer {self.token}":
             return httpx.Response(401, json={"error": "Invalid credentials"})
         path = unquote(request.url.path)
+        resolve = re.match(r"^/(?:(datasets|spaces)/)?([^/]+/[^/]+)/resolve/([^/]+)/(.+)$", path)
+        if resolve:
+            return self.download(request, (resolve.group(1) or "models")[:-1], *resolve.group(2, 3, 4))
         if path == "/api/repos/create" and request.method == "POST":
             return self.create_repo(json.loads(body))
         if path == "/api/validate-yaml" and request.method == "POST":
             return self.validate_yaml(json.loads(body)["content"])
-        m = re.match(r"^/api/(models|datasets|spaces)/([^/]+/[^/]+)/(refs|branch|tag|preupload|commit|tree|revision)(?:/(.*))?$", path)
+        actions = "refs|branch|tag|preupload|commit|tree|revision|paths-info"
+        m = re.match(rf"^/api/(models|datasets|spaces)/([^/]+/[^/]+)/({actions})(?:/(.*))?$", path)
         if not m:
             return httpx.Response(404, json={"error": f"fake hub: no route for {request.method} {path}"})
         repo_type, repo_id, action, rest = m.group(1)[:-1], m.group(2), m.group(3), m.group(4) or ""
         repo = self.repos.get(repo_id)
         if repo is None or repo.repo_type != repo_type:
-            return httpx.Response(404, json={"error": "Repository not found"}, headers={"X-Error-Code": "RepoNotFound"})
+            return httpx.Response(404, json={"error": "Repository not found"},
+                                  headers={"X-Error-Code": "RepoNotFound"})
         if action == "refs":
             ref = lambda kind, name, oid: {"name": name, "ref": f"refs/{kind}/{name}", "targetCommit": oid}  # noqa: E731
             return httpx.Response(200, json={
@@ -91,13 +98,20 @@ class FakeHub:
             repo.tags[payload["tag"]] = repo.branches.get(rest) or rest
             return httpx.Response(200, json={})
         if action == "tree":
-            revision = rest.split("/", 1)[0]
-            files = self.files(repo_id, revision)
-            return httpx.Response(200, json=[{"type": "file", "path": p, "size": len(d), "oid": git_blob_sha1(d)} for p, d in sorted(files.items())])
+            revision, _, folder = rest.partition("/")
+            recursive = request.url.params.get("recursive", "false").lower() == "true"
+            return httpx.Response(200, json=self.tree(repo_id, revision, folder, recursive))
+        if action == "paths-info":
+            files = self.files(repo_id, rest)
+            asked = json.loads(body).get("paths", []) if body.startswith(b"{") else \
+                [unquote(v) for k, v in (kv.split("=", 1) for kv in body.decode().split("&") if kv) if k == "paths"]
+            entries = [self._entry(p, files) for p in asked]
+            return httpx.Response(200, json=[e for e in entries if e is not None])
         if action == "preupload":
             files = self.files(repo_id, rest)
             out = [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False,
-                    "oid": git_blob_sha1(files[f["path"]]) if f["path"] in files else None} for f in json.loads(body)["files"]]
+                    "oid": git_blob_sha1(files[f["path"]]) if f["path"] in files else None}
+                   for f in json.loads(body)["files"]]
             return httpx.Response(200, json={"files": out, "commitOid": repo.branches.get(rest)})
         if action == "commit":
             return self.commit(repo, rest, body)
@@ -105,10 +119,56 @@ class FakeHub:
             commit = repo.branches.get(rest) or repo.tags.get(rest) or rest
             files = repo.commits.get(commit)
             if files is None:
-                return httpx.Response(404, json={"error": "Revision not found"}, headers={"X-Error-Code": "RevisionNotFound"})
+                return httpx.Response(404, json={"error": "Revision not found"},
+                                      headers={"X-Error-Code": "RevisionNotFound"})
             return httpx.Response(200, json={"id": repo_id, "sha": commit, "private": False,
                                              "siblings": [{"rfilename": p} for p in sorted(files)]})
         return httpx.Response(404, json={"error": "fake hub: unsupported"})
+
+    def _entry(self, path: str, files: dict[str, bytes]) -> dict | None:
+        if path in files:
+            return {"type": "file", "path": path, "size": len(files[path]), "oid": git_blob_sha1(files[path])}
+        if any(p.startswith(path.rstrip("/") + "/") for p in files) or path in ("", "."):
+            return {"type": "directory", "path": path, "oid": hashlib.sha1(path.encode()).hexdigest()}
+        return None
+
+    def tree(self, repo_id: str, revision: str, folder: str, recursive: bool) -> list[dict]:
+        """Entries under ``folder``: its files and sub-folders (all levels when ``recursive``)."""
+        files = self.files(repo_id, revision)
+        prefix = folder.strip("/") + "/" if folder.strip("/") else ""
+        paths: set[str] = set()
+        for p in files:
+            if not p.startswith(prefix):
+                continue
+            parts = p[len(prefix):].split("/")
+            depth = len(parts) if recursive else 1
+            for n in range(1, min(depth, len(parts)) + 1):
+                paths.add(prefix + "/".join(parts[:n]))
+        return [self._entry(p, files) for p in sorted(paths)]
+
+    def download(self, request: httpx.Request, repo_type: str, repo_id: str, revision: str, path: str):
+        """``GET``/``HEAD`` of ``/<repo>/resolve/<revision>/<path>``, with the headers huggingface_hub reads and byte
+        ranges (``HfFileSystem`` reads Parquet files in ranges)."""
+        repo = self.repos.get(repo_id)
+        if repo is None or repo.repo_type != repo_type:
+            return httpx.Response(404, headers={"X-Error-Code": "RepoNotFound"})
+        commit = repo.branches.get(revision) or repo.tags.get(revision) or revision
+        files = repo.commits.get(commit)
+        if files is None:
+            return httpx.Response(404, headers={"X-Error-Code": "RevisionNotFound"})
+        if path not in files:
+            return httpx.Response(404, headers={"X-Error-Code": "EntryNotFound", "X-Repo-Commit": commit})
+        data = files[path]
+        headers = {"X-Repo-Commit": commit, "ETag": f'"{git_blob_sha1(data)}"', "Content-Length": str(len(data))}
+        if request.method == "HEAD":
+            return httpx.Response(200, headers=headers)
+        ranged = re.match(r"bytes=(\d+)-(\d*)", request.headers.get("range", ""))
+        if ranged:
+            start, end = int(ranged.group(1)), int(ranged.group(2) or len(data) - 1)
+            part = data[start:end + 1]
+            return httpx.Response(206, content=part, headers={**headers, "Content-Length": str(len(part)),
+                                                            "Content-Range": f"bytes {start}-{end}/{len(data)}"})
+        return httpx.Response(200, content=data, headers=headers)
 
     def validate_yaml(self, content: str) -> httpx.Response:
         """Like the Hub: the README's front matter must be a YAML mapping."""
@@ -152,7 +212,8 @@ class FakeHub:
                 return httpx.Response(400, json={"error": f"fake hub: unsupported commit item {item['key']}"})
         oid = self._new_commit(repo, files, parent)
         repo.branches[branch] = oid
-        return httpx.Response(200, json={"commitOid": oid, "commitUrl": f"{repo.url}/commit/{oid}", "success": True, "summary": summary})
+        return httpx.Response(200, json={"commitOid": oid, "commitUrl": f"{repo.url}/commit/{oid}", "success": True,
+                                         "summary": summary})
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 import yaml
-from datasets import load_dataset
+from datasets import load_dataset, load_from_disk
 from fake_hub import SENTINEL
 from huggingface_hub import DatasetCard, ModelCard
 
@@ -28,7 +28,8 @@ def test_every_language_and_all_load_by_name(repo_folder, tiny_run, monkeypatch)
     div = json.loads((tiny_run[0] / "diversified" / "manifest.json").read_text())
     assert len(full) == div["rows_out"]
     row = full[0]
-    assert set(row) == {"id", "language", "instruction", "output", "messages", "source", "rating", "cluster", "iteration"}
+    assert set(row) == {"id", "language", "instruction", "output", "messages", "source", "rating", "cluster",
+                        "iteration"}
     name = {"sw": "Swahili", "ta": "Tamil", "th": "Thai"}[row["language"]]
     assert row["messages"] == [{"role": "user", "content": f"{row['instruction']} Answer in {name}."},
                                {"role": "assistant", "content": row["output"]}]
@@ -59,7 +60,8 @@ def test_stock_sft_trainer_trains_on_the_published_dataset(repo_folder, tiny_mod
     train = load_dataset("x-instruction")["train"]
     trainer = SFTTrainer(
         model=AutoModelForCausalLM.from_pretrained(tiny_model),
-        args=SFTConfig(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=2, use_cpu=True, bf16=False, report_to="none"),
+        args=SFTConfig(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=2, use_cpu=True, bf16=False,
+                       report_to="none"),
         train_dataset=train,
         processing_class=AutoTokenizer.from_pretrained(tiny_model),
     )
@@ -68,16 +70,19 @@ def test_stock_sft_trainer_trains_on_the_published_dataset(repo_folder, tiny_mod
 
 
 def test_model_cards_per_role(tiny_run):
-    for role, marker in (("generator", "### English Instruction:"), ("evaluator", "### Rating:"), ("final", "### Response:")):
-        card = render_model_card(tiny_run[0], role, f"user/x-instruction-{role}", dataset="user/x-instruction", dataset_revision="abc123")
+    markers = (("generator", "### English Instruction:"), ("evaluator", "### Rating:"), ("final", "### Response:"))
+    for role, marker in markers:
+        card = render_model_card(tiny_run[0], role, f"user/x-instruction-{role}", dataset="user/x-instruction",
+                                 dataset_revision="abc123")
         data = card.data.to_dict()
-        assert data["base_model"] == "tiny" and data["datasets"] == ["user/x-instruction"] and data["library_name"] == "transformers"
+        assert data["base_model"] == "tiny" and data["datasets"] == ["user/x-instruction"]
+        assert data["library_name"] == "transformers"
         assert data["pipeline_tag"] == "text-generation" and {"x-instruction", "trl", "sft"} <= set(data["tags"])
         assert json.dumps(marker)[1:-1] in card.text and "learning_rate" in card.text
         reloaded = ModelCard(str(card))
         assert reloaded.data.to_dict()["language"] == ["sw", "ta", "th"]
-    evaluator = render_model_card(tiny_run[0], "evaluator", "u/e")
-    assert "held-out pseudo-rating accuracy" in evaluator.text
+    evaluator = render_model_card(tiny_run[0], "evaluator", "u/e")  # the last iteration's, with its figures
+    assert "held-out accuracy" in evaluator.text and "Iteration 2 of 2" in evaluator.text
 
 
 def test_bad_input(tiny_run, tmp_path):
@@ -109,7 +114,7 @@ def test_push_puts_each_iteration_on_its_own_revision_and_repush_is_a_no_op(hub,
     card = DatasetCard(main["README.md"].decode())
     assert [c["config_name"] for c in card.data.to_dict()["configs"]][:2] == ["all", "sw"]
     models = {m["repo_id"] for m in summary["models"]}
-    assert models == {"user/x-instruction-generator", "user/x-instruction-evaluator", "user/x-instruction-model"}
+    assert models == {f"user/x-instruction-{suffix}" for suffix in ("generator", "follower", "evaluator", "model")}
     model_card = ModelCard(hub.files("user/x-instruction-model")["README.md"].decode())
     assert model_card.data.to_dict()["datasets"] == ["user/x-instruction"]
     assert "config.json" in hub.files("user/x-instruction-model")
@@ -144,3 +149,95 @@ def test_push_bad_input(hub, tiny_run, monkeypatch):
     with pytest.raises(PublishError, match="No Hugging Face token"):
         push(tiny_run[0], "user/x-instruction")
     assert not hub.requests
+
+
+def _heads(hub) -> dict[tuple[str, str], str]:
+    return {(repo_id, branch): oid for repo_id, repo in hub.repos.items() for branch, oid in repo.branches.items()}
+
+
+def _online(monkeypatch):
+    """Tests run offline; reading the fake Hub back needs huggingface_hub and datasets online (the fake answers)."""
+    import datasets.config
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", False, raising=False)
+
+
+def test_every_iteration_s_follower_and_evaluator_get_a_revision_with_a_card(hub, tiny_run, tmp_path, monkeypatch):
+    """``--models``: the follower and the evaluator of each iteration on branch ``iter-k`` (+ tag with the step hash)
+    of ``<repo>-follower`` / ``-evaluator``, ``main`` = the last iteration; each card names the dataset revisions it
+    trained on and made, carries the iteration's figures in ``model-index`` and links its neighbours.
+    ``load_dataset`` and ``from_pretrained`` read revision ``iter-2`` back from the (fake) Hub."""
+    from transformers import AutoModelForCausalLM
+
+    run_dir = tiny_run[0]
+    push(run_dir, "user/xi", models=True)
+    for role in ("follower", "evaluator"):
+        repo = hub.repos[f"user/xi-{role}"]
+        assert set(repo.branches) == {"main", "iter-1", "iter-2"}
+        for k in (1, 2):
+            step_hash = json.loads((run_dir / f"iter-{k}" / role / "manifest.json").read_text())["hash"]
+            assert repo.tags[f"iter-{k}-{step_hash}"] == repo.branches[f"iter-{k}"]
+        assert hub.files(f"user/xi-{role}", "main") == hub.files(f"user/xi-{role}", "iter-2")
+    first = ModelCard(hub.files("user/xi-evaluator", "iter-1")["README.md"].decode())
+    assert "Iteration 1 of 2" in first.text and "datasets/user/xi/tree/iter-1" in first.text  # the rows it kept
+    assert "user/xi-evaluator/tree/iter-2" in first.text and "Previous iteration" not in first.text
+    results = first.data.to_dict()["model-index"][0]["results"]
+    metrics = {m["name"]: m["value"] for r in results for m in r["metrics"]}
+    report = json.loads((run_dir / "iter-1" / "evaluator" / "manifest.json").read_text())
+    assert metrics["held-out accuracy"] == report["heldout_accuracy"]
+    assert {"AUC of P(3), 3 vs 1", "drop rate of planted negatives"} <= set(metrics)
+    follower = ModelCard(hub.files("user/xi-follower", "iter-2")["README.md"].decode())
+    assert "datasets/user/xi/tree/iter-1" in follower.text  # trained on the kept set of iteration 1
+    assert "user/xi-follower/tree/iter-1" in follower.text and "Next iteration" not in follower.text
+    assert "language fidelity (held-out instructions)" in follower.text
+
+    _online(monkeypatch)
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "datasets-cache"))
+    rows = load_dataset("user/xi", "sw", revision="iter-2", split="train")
+    kept = load_from_disk(str(run_dir / "iter-2" / "kept" / "data")).filter(lambda r: r["language"] == "sw")
+    assert sorted(rows["id"]) == sorted(kept["id"]) and len(rows) > 0
+    model = AutoModelForCausalLM.from_pretrained("user/xi-evaluator", revision="iter-2")
+    local = AutoModelForCausalLM.from_pretrained(run_dir / "iter-2" / "follower" / "model")  # likelihood evaluator
+    assert all((a == b).all() for a, b in zip(model.state_dict().values(), local.state_dict().values()))
+
+
+def test_a_run_grown_by_one_iteration_reruns_nothing_and_pushes_only_what_is_new(hub, tiny_run, tmp_path):
+    """``xinstruct run --set refinement.iterations=3`` on a finished K=2 run reuses iterations 1-2 (same manifest
+    hashes, skipped), runs iteration 3, diversification and final tuning; ``push --iteration 3 --models`` then commits
+    only on the new ``iter-3`` branches and on ``main``; the same push again commits nothing."""
+    import shutil
+
+    from conftest import FAST, TINY_RECIPE
+    from xinstruct.config import load_recipe
+    from xinstruct.pipeline import run
+
+    run_dir = tmp_path / "grown"
+    shutil.copytree(tiny_run[0], run_dir)
+    push(run_dir, "user/xg", models=True)
+    before = _heads(hub)
+    hashes = {p.relative_to(run_dir).parent.as_posix(): json.loads(p.read_text())["hash"]
+              for p in run_dir.rglob("manifest.json")}
+
+    results = run(load_recipe(TINY_RECIPE, [*FAST, "refinement.iterations=3"]), run_dir, echo=lambda s: None)
+    ran = [r.name for r in results if r.status == "done"]
+    assert ran == [f"iter-3/{s}" for s in ("follower", "pseudo_ratings", "evaluator", "ratings", "kept")] + \
+        ["diversified", "final"]
+    for step, old in hashes.items():
+        if step.startswith(("iter-1", "iter-2", "seed", "webtext", "baseline", "generator", "candidates")):
+            assert json.loads((run_dir / step / "manifest.json").read_text())["hash"] == old, step
+
+    summary = push(run_dir, "user/xg", iteration=3, models=True)
+    after = _heads(hub)
+    changed = {key for key in after if before.get(key) != after[key]}
+    assert {branch for _, branch in changed} <= {"iter-3", "main"}
+    assert ("user/xg", "iter-3") in changed and ("user/xg", "main") in changed
+    assert ("user/xg-evaluator", "iter-3") in changed and ("user/xg-follower", "main") in changed
+    assert ("user/xg-model", "main") in changed  # the final model was trained again
+    assert ("user/xg-generator", "main") not in changed  # unchanged: no commit
+    assert any(tag.startswith("iter-3-") for tag in hub.repos["user/xg-evaluator"].tags)
+    assert summary["tags"] and all(t.startswith("iter-3-") for t in summary["tags"])
+    again = push(run_dir, "user/xg", iteration=3, models=True)
+    assert not any(r["new_commit"] for r in again["revisions"] + again["models"]) and _heads(hub) == after

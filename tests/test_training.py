@@ -62,12 +62,13 @@ def test_a_step_stopped_after_training_does_not_train_again(tmp_path, tiny_model
     from xinstruct import training
     from xinstruct.config import LauncherConfig
 
-    args = (LauncherConfig(), "tiny", _data(), tmp_path, {"max_steps": 1, "per_device_train_batch_size": 8})
-    first = training.run_training(*args)
+    args = (LauncherConfig(), _data(), tmp_path)
+    sft = {"model": "tiny", "training": {"max_steps": 1, "per_device_train_batch_size": 8}}
+    first = training.run_training(*args, **sft)
     weights = next((tmp_path / "model").glob("*.safetensors"))
     stamp = weights.stat().st_mtime_ns
     monkeypatch.setattr(training, "train_sft", lambda *a, **k: (_ for _ in ()).throw(AssertionError("trained again")))
-    assert training.run_training(*args) == first and weights.stat().st_mtime_ns == stamp
+    assert training.run_training(*args, **sft) == first and weights.stat().st_mtime_ns == stamp
 
 
 def _trainer(tmp_path, model_path, data, lm_head_on_loss_only):

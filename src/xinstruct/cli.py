@@ -113,7 +113,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if judge and not args.judge_model:
         raise UsageError("--judge-url needs --judge-model (the model name the judge server expects).")
     if judge and not baseline:
-        raise UsageError("Pairwise judging compares against a baseline: give --baseline (or --run, whose base model is the default).")
+        raise UsageError("Pairwise judging compares against a baseline: give --baseline (or --run, whose base model "
+                         "is the default).")
     modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
     tasks = [t.strip() for t in (args.harness or "").split(",") if t.strip()]
     for value, allowed, what in ((modes, MODES, "--modes"), (tasks, tuple(TASK_LANGUAGES), "--harness")):
@@ -149,7 +150,8 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise RecipeError(str(e)) from None
     speed = throughput(args.device, params)
-    speed = Throughput(args.train_tps or speed.train, args.prefill_tps or speed.prefill, args.decode_tps or speed.decode)
+    speed = Throughput(args.train_tps or speed.train, args.prefill_tps or speed.prefill,
+                       args.decode_tps or speed.decode)
     print(format_costs(plan_costs(recipe, args.device, rates, args.seeds_per_language, params, speed)))
     return 0
 
@@ -171,36 +173,50 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error instead of one line")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("run", help="run (or resume) a recipe", description="Run or resume a recipe; finished steps are skipped.")
+    p = sub.add_parser("run", help="run (or resume) a recipe",
+                       description="Run or resume a recipe; finished steps are skipped.")
     p.add_argument("recipe", help="YAML recipe, e.g. recipes/tiny.yaml")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe key, e.g. --set candidates.shard_size=32")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe key, e.g. --set candidates.shard_size=32")
     p.add_argument("--run-dir", help="run directory (default: runs/<recipe name>)")
-    p.add_argument("--until", help="stop after this stage (generation, refinement, diversification, tuning) or step (e.g. candidates, iter-1/kept)")
+    p.add_argument("--until",
+                   help="stop after this stage (generation, refinement, diversification, tuning) or step (e.g. "
+                        "candidates, iter-1/kept)")
     p.add_argument("--from", dest="start", help="run again from this stage or step; earlier steps must be finished")
     p.set_defaults(func=_cmd_run)
 
-    p = sub.add_parser("plan", help="the cost of a recipe before running it: rows, tokens, hours, GPU-hours per step (loads nothing)")
+    p = sub.add_parser("plan",
+                       help="the cost of a recipe before running it: rows, tokens, hours, GPU-hours per step (loads "
+                            "nothing)")
     p.add_argument("recipe", help="YAML recipe")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe key")
     p.add_argument("--device", default="h100-80gb", help="h100-80gb (default), a100-80gb, l4-24gb or cpu-2core")
     p.add_argument("--run", help="a finished run whose measured keep rates replace the defaults")
-    p.add_argument("--webtext-kept", dest="webtext_kept", type=float, help="share of web texts passing the filters (default 0.8)")
-    p.add_argument("--gate-kept", dest="gate_kept", type=float, help="share of candidates passing the gate (default 0.95)")
-    p.add_argument("--keep-rate", dest="keep_rate", type=float, help="share of rated rows kept per iteration (default 0.5)")
-    p.add_argument("--seeds-per-language", type=int, help="seed pairs per language (default: the limit, or 1000 for files)")
+    p.add_argument("--webtext-kept", dest="webtext_kept", type=float,
+                   help="share of web texts passing the filters (default 0.8)")
+    p.add_argument("--gate-kept", dest="gate_kept", type=float,
+                   help="share of candidates passing the gate (default 0.95)")
+    p.add_argument("--keep-rate", dest="keep_rate", type=float,
+                   help="share of rated rows kept per iteration (default 0.5)")
+    p.add_argument("--seeds-per-language", type=int,
+                   help="seed pairs per language (default: the limit, or 1000 for files)")
     p.add_argument("--params", type=float, help="model parameters (default: read from the model name)")
     p.add_argument("--train-tps", type=float, help="trained tokens/s per device (default: 40%% MFU of the bf16 peak)")
     p.add_argument("--prefill-tps", type=float, help="scored tokens/s per device (default: 50%% of the bf16 peak)")
-    p.add_argument("--decode-tps", type=float, help="generated tokens/s per device (default: memory-bound at batch 64)")
+    p.add_argument("--decode-tps", type=float,
+                   help="generated tokens/s per device (default: memory-bound at batch 64)")
     p.set_defaults(func=_cmd_plan)
 
     p = sub.add_parser("languages", help="list the built-in languages")
     p.set_defaults(func=_cmd_languages)
 
-    p = sub.add_parser("seed-build", help="make seed pairs by machine-translating an English instruction set's responses")
-    p.add_argument("instructions", help="JSONL/Parquet file or Hub dataset with instruction and output columns (English)")
+    p = sub.add_parser("seed-build",
+                       help="make seed pairs by machine-translating an English instruction set's responses")
+    p.add_argument("instructions",
+                   help="JSONL/Parquet file or Hub dataset with instruction and output columns (English)")
     p.add_argument("--languages", required=True, help="comma-separated codes, e.g. sw,ta")
-    p.add_argument("--model", default="facebook/nllb-200-distilled-600M", help="seq2seq translation model (NLLB-style language codes)")
+    p.add_argument("--model", default="facebook/nllb-200-distilled-600M",
+                   help="seq2seq translation model (NLLB-style language codes)")
     p.add_argument("--out", required=True, help="output folder (one <code>.jsonl per language)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--limit", type=int, help="translate at most this many pairs")
@@ -209,16 +225,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("publish", help="write the dataset repo folder (Parquet + card) of a finished run")
     p.add_argument("run_dir", help="run directory, e.g. runs/default")
-    p.add_argument("--out", default="x-instruction", help="output folder; load_dataset takes its name (default: x-instruction)")
+    p.add_argument("--out", default="x-instruction",
+                   help="output folder; load_dataset takes its name (default: x-instruction)")
     p.add_argument("--license", default="other", help="licence in the card (that of the web corpus)")
     p.add_argument("--pretty-name", default="X-Instruction")
     p.set_defaults(func=_cmd_publish)
 
-    p = sub.add_parser("push", help="push a finished run to the Hub (a revision per iteration; token from HF_TOKEN or login)")
+    p = sub.add_parser("push",
+                       help="push a finished run to the Hub (a revision per iteration; token from HF_TOKEN or login)")
     p.add_argument("run_dir", help="run directory, e.g. runs/default")
     p.add_argument("--repo", required=True, help="dataset repo id, USER/x-instruction")
-    p.add_argument("--iteration", type=int, help="push only this iteration's revision")
-    p.add_argument("--models", action="store_true", help="also push the generator, evaluator and final model with cards")
+    p.add_argument("--iteration", type=int, help="push only this iteration's revisions (the last one also updates "
+                   "main): after growing a run by one iteration, push just that")
+    p.add_argument("--models", action="store_true", help="also push the models with cards: the follower and "
+                   "evaluator of each iteration (branch iter-k), the generator and the final model")
     p.add_argument("--private", action="store_true")
     p.set_defaults(func=_cmd_push)
 
@@ -227,22 +247,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--private", action="store_true")
     p.set_defaults(func=_cmd_push_space)
 
-    p = sub.add_parser("evaluate", help="pairwise judging, zero-shot retention, language fidelity, lm-eval benchmarks; writes a report")
-    p.add_argument("--run", help="a run directory: evaluate RUN/final/model against the recipe's base model, write RUN/eval")
+    p = sub.add_parser("evaluate",
+                       help="pairwise judging, zero-shot retention, language fidelity, lm-eval benchmarks; writes a "
+                            "report")
+    p.add_argument("--run",
+                   help="a run directory: evaluate RUN/final/model against the recipe's base model, write RUN/eval")
     p.add_argument("--model", help="candidate model (path or Hub id)")
     p.add_argument("--baseline", help="baseline model (path or Hub id); needed for pairwise judging")
     p.add_argument("--languages", help="comma-separated codes (default: the run's, or the ten paper languages)")
-    p.add_argument("--questions", default="builtin", help="question set folder with <code>.jsonl files (default: the built-in 42 questions)")
+    p.add_argument("--questions", default="builtin",
+                   help="question set folder with <code>.jsonl files (default: the built-in 42 questions)")
     p.add_argument("--limit", type=int, help="at most this many questions per language")
     p.add_argument("--modes", default="cross-lingual,zero-shot", help="answer modes")
     p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--engine-url", help="answer through this OpenAI-compatible server instead of loading the models here "
-                   "(it must load models by name, like transformers serve or a vLLM serving both; TGI ignores the name)")
+    p.add_argument("--engine-url",
+                   help="answer through this OpenAI-compatible server instead of loading the models here "
+                   "(it must load models by name, like transformers serve or a vLLM serving both; TGI ignores the "
+                   "name)")
     p.add_argument("--judge-url", help="OpenAI-compatible judge, e.g. https://api.openai.com or http://127.0.0.1:8000")
     p.add_argument("--judge-model", help="judge model name, e.g. gpt-4o")
-    p.add_argument("--judge-token-env", help="environment variable with the judge's key, e.g. OPENAI_API_KEY (default: send no token)")
+    p.add_argument("--judge-token-env",
+                   help="environment variable with the judge's key, e.g. OPENAI_API_KEY (default: send no token)")
     p.add_argument("--harness", help="lm-eval benchmarks: any of xcopa,xnli,xstorycloze")
-    p.add_argument("--harness-data", action="append", default=[], metavar="TASK=DIR", help="local data for a benchmark, e.g. xcopa=../shared/data/xcopa")
+    p.add_argument("--harness-data", action="append", default=[], metavar="TASK=DIR",
+                   help="local data for a benchmark, e.g. xcopa=../shared/data/xcopa")
     p.add_argument("--harness-limit", type=int, help="at most this many documents per benchmark task")
     p.add_argument("--out", help="output folder (default: RUN/eval or ./eval)")
     p.set_defaults(func=_cmd_evaluate)
@@ -258,7 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``xinstruct`` console script."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
     if not args.verbose:  # one line per HTTP request is too much at INFO (endpoint engines send thousands)
         for name in ("httpx", "httpx2"):
             logging.getLogger(name).setLevel(logging.WARNING)

@@ -39,11 +39,12 @@ logger = logging.getLogger(__name__)
 PROJECT_DEFAULTS: dict[str, Any] = {"report_to": "none", "save_strategy": "no", "logging_steps": 10}
 
 # SFTConfig fields that change logging or speed but not the trained weights (left out of step hashes).
-NON_OUTPUT_KEYS = frozenset(
-    {"activation_checkpointing", "activation_checkpointing_kwargs", "gradient_checkpointing", "gradient_checkpointing_kwargs",
-     "logging_steps", "logging_strategy", "report_to", "save_strategy", "save_steps", "save_total_limit",
-     "dataloader_num_workers", "disable_tqdm", "log_level", "logging_dir", "push_to_hub", "hub_model_id"}
-)
+NON_OUTPUT_KEYS = frozenset({
+    "activation_checkpointing", "activation_checkpointing_kwargs", "gradient_checkpointing",
+    "gradient_checkpointing_kwargs", "logging_steps", "logging_strategy", "report_to", "save_strategy", "save_steps",
+    "save_total_limit", "dataloader_num_workers", "disable_tqdm", "log_level", "logging_dir", "push_to_hub",
+    "hub_model_id",
+})
 
 
 def output_settings(training: dict[str, Any]) -> dict[str, Any]:
@@ -174,11 +175,13 @@ def train_sft(
     rows = train_dataset.select_columns(["prompt", "completion"])
     planned = row_accounting(tokenizer, rows, sft_config.max_length)
     with lm_head_on_loss_positions(lm_head_on_loss_only):
-        trainer = SFTTrainer(model=net, args=sft_config, train_dataset=rows, processing_class=tokenizer, peft_config=peft_config)
+        trainer = SFTTrainer(model=net, args=sft_config, train_dataset=rows, processing_class=tokenizer,
+                             peft_config=peft_config)
         trained = len(trainer.train_dataset)
         if trained == 0:
             raise StageError(
-                f"TRL kept none of the {len(rows)} training rows: every prompt fills max_length={sft_config.max_length}. "
+                f"TRL kept none of the {len(rows)} training rows: every prompt fills "
+                f"max_length={sft_config.max_length}. "
                 "Raise the role's training.max_length or shorten the prompts."
             )
         result = trainer.train(resume_from_checkpoint=_last_checkpoint(Path(sft_config.output_dir)))
@@ -190,7 +193,8 @@ def train_sft(
     metrics["dtype"] = "bfloat16" if sft_config.bf16 else "float16" if sft_config.fp16 else "float32"
     metrics["lm_head_on_loss_only"] = lm_head_on_loss_only
     metrics["world_size"] = trainer.args.world_size
-    metrics["distributed_type"] = str(trainer.accelerator.distributed_type.value)  # NO, MULTI_CPU, MULTI_GPU, FSDP, DEEPSPEED
+    # NO, MULTI_CPU, MULTI_GPU, FSDP, DEEPSPEED
+    metrics["distributed_type"] = str(trainer.accelerator.distributed_type.value)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     metrics["loss_history"] = losses
     seen = [h["num_tokens"] for h in trainer.state.log_history if "num_tokens" in h]
@@ -207,7 +211,8 @@ def train_sft(
     if trainer.is_world_process_zero():
         from transformers import GenerationConfig
 
-        generation = GenerationConfig.from_pretrained(save_dir) if (save_dir / "generation_config.json").exists() else GenerationConfig()
+        saved = (save_dir / "generation_config.json").exists()
+        generation = GenerationConfig.from_pretrained(save_dir) if saved else GenerationConfig()
         generation.eos_token_id, generation.pad_token_id = tokenizer.eos_token_id, tokenizer.pad_token_id
         generation.save_pretrained(save_dir)
         tokenizer.save_pretrained(save_dir)
@@ -234,7 +239,8 @@ def _save_sharded(trainer, lora: bool, base: str, dtype, output_dir: Path, save_
         # training is over: the base loads whole on this process alone, not partitioned by ZeRO-3's init (which would
         # wait for the other processes, already gone)
         unset_hf_deepspeed_config()
-        merged = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=dtype), str(adapter)).merge_and_unload()
+        base_model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
+        merged = PeftModel.from_pretrained(base_model, str(adapter)).merge_and_unload()
         merged.config.dtype = dtype
         merged.save_pretrained(save_dir)
 
@@ -280,8 +286,9 @@ def launch_type(launcher: LauncherConfig) -> str:
 def train_role(recipe: Recipe, role: RoleConfig, train_dataset: Dataset, output_dir: str | Path) -> dict[str, Any]:
     """Train one role of ``recipe`` (its model, ``training``, ``lora``, LM-head setting, the recipe's seed and
     launcher) on prompt/completion rows; the model goes to ``output_dir/model``. Every stage trains through this."""
-    return run_training(recipe.launcher, recipe.model_for(role), train_dataset, output_dir, role.training, role.lora,
-                        recipe.seed, role.lm_head_on_loss_only)
+    return run_training(recipe.launcher, train_dataset, output_dir, model=recipe.model_for(role),
+                        training=role.training, lora=role.lora, seed=recipe.seed,
+                        lm_head_on_loss_only=role.lm_head_on_loss_only)
 
 
 def role_settings(recipe: Recipe, role: RoleConfig) -> dict[str, Any]:
@@ -290,17 +297,10 @@ def role_settings(recipe: Recipe, role: RoleConfig) -> dict[str, Any]:
             "dtype": training_dtype(role.training), "seed": recipe.seed, "launcher": recipe.launcher.type}
 
 
-def run_training(
-    launcher: LauncherConfig,
-    model: str,
-    train_dataset: Dataset,
-    output_dir: str | Path,
-    training: dict[str, Any] | None = None,
-    lora: dict[str, Any] | None = None,
-    seed: int = 42,
-    lm_head_on_loss_only: bool = True,
-) -> dict[str, Any]:
-    """Run :func:`train_sft` in this process (``launcher.type: python``) or through ``accelerate launch``.
+def run_training(launcher: LauncherConfig, train_dataset: Dataset, output_dir: str | Path,
+                 **sft: Any) -> dict[str, Any]:
+    """Run :func:`train_sft` in this process (``launcher.type: python``) or through ``accelerate launch``; ``sft``
+    are :func:`train_sft`'s keyword arguments (``model``, ``training``, ``lora``, ``seed``, ``lm_head_on_loss_only``).
 
     A model already saved in ``output_dir`` (the step's folder, cleared whenever its settings change) is
     reused: a step that stopped after training, before it finished, does not train again.
@@ -314,19 +314,19 @@ def run_training(
         logger.info("%s is already trained with these settings; reusing it", done.parent)
         return json.loads(done.read_text())
     if launcher.type == "python":
-        return train_sft(model, train_dataset, output_dir, training, lora, seed, lm_head_on_loss_only=lm_head_on_loss_only)
+        return train_sft(train_dataset=train_dataset, output_dir=output_dir, **sft)
     output_dir.mkdir(parents=True, exist_ok=True)
     train_dataset.save_to_disk(str(output_dir / "train_data"))
-    spec = {"model": model, "data": str(output_dir / "train_data"), "output_dir": str(output_dir),
-            "training": {**(training or {}), **({"use_cpu": True} if launcher.cpu else {})}, "lora": lora, "seed": seed,
-            "lm_head_on_loss_only": lm_head_on_loss_only}
+    training = {**(sft.get("training") or {}), **({"use_cpu": True} if launcher.cpu else {})}
+    spec = {"data": str(output_dir / "train_data"), "output_dir": str(output_dir), **sft, "training": training}
     spec_path = output_dir / "train_spec.json"
     spec_path.write_text(json.dumps(spec, indent=2))
     cmd = accelerate_command(launcher, spec_path)
     logger.info("Launching: %s", " ".join(cmd))
     proc = subprocess.run(cmd)
     if proc.returncode != 0:
-        raise StageError(f"accelerate launch failed with exit code {proc.returncode} (its output is above): {' '.join(cmd)}")
+        raise StageError(f"accelerate launch failed with exit code {proc.returncode} (its output is above): "
+                         f"{' '.join(cmd)}")
     metrics = json.loads(done.read_text())
     asked = launch_type(launcher)
     if asked in ("FSDP", "DEEPSPEED") and metrics.get("distributed_type") != asked:
@@ -342,8 +342,8 @@ def _main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     spec = json.loads(Path(args[0]).read_text())
     logging.basicConfig(level=logging.INFO)
-    train_sft(spec["model"], load_from_disk(spec["data"]), spec["output_dir"], spec["training"], spec["lora"], spec["seed"],
-              lm_head_on_loss_only=spec.get("lm_head_on_loss_only", True))
+    data = load_from_disk(spec.pop("data"))
+    train_sft(train_dataset=data, **spec)
 
 
 if __name__ == "__main__":

@@ -55,29 +55,28 @@ class Empty(RowFilter):
 
 
 class MinChars(RowFilter):
-    """Drops rows whose ``column`` has fewer than ``min_chars`` characters."""
+    """Drops rows whose ``column`` has fewer than ``limit`` characters."""
 
     name = "too_short"
 
-    def __init__(self, min_chars: int, column: str = "text", name: str | None = None):
+    def __init__(self, limit: int, column: str = "text", name: str | None = None):
         super().__init__(name)
-        self.min_chars, self.column = min_chars, column
+        self.limit, self.column = limit, column
+
+    def outside(self, length: int) -> bool:
+        return length < self.limit
 
     def check(self, row: Row) -> Verdict:
-        return self.name if len(row[self.column]) < self.min_chars else None
+        return self.name if self.outside(len(row[self.column])) else None
 
 
-class MaxChars(RowFilter):
-    """Drops rows whose ``column`` has more than ``max_chars`` characters."""
+class MaxChars(MinChars):
+    """Drops rows whose ``column`` has more than ``limit`` characters."""
 
     name = "too_long"
 
-    def __init__(self, max_chars: int, column: str = "text", name: str | None = None):
-        super().__init__(name)
-        self.max_chars, self.column = max_chars, column
-
-    def check(self, row: Row) -> Verdict:
-        return self.name if len(row[self.column]) > self.max_chars else None
+    def outside(self, length: int) -> bool:
+        return length > self.limit
 
 
 class ExactDuplicate(RowFilter):

@@ -78,15 +78,19 @@ def card_eval_results(results: dict[str, Any]) -> tuple[list[Any], dict[str, Any
     entries: list[EvalResult] = []
     table: dict[str, Any] = {}
     questions = str(results.get("questions", "builtin"))
+
+    def on_questions(task_name: str, lang: str, metric_type: str, value: float, metric_name: str | None = None):
+        entries.append(EvalResult(task_type="text-generation", task_name=task_name,
+                                  dataset_type="x-instruction-questions",
+                                  dataset_name=f"X-Instruction questions ({questions})", dataset_config=lang,
+                                  metric_type=metric_type, metric_value=value, metric_name=metric_name))
+
     for mode, per_lang in (results.get("pairwise") or {}).items():
         for lang, s in per_lang.items():
             if s["win_rate"] is None:
                 continue
-            entries.append(EvalResult(task_type="text-generation", task_name=f"pairwise vs baseline ({mode})",
-                                      dataset_type="x-instruction-questions",
-                                      dataset_name=f"X-Instruction questions ({questions})",
-                                      dataset_config=lang, metric_type="win_rate", metric_value=s["win_rate"],
-                                      metric_name=f"win rate vs {results.get('baseline')}"))
+            on_questions(f"pairwise vs baseline ({mode})", lang, "win_rate", s["win_rate"],
+                         f"win rate vs {results.get('baseline')}")
             table[f"win rate vs baseline, {mode}, {lang}"] = (
                 f"{_pct(s['win_rate'])} ({s['win']}/{s['tie']}/{s['loss']}, {s['failed']} failed)")
     for lang, value in (results.get("zero_shot_retention") or {}).items():
@@ -95,11 +99,7 @@ def card_eval_results(results: dict[str, Any]) -> tuple[list[Any], dict[str, Any
         for lang, f in per_lang.items():
             if f["fidelity"] is None:
                 continue
-            entries.append(EvalResult(task_type="text-generation", task_name=f"language fidelity ({mode})",
-                                      dataset_type="x-instruction-questions",
-                                      dataset_name=f"X-Instruction questions ({questions})",
-                                      dataset_config=lang, metric_type="language_fidelity",
-                                      metric_value=f["fidelity"]))
+            on_questions(f"language fidelity ({mode})", lang, "language_fidelity", f["fidelity"])
             table[f"language fidelity, {mode}, {lang}"] = _pct(f["fidelity"])
     for task, per_lang in ((results.get("harness") or {}).get("results") or {}).items():
         for lang, m in per_lang.items():

@@ -1,4 +1,5 @@
-"""Role-aware model cards (generator, evaluator, final X-Instruction model) from ``hub_cards/model_card.md``."""
+"""Role-aware model cards (generator, follower and evaluator of an iteration, final X-Instruction model) from
+``hub_cards/model_card.md``."""
 
 from __future__ import annotations
 
@@ -6,14 +7,40 @@ import json
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import ModelCard, ModelCardData
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from ..prompts import FOLLOWER_TEMPLATE, GENERATOR_TEMPLATE, RATING_TEMPLATE
+from ..run_report import iteration_report
 from ..rundir import RunDir
 from .dataset_repo import CITATION, PublishError
 from .templates import template_path
 
-ROLES = {"generator": GENERATOR_TEMPLATE, "evaluator": RATING_TEMPLATE, "final": FOLLOWER_TEMPLATE}
+ROLES = {"generator": GENERATOR_TEMPLATE, "follower": FOLLOWER_TEMPLATE, "evaluator": RATING_TEMPLATE,
+         "final": FOLLOWER_TEMPLATE}
+PER_ITERATION = ("follower", "evaluator")
+
+
+def iteration_figures(run: RunDir, role: str, k: int) -> dict[str, Any]:
+    """The held-out figures of iteration ``k``'s follower or evaluator (empty when the iteration has not finished)."""
+    row = next((r for r in iteration_report(run.path, run.iterations) if r["iteration"] == k), None)
+    if row is None:
+        return {}
+    if role == "follower":
+        return {"language fidelity (held-out instructions)": row["follower_fidelity"],
+                "language fidelity of the base model": row["base_fidelity"]}
+    return {"held-out accuracy": row["evaluator_heldout_accuracy"],
+            "held-out accuracy of a length-only classifier": row["length_baseline_accuracy"],
+            "AUC of P(3), 3 vs 1": row["evaluator_auc_3v1"], "AUC of P(3), 3 vs 2": row["evaluator_auc_3v2"],
+            "drop rate of planted negatives": row["planted_drop_rate"],
+            "drop rate of real rows": row["real_drop_rate"]}
+
+
+def _eval_results(figures: dict[str, Any], dataset: str | None, k: int) -> list[EvalResult]:
+    """Each figure as a model-index entry (huggingface_hub ``EvalResult``)."""
+    return [EvalResult(task_type="text-generation", task_name=f"X-Instruction refinement, iteration {k}",
+                       dataset_type=dataset or "x-instruction", dataset_name=f"held-out seed pairs, iteration {k}",
+                       metric_type=name.split(" (")[0].replace(" ", "_").lower(), metric_name=name, metric_value=value)
+            for name, value in figures.items() if isinstance(value, int | float)]
 
 
 def render_model_card(
@@ -23,21 +50,28 @@ def render_model_card(
     dataset: str | None = None,
     dataset_revision: str | None = None,
     evaluation: dict[str, Any] | None = None,
+    iteration: int | None = None,
 ) -> ModelCard:
-    """The model card of ``role`` (``generator``, ``evaluator`` or ``final``) of a finished run.
+    """The model card of ``role`` (``generator``, ``follower``, ``evaluator`` or ``final``) of a finished run.
 
     Args:
         repo_id: the model repo the card is for.
         dataset: dataset repo id recorded under ``datasets`` (and linked, with its revision).
         evaluation: metric name -> value, shown in the card when present. For the final model, by default
-            the results of ``xinstruct evaluate --run`` (``<run>/eval/results.json``) when they exist; they
-            also go into the card's ``model-index`` (``eval_results``).
+            the results of ``xinstruct evaluate --run`` (``<run>/eval/results.json``) when they exist; for the
+            follower and the evaluator, that iteration's held-out figures. They also go into the card's
+            ``model-index`` (``eval_results``).
+        iteration: the refinement iteration of a follower or an evaluator (default: the last). Its card names the
+            dataset revision it trained on and the one its ratings made, and links the previous and next
+            iterations' revisions of ``repo_id``.
     """
     if role not in ROLES:
         raise PublishError(f"Unknown role {role!r}; use one of {', '.join(ROLES)}.")
     run = RunDir(run_dir)
     recipe = run.recipe()
-    step = run.role_step(role)
+    k_max = run.iterations
+    k = (iteration or k_max) if role in PER_ITERATION else None
+    step = run.role_step(role, k)
     manifest = run.manifest(step)
     if not manifest:
         raise PublishError(f"{run.path} has no trained {role} (no finished {step} step); run the recipe first.")
@@ -47,7 +81,21 @@ def render_model_card(
         from ..evaluation.report import card_eval_results
 
         eval_results, evaluation = card_eval_results(json.loads(eval_file.read_text(encoding="utf-8")))
-    block = recipe["final"] if role == "final" else recipe["generator"] if role == "generator" else recipe["refinement"]["evaluator"]
+    lineage = None
+    if k is not None:
+        if evaluation is None:
+            evaluation = iteration_figures(run, role, k)
+            eval_results = _eval_results(evaluation, dataset, k)
+        lineage = {
+            "iteration": k, "iterations": k_max, "step_hash": manifest.get("hash"),
+            "trained_on": (f"iter-{k - 1}" if role == "follower" and k > 1 else None),
+            "rated": f"iter-{k}" if role == "evaluator" else None,
+            "previous": f"iter-{k - 1}" if k > 1 else None,
+            "next": f"iter-{k + 1}" if run.finished(run.role_step(role, k + 1)) else None,
+        }
+    blocks = {"final": recipe["final"], "generator": recipe["generator"], "follower": recipe["refinement"]["follower"],
+              "evaluator": recipe["refinement"]["evaluator"]}
+    block = blocks[role]
     base = block.get("model") or recipe["base_model"]
     card_data = ModelCardData(
         base_model=base,
@@ -61,6 +109,8 @@ def render_model_card(
         model_name=repo_id.split("/")[-1],
         eval_results=eval_results or None,
     )
+    default_evaluation = ({"held-out pseudo-rating accuracy": manifest["heldout_accuracy"]}
+                          if "heldout_accuracy" in manifest else None)
     return ModelCard.from_template(
         card_data,
         template_path=str(template_path("model_card.md")),
@@ -68,7 +118,8 @@ def render_model_card(
         repo_id=repo_id,
         role=role,
         base_model=base,
-        iteration=recipe["refinement"]["iterations"],
+        iteration=k or k_max,
+        lineage=lineage,
         languages=recipe["languages"],
         dataset=dataset,
         dataset_revision=dataset_revision,
@@ -76,6 +127,7 @@ def render_model_card(
         lora=block.get("lora"),
         training=block.get("training") or {},
         metrics=manifest.get("metrics"),
-        evaluation=evaluation or ({"held-out pseudo-rating accuracy": manifest["heldout_accuracy"]} if "heldout_accuracy" in manifest else None),
+        evaluation=evaluation or default_evaluation,
+        likelihood=(recipe["refinement"].get("evaluator_kind") == "likelihood"),
         citation=CITATION,
     )

@@ -22,13 +22,17 @@ from ..rundir import RunDir, iteration_step
 from . import plots
 from .templates import template_path
 
-CITATION = """@inproceedings{li-etal-2024-x,
-    title = "X-Instruction: Aligning Language Model in Low-resource Languages with Self-curated Cross-lingual Instructions",
-    author = "Li, Chong and Yang, Wen and Zhang, Jiajun and Lu, Jinliang and Wang, Shaonan and Zong, Chengqing",
-    booktitle = "Findings of the Association for Computational Linguistics: ACL 2024",
-    year = "2024",
-    publisher = "Association for Computational Linguistics",
-}"""
+CITATION = (
+    "@inproceedings{li-etal-2024-x,\n"
+    '    title = "X-Instruction: Aligning Language Model in Low-resource Languages with Self-curated Cross-lingual '
+    'Instructions",\n'
+    '    author = "Li, Chong and Yang, Wen and Zhang, Jiajun and Lu, Jinliang and Wang, Shaonan and '
+    'Zong, Chengqing",\n'
+    '    booktitle = "Findings of the Association for Computational Linguistics: ACL 2024",\n'
+    '    year = "2024",\n'
+    '    publisher = "Association for Computational Linguistics",\n'
+    "}"
+)
 
 COLUMNS = ("id", "language", "instruction", "output", "messages", "source", "rating", "cluster", "iteration")
 
@@ -126,7 +130,8 @@ def build_dataset_repo(
     table = []
     for code, rows in by_lang.items():
         _write_parquet(rows, out / "data" / code, shard_rows)
-        configs.append({"config_name": code, "data_files": [{"split": "train", "path": f"data/{code}/train-*.parquet"}]})
+        files = [{"split": "train", "path": f"data/{code}/train-*.parquet"}]
+        configs.append({"config_name": code, "data_files": files})
         table.append({
             "code": code, "name": get_language(code).name, "samples": len(rows),
             "instruction": _mean_std([len(t) for t in rows["instruction"]]),
@@ -143,15 +148,18 @@ def build_dataset_repo(
         if iterations and run.finished(iteration_step(k, "kept")):
             kept = to_rows(run.kept(k))
             _write_parquet(kept, out / "iterations" / f"iter-{k}", shard_rows)
-            configs.append({"config_name": f"iter-{k}", "data_files": [{"split": "train", "path": f"iterations/iter-{k}/train-*.parquet"}]})
+            files = [{"split": "train", "path": f"iterations/iter-{k}/train-*.parquet"}]
+            configs.append({"config_name": f"iter-{k}", "data_files": files})
             iteration_configs.append({"name": f"iter-{k}", "rows": len(kept)})
 
-    plot_files = [plots.output_lengths({c: [len(t) for t in r["output"]] for c, r in by_lang.items()}, out / "plots" / "output_length.png").name]
+    lengths = {c: [len(t) for t in r["output"]] for c, r in by_lang.items()}
+    plot_files = [plots.output_lengths(lengths, out / "plots" / "output_length.png").name]
     if histograms:
         plot_files.append(plots.rating_distribution(histograms, out / "plots" / "rating_distribution.png").name)
     quality = {"iterations": iteration_report(run.path, k_max), "summary": run_summary(run.path)}
     if quality["iterations"]:
-        plot_files.append(plots.quality_per_iteration(quality["iterations"], out / "plots" / "quality_per_iteration.png").name)
+        for plot in (plots.quality_per_iteration, plots.kept_per_language):
+            plot_files.append(plot(quality["iterations"], out / "plots" / f"{plot.__name__}.png").name)
     div = run.manifest("diversified")
     if div.get("per_language"):
         sizes = {c: v["cluster_sizes"] for c, v in div["per_language"].items()}

@@ -35,7 +35,8 @@ def rating_distribution(histograms: dict[int, dict[str, int]], path: Path) -> Pa
     fig, ax = plt.subplots(figsize=(6, 3.5))
     width = 0.8 / max(1, len(histograms))
     for n, (k, hist) in enumerate(sorted(histograms.items())):
-        ax.bar([r + n * width for r in (1, 2, 3)], [hist.get(str(r), 0) for r in (1, 2, 3)], width, label=f"iteration {k}")
+        ax.bar([r + n * width for r in (1, 2, 3)], [hist.get(str(r), 0) for r in (1, 2, 3)], width,
+               label=f"iteration {k}")
     ax.set_xticks([r + width * (len(histograms) - 1) / 2 for r in (1, 2, 3)], ["1", "2", "3"])
     ax.set_xlabel("rating (argmax)")
     ax.set_ylabel("candidates")
@@ -94,4 +95,20 @@ def quality_per_iteration(report: list[dict], path: Path) -> Path:
     ax.set_xlabel("refinement iteration")
     ax.set_title("Quality per iteration (dashed: reference)")
     ax.legend(fontsize="small")
+    return _save(fig, path)
+
+
+def kept_per_language(report: list[dict], path: Path) -> Path:
+    """Rows each refinement iteration kept, per language (one line per language across iterations)."""
+    its = [r["iteration"] for r in report]
+    langs = sorted({code for r in report for code in r["kept_per_language"]})
+    fig, ax = plt.subplots(figsize=(6.5, 3.5))
+    for code in langs:
+        ax.plot(its, [r["kept_per_language"].get(code, 0) for r in report], marker="o", label=code)
+    ax.set_xticks(its)
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("refinement iteration")
+    ax.set_ylabel("rows kept")
+    ax.set_title("Rows kept per language and iteration")
+    ax.legend(fontsize="small", ncol=2)
     return _save(fig, path)
