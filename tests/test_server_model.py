@@ -110,3 +110,30 @@ def test_check_model_can_be_turned_off(model_server):
     assert other.gets == [] and len(other.posts) == len(ROWS)
     assert make_engine(engine_config("endpoint", base_urls=[other.url]), "gen").check_model is True  # the default
     assert make_engine(engine_config("endpoint", base_urls=[other.url], check_model=False), "gen").check_model is False
+
+
+def test_a_step_whose_server_serves_another_model_stops_before_sending_a_row(tiny_run, model_server, tmp_path):
+    """The candidates step of a real run, its generator pointed at a server that serves another model: ``xinstruct
+    run`` stops with one error line naming both models and a non-zero exit; the server got no generation request."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from conftest import FAST, TINY_RECIPE, endpoint_override
+
+    run_dir = tmp_path / "run"
+    for step in ("seed", "webtext", "baseline", "generator"):
+        shutil.copytree(tiny_run[0] / step, run_dir / step)
+    other = model_server(models=["meta-llama/Llama-3.1-8B"])
+    cmd = [sys.executable, "-m", "xinstruct.cli", "run", str(TINY_RECIPE), "--run-dir", str(run_dir),
+           "--until", "candidates"]
+    for item in [*FAST, endpoint_override(other.url, model="xinstruct-generator", max_retries=0)]:
+        cmd += ["--set", item]
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}  # offline, the engine sends nothing
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "meta-llama/Llama-3.1-8B" in errors[0] and "xinstruct-generator" in errors[0]
+    assert other.posts == [] and "/v1/models" in other.gets
+    assert not (run_dir / "candidates" / "manifest.json").exists()

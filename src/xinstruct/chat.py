@@ -34,9 +34,8 @@ from pathlib import Path
 
 from . import languages
 from .inference import Engine, GenerationParams
-from .prompts import follower_prompt, zero_shot_prompt
+from .prompts import mode_prompt
 
-MODES = ("cross-lingual", "zero-shot")
 HISTORY_HEADER = "Earlier in this conversation:"
 
 
@@ -65,12 +64,8 @@ def build_prompt(mode: str, message: str, language: str, assistant_style: bool =
         assistant_style: the assistant-style variant of the cross-lingual template.
         history: earlier (user, assistant) turns, oldest first, already trimmed.
     """
-    instruction = fold_history(history or [], message)
-    if mode == "cross-lingual":
-        return follower_prompt(instruction, language_name(language), assistant_style)
-    if mode == "zero-shot":
-        return zero_shot_prompt(instruction)
-    raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    name = language_name(language) if mode == "cross-lingual" else ""
+    return mode_prompt(mode, fold_history(history or [], message), name, assistant_style)
 
 
 def language_name(language: str) -> str:

@@ -90,10 +90,10 @@ def _cmd_push_space(args: argparse.Namespace) -> int:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .errors import UsageError
-    from .evaluation.answers import MODES
     from .evaluation.harness import TASK_LANGUAGES
     from .evaluation.run import EvalConfig, JudgeConfig, evaluate_models
     from .inference import engine_config
+    from .prompts import MODES
     from .rundir import RunDir
 
     model, baseline, langs, out = args.model, args.baseline, None, args.out

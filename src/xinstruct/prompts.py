@@ -44,6 +44,20 @@ def zero_shot_prompt(instruction: str) -> str:
     return ZERO_SHOT_TEMPLATE.format(instruction=instruction)
 
 
+MODES = ("cross-lingual", "zero-shot")
+
+
+def mode_prompt(mode: str, instruction: str, language_name: str, assistant_style: bool = False) -> str:
+    """The prompt of an X-Instruction model in ``mode`` (chat and evaluation both ask this way): ``cross-lingual``, an
+    English instruction answered in ``language_name`` (:func:`follower_prompt`), or ``zero-shot``, an instruction
+    written in the target language itself (:func:`zero_shot_prompt`; ``language_name`` is not used)."""
+    if mode == "cross-lingual":
+        return follower_prompt(instruction, language_name, assistant_style)
+    if mode == "zero-shot":
+        return zero_shot_prompt(instruction)
+    raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+
+
 def generator_example(instruction: str, output: str) -> dict[str, str]:
     """A seed pair as a generator training example (text -> English instruction).
 

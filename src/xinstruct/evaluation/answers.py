@@ -11,18 +11,14 @@ from typing import Any
 from .. import languages
 from ..data.readers import read_jsonl
 from ..inference import Engine, GenerationParams
-from ..prompts import follower_prompt, zero_shot_prompt
-
-MODES = ("cross-lingual", "zero-shot")
+from ..prompts import mode_prompt
 
 
 def answer_prompt(mode: str, question: dict[str, Any], language: str) -> str:
     """The prompt a model gets for ``question`` (a :func:`paired_questions` row) in ``mode``."""
-    if mode == "cross-lingual":
-        return follower_prompt(question["english"], languages.get(language).name)
-    if mode == "zero-shot":
-        return zero_shot_prompt(question["text"])
-    raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if mode == "zero-shot":  # the question written in the target language itself
+        return mode_prompt(mode, question["text"], "")
+    return mode_prompt(mode, question["english"], languages.get(language).name)
 
 
 def generate_answers(engine: Engine, questions: list[dict[str, Any]], language: str, mode: str, model: str,

@@ -11,7 +11,8 @@ from typing import Any
 
 from .. import languages
 from ..inference import EngineConfig, GenerationParams, engine_config, make_engine
-from .answers import MODES, generate_answers
+from ..prompts import MODES
+from .answers import generate_answers
 from .fidelity import language_fidelity
 from .judge import JUDGE_SYSTEM, judge_pairs, summarize, zero_shot_retention
 from .questions import paired_questions

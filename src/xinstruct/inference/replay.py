@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,8 @@ class ReplayStore:
             self.answers[record["key"]] = record["answer"]
         self._answers = self._append(ANSWERS)
         self._failures = self._append(FAILURES)
+        # closed by close(), by a with block, or when the store is garbage-collected (the engine that owns it is gone)
+        self._closer = weakref.finalize(self, _close_all, self._answers, self._failures)
 
     def _append(self, name: str):
         """Open for appending; a line cut short by a kill gets its newline first, so the next record stays whole."""
@@ -104,5 +107,16 @@ class ReplayStore:
         return self.folder / FAILURES
 
     def close(self) -> None:
-        self._answers.close()
-        self._failures.close()
+        """Close the two files (every record is already flushed)."""
+        self._closer()
+
+    def __enter__(self) -> ReplayStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _close_all(*handles) -> None:
+    for handle in handles:
+        handle.close()
