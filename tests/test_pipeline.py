@@ -270,7 +270,7 @@ def test_unknown_stage_for_until(tmp_path):
 
 @pytest.mark.parametrize("case", ["malformed_yaml", "missing_recipe", "bad_override", "unknown_step", "bad_dtype",
                                   "too_few_seeds_to_hold_out", "not_a_run_dir", "missing_model", "malformed_data",
-                                  "unreachable_server", "bad_cli_input"])
+                                  "unreachable_server", "bad_cli_input", "missing_accelerate_config"])
 def test_each_kind_of_bad_input_is_one_line_without_traceback(tmp_path, case):
     broken = tmp_path / "broken.yaml"
     broken.write_text("name: x\nlanguages: [sw, ta\n")
@@ -291,6 +291,8 @@ def test_each_kind_of_bad_input_is_one_line_without_traceback(tmp_path, case):
         "unreachable_server": ("run", str(TINY), "--set", "languages=[sw]", "--set", "engine.type=endpoint", "--set",
                                "engine.base_urls=[http://127.0.0.1:9]", "--set", "engine.max_retries=0"),
         "bad_cli_input": ("evaluate", "--languages", "sw"),
+        "missing_accelerate_config": ("run", str(TINY), "--set", "launcher.type=accelerate", "--set",
+                                      f"launcher.config_file={tmp_path / 'no-such-config.yaml'}"),
     }[case]
     write_jsonl(tmp_path / "bad" / "sw.jsonl", [{"instruction": "Say hi.", "output": "Habari!"}])
     with (tmp_path / "bad" / "sw.jsonl").open("a") as broken_line:

@@ -75,14 +75,21 @@ def test_model_cards_per_role(tiny_run):
         card = render_model_card(tiny_run[0], role, f"user/x-instruction-{role}", dataset="user/x-instruction",
                                  dataset_revision="abc123")
         data = card.data.to_dict()
-        assert data["base_model"] == "tiny" and data["datasets"] == ["user/x-instruction"]
-        assert data["library_name"] == "transformers"
+        if role == "final":  # trained on the published set; the generator and the evaluator made it
+            assert data["datasets"] == ["user/x-instruction"] and "revision `abc123`" in card.text
+        else:
+            assert "datasets" not in data and "Part of the run that made" in card.text
+        assert data["base_model"] == "tiny" and data["library_name"] == "transformers"
         assert data["pipeline_tag"] == "text-generation" and {"x-instruction", "trl", "sft"} <= set(data["tags"])
         assert json.dumps(marker)[1:-1] in card.text and "learning_rate" in card.text
         reloaded = ModelCard(str(card))
         assert reloaded.data.to_dict()["language"] == ["sw", "ta", "th"]
     evaluator = render_model_card(tiny_run[0], "evaluator", "u/e")  # the last iteration's, with its figures
     assert "held-out accuracy" in evaluator.text and "Iteration 2 of 2" in evaluator.text
+    assert "rating head" in evaluator.text  # the tiny recipe's likelihood evaluator: the follower's weights + a head
+    metrics = [m for r in evaluator.data.to_dict()["model-index"][0]["results"] for m in r["metrics"]]
+    assert {m["type"] for m in metrics} == {"accuracy", "roc_auc_3v1", "roc_auc_3v2", "planted_drop_rate"}
+    assert "length-only" not in " ".join(m["name"] for m in metrics)  # references stay in the card's table
 
 
 def test_bad_input(tiny_run, tmp_path):

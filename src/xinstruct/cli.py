@@ -190,7 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "nothing)")
     p.add_argument("recipe", help="YAML recipe")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe key")
-    p.add_argument("--device", default="h100-80gb", help="h100-80gb (default), a100-80gb, l4-24gb or cpu-2core")
+    p.add_argument("--device", default="h100-80gb", help="h100-80gb (default), a100-80gb, a100-40gb, l40s-48gb, "
+                   "l4-24gb or cpu-2core (peak bf16 FLOP/s, memory bandwidth and memory of each: xinstruct.costs)")
     p.add_argument("--run", help="a finished run whose measured keep rates replace the defaults")
     p.add_argument("--webtext-kept", dest="webtext_kept", type=float,
                    help="share of web texts passing the filters (default 0.8)")

@@ -236,6 +236,10 @@ def _check_recipe(recipe: Recipe) -> None:
     if not 0.0 <= recipe.final.assistant_share <= 1.0:
         raise RecipeError("final.assistant_share is a share: 0 <= value <= 1.")
     check_choice(recipe.launcher.type, ("python", "accelerate"), "launcher.type")
+    config_file = recipe.launcher.config_file
+    if recipe.launcher.type == "accelerate" and config_file and not Path(config_file).is_file():
+        raise RecipeError(f"launcher.config_file {config_file} does not exist (a relative path is read relative to "
+                          "the recipe file, then to the working directory).")
     recipe.engine.check("engine")
     for where, role in roles.items():
         recipe.engine_for(role, f"{where}.engine").check(f"{where}.engine")

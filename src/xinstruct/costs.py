@@ -22,8 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from .config import Recipe
 
 # Peak dense bf16 FLOP/s, memory bandwidth (bytes/s) and memory (GB) per device; ``cpu-2core`` is this project's CI
@@ -114,20 +112,17 @@ def rates_from_run(run_dir: str | Path) -> dict[str, float]:
     return rates
 
 
-def _accelerate_config(recipe: Recipe) -> dict[str, Any]:
-    launcher = recipe.launcher
-    if launcher.type == "accelerate" and launcher.config_file and Path(launcher.config_file).exists():
-        return yaml.safe_load(Path(launcher.config_file).read_text()) or {}
-    return {}
-
-
 def _processes(recipe: Recipe) -> int:
-    return int(recipe.launcher.num_processes or _accelerate_config(recipe).get("num_processes", 1))
+    from .training import launch_processes
+
+    return launch_processes(recipe.launcher)
 
 
 def _sharded(recipe: Recipe) -> bool:
     """True when the launcher shards weights, gradients and optimizer state over the processes (FSDP, ZeRO-3)."""
-    accelerate = _accelerate_config(recipe)
+    from .training import accelerate_config
+
+    accelerate = accelerate_config(recipe.launcher)
     return accelerate.get("distributed_type") == "FSDP" or (
         accelerate.get("distributed_type") == "DEEPSPEED"
         and (accelerate.get("deepspeed_config") or {}).get("zero_stage") == 3)
@@ -137,21 +132,24 @@ def training_memory_gb(shape: ModelShape, role, row_tokens: int, processes: int,
     """Peak memory per device of one role's training, in GB (``None`` when the model's shape is unknown).
 
     Weights and state: full fine-tuning keeps float32 master weights, gradients and two Adam moments (16 bytes per
-    parameter), divided over the processes when FSDP or ZeRO-3 shards them; LoRA keeps the frozen base in bf16 (2
-    bytes per parameter) on every process. Plus the float32 logits of one micro-batch (batch x tokens x vocabulary
-    x 4 bytes, tokens being the longest row the role can see: ``max_length`` or the row's content budget, whichever
-    is smaller), the activation checkpoints (batch x tokens x hidden x layers x 2 bytes), and 20% for the CUDA
-    context, one layer's live activations and fragmentation.
+    parameter), divided over the processes when FSDP or ZeRO-3 shards them; LoRA keeps the frozen base in the
+    training precision (2 bytes per parameter with ``bf16``/``fp16``, else 4) on every process. Plus the float32
+    logits of one micro-batch (batch x tokens x vocabulary x 4 bytes, tokens being the longest row the role can see:
+    ``max_length`` or the row's content budget, whichever is smaller), the activations (with activation
+    checkpointing, TRL's default: one 2-byte hidden state per layer; without: about 34 bytes per hidden unit and
+    layer), and 20% for the CUDA context, one layer's live activations and fragmentation.
     """
     if shape.vocab is None or shape.hidden is None or shape.layers is None:
         return None
     training = role.training
     batch = training.get("per_device_train_batch_size", 8)
     tokens = min(training.get("max_length") or row_tokens, row_tokens)
-    state = 2 * shape.params if role.lora else 16 * shape.params / (processes if sharded else 1)
+    half = training.get("bf16") or training.get("fp16")
+    state = (2 if half else 4) * shape.params if role.lora else 16 * shape.params / (processes if sharded else 1)
     logits = batch * tokens * shape.vocab * 4
-    checkpoints = batch * tokens * shape.hidden * shape.layers * 2
-    return 1.2 * (state + logits + checkpoints) / 1e9
+    checkpointing = training.get("activation_checkpointing", training.get("gradient_checkpointing", True))
+    activations = batch * tokens * shape.hidden * shape.layers * (2 if checkpointing else 34)
+    return 1.2 * (state + logits + activations) / 1e9
 
 
 def _trained_rows(training: dict[str, Any], rows: float, processes: int) -> float:
@@ -248,7 +246,8 @@ def plan_costs(recipe: Recipe, device: str = "h100-80gb", rates: dict[str, float
     if ref.evaluator_kind == "likelihood":
         del longest["evaluator"]
     sharded = _sharded(recipe)
-    memory = {name: training_memory_gb(shape, role, row, gpus, sharded) for name, (role, row) in longest.items()}
+    memory = {name: training_memory_gb(KNOWN_MODELS.get(recipe.model_for(role), shape), role, row, gpus, sharded)
+              for name, (role, row) in longest.items()}
     keep_factor = rates["keep_rate"] ** (ref.iterations if ref.rate == "kept" else 1)
     needed = math.ceil(recipe.diversification.target_per_language
                        / (rates["webtext_kept"] * rates["gate_kept"] * keep_factor))

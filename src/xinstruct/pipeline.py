@@ -77,7 +77,7 @@ def plan(recipe: Recipe, run_dir: str | Path) -> list[PlannedStep]:
         settings = {k: built[v.step].hash if isinstance(v, InputHash) else v for k, v in spec.settings.items()}
         step = Step(run_dir, spec.name, settings, [built[name] for name in spec.inputs])
         built[spec.name] = step
-        out.append(PlannedStep(step, spec.stage, functools.partial(spec.run, StepContext(recipe, step, built))))
+        out.append(PlannedStep(step, spec.stage, functools.partial(StepContext(recipe, step, built).run, spec)))
     return out
 
 

@@ -58,6 +58,7 @@ class StepContext:
     recipe: Recipe
     step: Step
     steps: dict[str, Step]
+    built: list[Engine] = dataclasses.field(default_factory=list)  # engines made for this step, closed at its end
 
     def load(self, name: str) -> Dataset:
         """The data of an earlier step."""
@@ -74,7 +75,21 @@ class StepContext:
     def engine(self, role: RoleConfig | None, model: str) -> Engine:
         """The engine that serves ``model`` for ``role`` in this step (endpoint answers are stored in
         ``<step>/requests``, so a killed step re-sends nothing)."""
-        return make_engine(self.recipe.engine_for(role), model, self.step.path / "requests")
+        engine = make_engine(self.recipe.engine_for(role), model, self.step.path / "requests")
+        self.built.append(engine)
+        return engine
+
+    def close(self) -> None:
+        """Close every engine the step made (worker processes, devices, replay files), before the next step trains."""
+        while self.built:
+            self.built.pop().close()
+
+    def run(self, spec: StepSpec) -> dict[str, Any]:
+        """Run ``spec`` in this context and close its engines, whatever happens."""
+        try:
+            return spec.run(self)
+        finally:
+            self.close()
 
     def engines(self, role: RoleConfig | None) -> Callable[[str], Engine]:
         """A factory of :meth:`engine` for a model path known only while the step runs (a model it trains)."""
@@ -82,10 +97,14 @@ class StepContext:
 
 
 def engine_settings(recipe: Recipe, role: RoleConfig | None) -> dict[str, Any]:
-    """The engine settings that change a step's outputs: the resolved dtype and the input limit. The kind (local or
-    endpoint) is left out, so a step can move to a server and still resume from what it wrote."""
+    """The engine settings that change a step's outputs: the resolved dtype, the input limit and the local engine's
+    sampling scheme. The kind (local or endpoint) is left out, so a step can move to a server and still resume from
+    what it wrote."""
+    from .inference.local import SAMPLING
+
     cfg = recipe.engine_for(role)
-    return {"dtype": resolve_dtype(cfg.dtype, getattr(cfg, "device", None)), "max_input_tokens": cfg.max_input_tokens}
+    return {"dtype": resolve_dtype(cfg.dtype, getattr(cfg, "device", None)), "max_input_tokens": cfg.max_input_tokens,
+            "sampling": SAMPLING}
 
 
 def measured_settings(recipe: Recipe) -> dict[str, Any]:

@@ -274,13 +274,25 @@ def accelerate_command(launcher: LauncherConfig, spec_path: Path) -> list[str]:
     return cmd
 
 
-def launch_type(launcher: LauncherConfig) -> str:
-    """The ``distributed_type`` an accelerate launch asks for (``NO`` without a config file)."""
+def accelerate_config(launcher: LauncherConfig) -> dict[str, Any]:
+    """The accelerate config file a launcher names, as a dict (empty without one)."""
     if launcher.type != "accelerate" or not launcher.config_file:
-        return "NO"
+        return {}
     import yaml
 
-    return str((yaml.safe_load(Path(launcher.config_file).read_text()) or {}).get("distributed_type", "NO"))
+    return yaml.safe_load(Path(launcher.config_file).read_text()) or {}
+
+
+def launch_type(launcher: LauncherConfig) -> str:
+    """The ``distributed_type`` an accelerate launch asks for (``NO`` without a config file)."""
+    return str(accelerate_config(launcher).get("distributed_type", "NO"))
+
+
+def launch_processes(launcher: LauncherConfig) -> int:
+    """How many training processes a launcher starts (``num_processes``, else the config file's, else 1)."""
+    if launcher.type != "accelerate":
+        return 1
+    return int(launcher.num_processes or accelerate_config(launcher).get("num_processes", 1))
 
 
 def train_role(recipe: Recipe, role: RoleConfig, train_dataset: Dataset, output_dir: str | Path) -> dict[str, Any]:
@@ -293,8 +305,10 @@ def train_role(recipe: Recipe, role: RoleConfig, train_dataset: Dataset, output_
 
 def role_settings(recipe: Recipe, role: RoleConfig) -> dict[str, Any]:
     """The settings of a role that change its trained model (for step hashes), the resolved precision included."""
+    launched = recipe.launcher.type == "accelerate"  # the process count sets the global batch, so the weights
     return {"model": recipe.model_for(role), "lora": role.lora, "training": output_settings(role.training),
-            "dtype": training_dtype(role.training), "seed": recipe.seed, "launcher": recipe.launcher.type}
+            "dtype": training_dtype(role.training), "seed": recipe.seed, "launcher": recipe.launcher.type,
+            **({"processes": launch_processes(recipe.launcher)} if launched else {})}
 
 
 def run_training(launcher: LauncherConfig, train_dataset: Dataset, output_dir: str | Path,

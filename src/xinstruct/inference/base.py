@@ -87,6 +87,17 @@ class Engine(ABC):
     name: str = "engine"
     stats: dict
 
+    def close(self) -> None:
+        """Release what the engine holds (worker processes and their devices, open files). Engines also close when
+        garbage-collected; steps close theirs when they end."""
+        return None
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def report(self) -> dict:
         """What a step's manifest records about the engine: its kind and counters (rows, tokens, retries...)."""
         return {"engine": self.name, "engine_stats": dict(getattr(self, "stats", {}))}

@@ -98,6 +98,11 @@ class EndpointEngine(Engine):
             "failed": 0, "prompt_tokens": 0, "completion_tokens": 0, "options_missing": 0, "seconds": 0.0,
         }
 
+    def close(self) -> None:
+        """Close the replay store's files."""
+        if self.store is not None:
+            self.store.close()
+
     def generate(self, prompts: list[str], params: GenerationParams) -> list[str]:
         """One continuation per prompt (see :meth:`Engine.generate`); ``params.seed`` goes into every request."""
         fields = self._decoding_fields(params)

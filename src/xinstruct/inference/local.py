@@ -59,6 +59,9 @@ def length_batches(lengths: list[int], batch_size: int, max_input_tokens: int) -
     return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
 
 
+SAMPLING = "top-64 sampler, a seed per length-sorted batch"  # enters step hashes: a change resamples every row
+
+
 def batch_seed(seed: int, batch: int) -> int:
     """The sampling seed of batch ``batch`` of a call made with ``seed``."""
     return seed * 100_003 + batch
@@ -226,7 +229,7 @@ class LocalEngine(Engine):
     def stream(self, prompt: str, params: GenerationParams) -> Iterator[str]:
         """Yield decoded text pieces as ``model.generate`` produces them (``TextIteratorStreamer``). Closing
         the generator early (a user pressing Stop) stops the generation at the next token."""
-        torch.manual_seed(params.seed)
+        torch.manual_seed(batch_seed(params.seed, 0))  # as generate([prompt], params) samples it
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
         enc = self._encode([prompt])
         stop = threading.Event()

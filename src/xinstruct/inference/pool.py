@@ -15,6 +15,7 @@ import logging
 import multiprocessing as mp
 import os
 import queue
+import signal
 import time
 import traceback
 import weakref
@@ -39,7 +40,13 @@ def pool_devices(devices: int | str, device: str | None = None) -> list[str]:
     kind = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if kind.startswith("cuda"):
         visible = torch.cuda.device_count()
+        if visible == 0:
+            raise RecipeError(f"engine.device is {kind!r} but this machine shows no CUDA device.")
         n = visible if devices == "all" else devices
+        if n > 1 and kind != "cuda":
+            raise RecipeError(f"engine.device {kind!r} names one GPU; with engine.devices {devices!r} leave "
+                              "engine.device unset (or 'cuda'): the workers use cuda:0 .. cuda:N-1 "
+                              "(CUDA_VISIBLE_DEVICES picks them).")
         if n > visible:
             raise RecipeError(f"engine.devices is {n} but this machine shows {visible} CUDA device(s).")
         return [f"cuda:{i}" for i in range(n)] if n > 1 or kind == "cuda" else [kind]
@@ -51,11 +58,12 @@ def _worker(model: str, device: str, threads: int | None, settings: dict[str, An
     (``None``) or until the parent process is gone."""
     from .local import LocalEngine
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the parent, which stops the workers
     if threads:
         torch.set_num_threads(threads)
     try:
         engine = LocalEngine(model, device=device, progress=False, **settings)
-    except BaseException as error:  # reported to the parent, which raises it
+    except Exception as error:  # reported to the parent, which raises it
         results.put(("failed", None, f"{type(error).__name__}: {error}", traceback.format_exc()))
         return
     results.put(("ready", None, None, None))
@@ -73,22 +81,30 @@ def _worker(model: str, device: str, threads: int | None, settings: dict[str, An
         before = dict(engine.stats)
         try:
             value = getattr(engine, method)(*args)
-        except BaseException as error:
+        except Exception as error:
             results.put(("failed", key, f"{type(error).__name__}: {error}", traceback.format_exc()))
             continue
         stats = {k: engine.stats[k] - before.get(k, 0) for k in ("prompts", "new_tokens")}
         results.put(("done", key, value, stats))
 
 
-def _stop(workers: list, jobs) -> None:
-    """Stop the workers (also run when the pool is garbage-collected or the interpreter exits)."""
+def _stop(workers: list, jobs, results) -> None:
+    """Stop the workers: ask them to exit, give them a shared deadline, then terminate what is left (also run when the
+    pool is garbage-collected or the interpreter exits). Jobs still queued are dropped."""
+    while True:
+        try:
+            jobs.get_nowait()
+        except (queue.Empty, OSError, ValueError):
+            break
     for _ in workers:
         try:
             jobs.put(None)
         except (OSError, ValueError):
             break
+    results.cancel_join_thread()  # results nobody reads must not keep a worker from exiting
+    deadline = time.monotonic() + 10
     for worker in workers:
-        worker.join(timeout=10)
+        worker.join(timeout=max(0.0, deadline - time.monotonic()))
         if worker.is_alive():
             worker.terminate()
 
@@ -125,7 +141,7 @@ class DevicePool(Engine):
         ]
         for worker in self._workers:
             worker.start()
-        self._finalizer = weakref.finalize(self, _stop, self._workers, self._jobs)
+        self._finalizer = weakref.finalize(self, _stop, self._workers, self._jobs, self._results)
         for _ in self._workers:
             self._receive()  # every worker has loaded its model (or its error is raised here)
 

@@ -20,27 +20,43 @@ ROLES = {"generator": GENERATOR_TEMPLATE, "follower": FOLLOWER_TEMPLATE, "evalua
 PER_ITERATION = ("follower", "evaluator")
 
 
-def iteration_figures(run: RunDir, role: str, k: int) -> dict[str, Any]:
-    """The held-out figures of iteration ``k``'s follower or evaluator (empty when the iteration has not finished)."""
+# (figure name in the card, metric id in model-index, key of the iteration report, the model's own figure?)
+FIGURES = {
+    "follower": (("language fidelity (held-out instructions)", "language_fidelity", "follower_fidelity", True),
+                 ("language fidelity of the base model", "language_fidelity", "base_fidelity", False)),
+    "evaluator": (("held-out accuracy", "accuracy", "evaluator_heldout_accuracy", True),
+                  ("held-out accuracy of a length-only classifier", "accuracy", "length_baseline_accuracy", False),
+                  ("AUC of P(3), 3 vs 1", "roc_auc_3v1", "evaluator_auc_3v1", True),
+                  ("AUC of P(3), 3 vs 2", "roc_auc_3v2", "evaluator_auc_3v2", True),
+                  ("drop rate of planted negatives", "planted_drop_rate", "planted_drop_rate", True),
+                  ("drop rate of real rows", "real_drop_rate", "real_drop_rate", False)),
+}
+
+
+def iteration_figures(run: RunDir, role: str, k: int) -> tuple[dict[str, Any], list[EvalResult]]:
+    """The held-out figures of iteration ``k``'s follower or evaluator, as the card's table (the model's figures next
+    to their references) and as ``model-index`` entries (the model's own figures only). The follower's fidelity is its
+    own only when it answered the seed instructions (``level_sources[2]: follower``)."""
     row = next((r for r in iteration_report(run.path, run.iterations) if r["iteration"] == k), None)
     if row is None:
-        return {}
-    if role == "follower":
-        return {"language fidelity (held-out instructions)": row["follower_fidelity"],
-                "language fidelity of the base model": row["base_fidelity"]}
-    return {"held-out accuracy": row["evaluator_heldout_accuracy"],
-            "held-out accuracy of a length-only classifier": row["length_baseline_accuracy"],
-            "AUC of P(3), 3 vs 1": row["evaluator_auc_3v1"], "AUC of P(3), 3 vs 2": row["evaluator_auc_3v2"],
-            "drop rate of planted negatives": row["planted_drop_rate"],
-            "drop rate of real rows": row["real_drop_rate"]}
-
-
-def _eval_results(figures: dict[str, Any], dataset: str | None, k: int) -> list[EvalResult]:
-    """Each figure as a model-index entry (huggingface_hub ``EvalResult``)."""
-    return [EvalResult(task_type="text-generation", task_name=f"X-Instruction refinement, iteration {k}",
-                       dataset_type=dataset or "x-instruction", dataset_name=f"held-out seed pairs, iteration {k}",
-                       metric_type=name.split(" (")[0].replace(" ", "_").lower(), metric_name=name, metric_value=value)
-            for name, value in figures.items() if isinstance(value, int | float)]
+        return {}, []
+    level2 = ((run.recipe().get("refinement") or {}).get("pseudo_ratings") or {}).get("level_sources", {})
+    if role == "follower" and str(level2.get(2, level2.get("2", "follower"))) != "follower":
+        return {}, []  # the level-2 answers (and their fidelity) came from the base model
+    table, results = {}, []
+    for name, metric, key, own in FIGURES[role]:
+        value = row.get(key)
+        if value is None:
+            continue
+        table[name] = value
+        if own and isinstance(value, int | float):
+            results.append(EvalResult(
+                task_type="text-classification" if role == "evaluator" else "text-generation",
+                task_name=f"X-Instruction {role}, refinement iteration {k}",
+                dataset_type="x-instruction-heldout-seeds",
+                dataset_name=f"held-out seed pairs of the run (iteration {k})", metric_type=metric, metric_name=name,
+                metric_value=value))
+    return table, results
 
 
 def render_model_card(
@@ -84,8 +100,7 @@ def render_model_card(
     lineage = None
     if k is not None:
         if evaluation is None:
-            evaluation = iteration_figures(run, role, k)
-            eval_results = _eval_results(evaluation, dataset, k)
+            evaluation, eval_results = iteration_figures(run, role, k)
         lineage = {
             "iteration": k, "iterations": k_max, "step_hash": manifest.get("hash"),
             "trained_on": (f"iter-{k - 1}" if role == "follower" and k > 1 else None),
@@ -93,24 +108,30 @@ def render_model_card(
             "previous": f"iter-{k - 1}" if k > 1 else None,
             "next": f"iter-{k + 1}" if run.finished(run.role_step(role, k + 1)) else None,
         }
+    likelihood = recipe["refinement"].get("evaluator_kind") == "likelihood"
     blocks = {"final": recipe["final"], "generator": recipe["generator"], "follower": recipe["refinement"]["follower"],
-              "evaluator": recipe["refinement"]["evaluator"]}
+              # a likelihood evaluator is the follower's weights plus a rating head
+              "evaluator": recipe["refinement"]["follower" if likelihood else "evaluator"]}
     block = blocks[role]
+    if role == "evaluator" and likelihood:
+        manifest = run.manifest(run.role_step("follower", k))  # the training behind the weights
+    # the data a model trained on: the final model on the published set; follower k on the kept set of k - 1
+    trained_on = (dataset_revision if role == "final" else
+                  lineage["trained_on"] if lineage and lineage["trained_on"] else None)
+    trained_on_dataset = dataset if role == "final" or trained_on else None
     base = block.get("model") or recipe["base_model"]
     card_data = ModelCardData(
         base_model=base,
-        datasets=[dataset] if dataset else None,
+        datasets=[trained_on_dataset] if trained_on_dataset else None,
         language=list(recipe["languages"]),
         library_name="transformers",
         pipeline_tag="text-generation",
         license="other",
         tags=["x-instruction", "trl", "sft", "cross-lingual", role] + (["lora"] if block.get("lora") else []),
-        dataset_revision=dataset_revision,
+        dataset_revision=trained_on,
         model_name=repo_id.split("/")[-1],
         eval_results=eval_results or None,
     )
-    default_evaluation = ({"held-out pseudo-rating accuracy": manifest["heldout_accuracy"]}
-                          if "heldout_accuracy" in manifest else None)
     return ModelCard.from_template(
         card_data,
         template_path=str(template_path("model_card.md")),
@@ -122,12 +143,13 @@ def render_model_card(
         lineage=lineage,
         languages=recipe["languages"],
         dataset=dataset,
-        dataset_revision=dataset_revision,
+        trained_on_dataset=trained_on_dataset,
+        dataset_revision=trained_on,
         template=ROLES[role],
         lora=block.get("lora"),
         training=block.get("training") or {},
         metrics=manifest.get("metrics"),
-        evaluation=evaluation or default_evaluation,
-        likelihood=(recipe["refinement"].get("evaluator_kind") == "likelihood"),
+        evaluation=evaluation,
+        likelihood=likelihood,
         citation=CITATION,
     )

@@ -2,8 +2,9 @@
 iteration and ``main`` holding the final set; optionally the models with their cards: the follower and the
 evaluator of every iteration (``<repo>-follower``, ``<repo>-evaluator``: branch ``iter-k`` + tag
 ``iter-k-<step hash>``, ``main`` = the last iteration), the generator and the final model. Unchanged content makes
-no new commit (``huggingface_hub`` skips no-op commits), so pushing a run that grew by one iteration commits only
-the new branches and ``main``. The token comes from the argument, ``HF_TOKEN`` or the saved login, and is never
+no new commit (``huggingface_hub`` skips no-op commits). After a run grew by one iteration, ``--iteration K`` commits
+only on the new branches and ``main``; a full push also refreshes the earlier iterations' cards (which name K and
+link the next iteration). The token comes from the argument, ``HF_TOKEN`` or the saved login, and is never
 printed, logged or written.
 """
 
@@ -56,9 +57,10 @@ def _model_folder(run: RunDir, role: str, k: int | None, folder: Path) -> Path:
     """A role's model as it is uploaded: the saved model, or for a likelihood evaluator the follower it reads plus its
     rating head."""
     head = run.rating_head(k) if role == "evaluator" else None
-    if head is not None:  # evaluator_kind: likelihood
-        shutil.copytree(json.loads(head.read_text())["follower"], folder)
-        shutil.copy(head, folder / head.name)
+    if head is not None:  # evaluator_kind: likelihood: the iteration's follower plus the head (without local paths)
+        shutil.copytree(run.model("follower", k), folder)
+        data = {key: value for key, value in json.loads(head.read_text()).items() if key != "follower"}
+        (folder / head.name).write_text(json.dumps(data, indent=2))
     else:
         shutil.copytree(run.model(role, k), folder)
     return folder
@@ -139,6 +141,7 @@ def _push_models(api: HfApi, run: RunDir, repo_id: str, todo: list[int], with_ma
             for branch in branches:
                 result = _upload(api, folder, model_repo, "model", branch, f"X-Instruction {role}, iteration {k}")
                 pushed.append({"repo_id": model_repo, "iteration": k, **result})
+            shutil.rmtree(folder)  # one model copy on disk at a time
             tag = f"iter-{k}-{run.manifest(run.role_step(role, k))['hash']}"
             api.create_tag(model_repo, repo_type="model", tag=tag, revision=f"iter-{k}", exist_ok=True)
     if with_main:
@@ -152,4 +155,5 @@ def _push_models(api: HfApi, run: RunDir, repo_id: str, todo: list[int], with_ma
             api.create_repo(model_repo, repo_type="model", private=private, exist_ok=True)
             pushed.append({"repo_id": model_repo, **_upload(api, folder, model_repo, "model", "main",
                                                              f"X-Instruction {role}")})
+            shutil.rmtree(folder)
     return pushed
