@@ -40,7 +40,7 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | None = No
     raw: dict[str, Any] = read_recipe_file(path) if path is not None else {}
     for item in overrides or []:
         _apply_override(raw, item)
-    recipe = _build(Recipe, raw, "")
+    recipe = build_block(Recipe, raw, "")
     _check_recipe(recipe)
     return recipe
 
@@ -118,10 +118,6 @@ def engine_block(raw: Any, where: str) -> EngineConfig:
 
 def build_block(cls: type, raw: Any, where: str) -> Any:
     """Build the dataclass ``cls`` from a recipe block, checking every key and scalar type (errors name ``where``)."""
-    return _build(cls, raw, where)
-
-
-def _build(cls: type, raw: Any, where: str) -> Any:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -137,7 +133,7 @@ def _build(cls: type, raw: Any, where: str) -> Any:
         if hint is EngineConfig:  # the config class of the block's own type
             kwargs[key] = engine_block(value, sub)
         elif dataclasses.is_dataclass(hint):
-            kwargs[key] = _build(hint, value, sub)
+            kwargs[key] = build_block(hint, value, sub)
         else:
             kwargs[key] = _coerce(value, hint, sub)
     return cls(**kwargs)

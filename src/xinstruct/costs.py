@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import Recipe
+from .training import accelerate_config, launch_processes
 
 # Peak dense bf16 FLOP/s, memory bandwidth (bytes/s) and memory (GB) per device; ``cpu-2core`` is this project's CI
 # machine.
@@ -112,16 +113,8 @@ def rates_from_run(run_dir: str | Path) -> dict[str, float]:
     return rates
 
 
-def _processes(recipe: Recipe) -> int:
-    from .training import launch_processes
-
-    return launch_processes(recipe.launcher)
-
-
 def _sharded(recipe: Recipe) -> bool:
     """True when the launcher shards weights, gradients and optimizer state over the processes (FSDP, ZeRO-3)."""
-    from .training import accelerate_config
-
     accelerate = accelerate_config(recipe.launcher)
     return accelerate.get("distributed_type") == "FSDP" or (
         accelerate.get("distributed_type") == "DEEPSPEED"
@@ -170,7 +163,7 @@ def plan_costs(recipe: Recipe, device: str = "h100-80gb", rates: dict[str, float
     n_params = model_params(recipe.base_model, params)
     shape = KNOWN_MODELS.get(recipe.base_model, ModelShape(n_params))
     speed = speeds or throughput(device, n_params)
-    gpus = _processes(recipe)
+    gpus = launch_processes(recipe.launcher)
     devices = getattr(recipe.engine, "devices", 1)
     engines = gpus if devices == "all" else devices  # local engine workers; "all" is taken as the training GPUs
     langs = len(recipe.languages)

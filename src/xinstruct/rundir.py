@@ -202,6 +202,7 @@ class RunDir:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self._recipe: dict[str, Any] | None = None  # read once per RunDir (push and cards ask for it often)
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
@@ -213,6 +214,7 @@ class RunDir:
 
         self.path.mkdir(parents=True, exist_ok=True)
         (self.path / RECIPE).write_text(yaml.safe_dump(recipe, sort_keys=False, allow_unicode=True))
+        self._recipe = None
 
     def is_run(self) -> bool:
         return (self.path / RECIPE).exists()
@@ -223,9 +225,11 @@ class RunDir:
 
         from .errors import RunDirError
 
-        if not self.is_run():
-            raise RunDirError(f"{self.path} is not a run directory (no {RECIPE}); run a recipe into it first.")
-        return yaml.safe_load((self.path / RECIPE).read_text(encoding="utf-8")) or {}
+        if self._recipe is None:
+            if not self.is_run():
+                raise RunDirError(f"{self.path} is not a run directory (no {RECIPE}); run a recipe into it first.")
+            self._recipe = yaml.safe_load((self.path / RECIPE).read_text(encoding="utf-8")) or {}
+        return self._recipe
 
     @property
     def iterations(self) -> int:
