@@ -1,7 +1,9 @@
 """One SFT entry: completion-only loss, LoRA merged, model + tokenizer + metrics saved."""
 
 import json
+import logging
 
+import pytest
 import torch
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
@@ -147,3 +149,157 @@ def test_dtype_auto_follows_the_hardware(monkeypatch):
     monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx2", "avx512f", "avx512_bf16"}))
     assert hardware.auto_dtype() == "bfloat16" and hardware.cpu_kind() == "AVX512-BF16"
     assert training_dtype({}) == "bfloat16" and training_dtype({"bf16": False}) == "float32"
+
+
+# --- the LM-head restriction patches a private TRL name: it must say when it is off -------------------------------
+
+
+def _kernel_rows(monkeypatch):
+    """Rows TRL's LM-head kernel receives per call, with the CPU autocast dtype active then (None: no autocast)."""
+    import trl.trainer.utils as trl_utils
+
+    seen = []
+    original = trl_utils._ChunkedLogProbFunction.apply
+
+    def spy(hidden, *args):
+        seen.append((hidden.shape[0], torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None))
+        return original(hidden, *args)
+
+    monkeypatch.setattr(trl_utils._ChunkedLogProbFunction, "apply", spy)
+    return seen
+
+
+def test_lm_head_restriction_is_on_with_the_installed_trl():
+    import trl
+    from packaging.specifiers import SpecifierSet
+
+    from xinstruct.training import TRL_LM_HEAD_VERIFIED, lm_head_on_loss_positions, lm_head_restriction_status
+
+    on, why = lm_head_restriction_status()
+    assert on, why
+    assert trl.__version__ in SpecifierSet(TRL_LM_HEAD_VERIFIED)
+    with lm_head_on_loss_positions(True) as restricted:
+        assert restricted
+    with lm_head_on_loss_positions(False) as restricted:
+        assert not restricted
+
+
+def test_trl_is_bounded_and_the_installed_one_is_in_the_bounds():
+    """pyproject bounds TRL (and transformers) above, and the installed TRL is within the bounds."""
+    import tomllib
+    from importlib.metadata import version
+
+    from packaging.requirements import Requirement
+
+    from conftest import REPO
+
+    deps = {r.name: r for r in map(Requirement, tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+                                   ["dependencies"])}
+    for name in ("trl", "transformers"):
+        assert any(s.operator in ("<", "<=", "~=", "==") for s in deps[name].specifier), name
+        assert version(name) in deps[name].specifier, name
+
+
+def _break_trl(how, monkeypatch):
+    import types
+
+    import trl
+    import trl.trainer.sft_trainer as sft_module
+    import trl.trainer.utils as trl_utils
+
+    if how == "name removed":
+        monkeypatch.delattr(trl_utils, "_use_triton")
+    elif how == "name not read":  # a fused head that no longer looks the switch up
+        unread = types.FunctionType((lambda model, **kw: None).__code__, vars(trl_utils), "add_fused_lm_head")
+        monkeypatch.setattr(trl_utils, "add_fused_lm_head", unread)
+        monkeypatch.setattr(sft_module, "add_fused_lm_head", unread)
+    else:
+        monkeypatch.setattr(trl, "__version__", how)
+
+
+@pytest.mark.parametrize(("how", "reason"), [("name removed", "no longer exists"),
+                                             ("name not read", "no longer reads"),
+                                             ("2.0.0", "outside the versions"), ("1.15.2", "outside the versions")])
+def test_lm_head_restriction_off_warns_loudly_once(how, reason, monkeypatch, caplog):
+    import trl.trainer.utils as trl_utils
+
+    from xinstruct import training
+
+    monkeypatch.setattr(training, "_LM_HEAD_WARNED", set())
+    _break_trl(how, monkeypatch)
+    switch = getattr(trl_utils, "_use_triton", None)
+    on, why = training.lm_head_restriction_status()
+    assert not on and reason in why
+    with caplog.at_level(logging.WARNING, logger="xinstruct.training"):
+        for _ in range(2):
+            with training.lm_head_on_loss_positions(True) as restricted:
+                assert not restricted
+                assert getattr(trl_utils, "_use_triton", None) is switch  # nothing patched
+    warnings = [r for r in caplog.records
+                if r.levelno == logging.WARNING and "LM-HEAD RESTRICTION IS OFF" in r.getMessage()]
+    assert len(warnings) == 1, caplog.text
+    message = warnings[0].getMessage()
+    assert why in message and "262k" in message and "TRL_LM_HEAD_VERIFIED" in message and "pip install" in message
+
+
+def test_training_runs_with_the_restriction_off_and_says_so(tmp_path, tiny_model, monkeypatch, caplog):
+    """A TRL outside the verified range: a WARNING, TRL's default LM head (every position), and the metrics say off."""
+    from xinstruct import training
+
+    monkeypatch.setattr(training, "_LM_HEAD_WARNED", set())
+    _break_trl("2.0.0", monkeypatch)
+    seen = _kernel_rows(monkeypatch)
+    with caplog.at_level(logging.WARNING, logger="xinstruct.training"):
+        metrics = train_sft("tiny", _data(), tmp_path, {"max_steps": 1, "per_device_train_batch_size": 4,
+                                                        "bf16": False, "logging_steps": 1})
+    assert "LM-HEAD RESTRICTION IS OFF" in caplog.text
+    assert metrics["lm_head_on_loss_only"] is True and metrics["lm_head_restricted"] is False
+    assert "outside the versions" in metrics["lm_head_restriction_off"]
+    saved = json.loads((tmp_path / "model" / "metrics.json").read_text())
+    assert saved["lm_head_restricted"] is False and len(metrics["loss_history"]) == 1
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    rows = [generator_example(i, o) for i, o in PAIRS[:4]]
+    longest = max(len(tok(r["prompt"] + r["completion"])["input_ids"]) + 1 for r in rows)  # + EOS
+    assert seen and seen[0][0] == 4 * (longest - 1)  # every position of the padded batch, not the loss ones
+
+
+def _bf16_autocast_on_cpu() -> bool:
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return (torch.ones(4, 4) @ torch.ones(4, 4)).dtype == torch.bfloat16
+    except RuntimeError:
+        return False
+
+
+@pytest.mark.skipif(not _bf16_autocast_on_cpu(), reason="bf16 autocast does not run on this CPU "
+                    f"({torch.backends.cpu.get_cpu_capability()})")
+def test_lm_head_restriction_in_bf16_with_packing_keeps_the_loss(tmp_path, tiny_model, monkeypatch):
+    """bf16 autocast and TRL packing (padding-free, several documents in one row): two SGD steps give the same
+    losses with the restriction as without it. The second loss follows the first step's gradient (SGD, lr 1), so it
+    checks the gradients too. Tolerance: 1e-3 relative (bf16's epsilon is 7.8e-3; the restricted kernel gets the
+    same rows, so the losses are expected equal up to bf16 matmul blocking)."""
+    from trl import SFTTrainer
+
+    packed = []
+    compute_loss = SFTTrainer.compute_loss
+
+    def spy(self, model, inputs, *args, **kwargs):
+        packed.append((inputs["input_ids"].shape[0], int((inputs["position_ids"] == 0).sum())))
+        return compute_loss(self, model, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(SFTTrainer, "compute_loss", spy)
+    seen = _kernel_rows(monkeypatch)
+    args = {"max_steps": 2, "per_device_train_batch_size": 4, "bf16": True, "packing": True, "max_length": 128,
+            "logging_steps": 1, "learning_rate": 1.0, "optim": "sgd"}
+    runs = {}
+    for restricted in (True, False):
+        seen.clear()
+        metrics = train_sft("tiny", _data(), tmp_path / str(restricted), args, lm_head_on_loss_only=restricted)
+        assert metrics["dtype"] == "bfloat16" and metrics["lm_head_restricted"] is restricted
+        runs[restricted] = (metrics["loss_history"], list(seen))
+    assert all(rows == 1 and documents > 1 for rows, documents in packed)  # packed: several documents per row
+    (ours, ours_rows), (trl_default, default_rows) = runs[True], runs[False]
+    assert len(ours) == 2 and ours[1] < ours[0]  # the first step moved the weights
+    assert ours == pytest.approx(trl_default, rel=1e-3)
+    assert all(dtype == torch.bfloat16 for _, dtype in ours_rows + default_rows)  # the LM head ran under bf16
+    assert all(0 < a < b for (a, _), (b, _) in zip(ours_rows, default_rows))  # only the loss positions

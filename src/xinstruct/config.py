@@ -222,9 +222,16 @@ class RefinementConfig:
             many tokens, for the evaluator's training rows and for every rated candidate alike. The three levels of
             a seed are cut to the same length (level 2 is generated up to this budget), so no level can be told
             apart by length or by truncation.
-        planted_share (`float`, *optional*, defaults to `0.1`): before rating, this share of the pool is added as
-            planted negatives: copies of candidates whose instruction is swapped with another row of the same
-            language. They are rated and reported (drop rate of planted vs real rows), never kept or trained on.
+        planted_share (`float`, *optional*, defaults to `1.0`): this share of the candidates gets a swapped copy (its
+            response with another candidate's instruction, same language and fold): the swap test of the rater
+            (AUC of P(3) matched vs swapped) and the planted negatives (drop rate planted vs real). They are rated
+            and reported, never kept or trained on.
+        hard_swaps (`bool`, *optional*, defaults to `True`): also rate each of those candidates with the nearest other
+            instruction by embedding (the hard swap test).
+        cross_fit (`bool`, *optional*, defaults to `True`): with ``evaluator_kind: likelihood``, train two followers
+            on the two folds of the pool (a hash of the row id) and rate each candidate with the follower that did not
+            train on it; a seed's level 2 comes from the other fold's follower than the one that scores it. Without
+            it, the follower rates the rows it trained on, which inflates their P(3).
     """
 
     iterations: int = 3
@@ -238,7 +245,14 @@ class RefinementConfig:
     keep_recall: float = 0.9
     shard_size: int = 256
     response_tokens: int = 128
-    planted_share: float = 0.1
+    planted_share: float = 1.0
+    hard_swaps: bool = True
+    cross_fit: bool = True
+
+    @property
+    def folds(self) -> int:
+        """How many followers each iteration trains: 2 when the likelihood evaluator is cross-fitted, else 1."""
+        return 2 if self.cross_fit and self.evaluator_kind == "likelihood" else 1
 
 
 @dataclass

@@ -224,8 +224,8 @@ def _check_recipe(recipe: Recipe) -> None:
     seeds = recipe.data.seeds
     if not 0.0 < seeds.heldout_fraction < 1.0 or seeds.heldout_min_per_language < 1:
         raise RecipeError("data.seeds.heldout_fraction must be between 0 and 1 and heldout_min_per_language >= 1.")
-    if not 0.0 <= ref.planted_share < 1.0 or ref.response_tokens < 1:
-        raise RecipeError("refinement.planted_share must be in [0, 1) and refinement.response_tokens >= 1.")
+    if not 0.0 <= ref.planted_share <= 1.0 or ref.response_tokens < 1:
+        raise RecipeError("refinement.planted_share must be in [0, 1] and refinement.response_tokens >= 1.")
     div = recipe.diversification
     if div.clusters < 1 or div.target_per_language < 1:
         raise RecipeError("diversification.clusters and diversification.target_per_language must be >= 1.")

@@ -61,9 +61,8 @@ class StepResult:
 
 def declared_steps(recipe: Recipe) -> list[StepSpec]:
     """Every step the stages declare for ``recipe``, in run order."""
-    iterations = [spec for k in range(1, recipe.refinement.iterations + 1)
-                  for spec in refinement.iteration_steps(recipe, k)]
-    return [*generation.steps(recipe), *iterations, *diversification.steps(recipe), *tuning.steps(recipe)]
+    return [*generation.steps(recipe), *refinement.steps(recipe), *diversification.steps(recipe),
+            *tuning.steps(recipe)]
 
 
 def plan(recipe: Recipe, run_dir: str | Path) -> list[PlannedStep]:

@@ -1,12 +1,14 @@
 """How well each role does its job, measured on held-out seed pairs, always next to a reference.
 
 - generator: share of English instructions, embedding similarity to the gold instruction, retrieval@1/@5 of
-  the gold instruction among the language's held-out gold instructions (vs the untrained base model);
-- evaluator: accuracy (overall, per language), confusion matrix, AUC of P(3) for level 3 vs 1 and 3 vs 2
-  (vs a length-only classifier trained on the same rows);
-- follower and final model: language fidelity of answers to held-out English instructions (vs the base model).
+  the gold instruction among every held-out gold instruction of every language (chance beside it; ties are misses);
+- evaluator: accuracy (overall, per language), confusion matrix, AUC of P(3) for level 3 vs 1 and 3 vs 2 with a
+  bootstrap interval, next to a length-only and a truncation-only classifier trained on the same rows;
+- follower and final model: language fidelity, and relevance (chrF of the answer against its own gold response,
+  ranked among the language's gold responses), vs the base model and chance;
+- rates (drop rates, recall) with a Wilson 95% interval.
 
-Plain numpy; nothing here loads a model except the embedder that diversification already uses.
+Plain numpy and sacrebleu; nothing here loads a model except the embedder that diversification already uses.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import sacrebleu
+from scipy.stats import rankdata
 
 from .data import lid
 from .evaluation.fidelity import language_fidelity
@@ -24,24 +28,50 @@ from .evaluation.fidelity import language_fidelity
 LEVELS = (1, 2, 3)
 
 
+def _auc(positive: np.ndarray, negative: np.ndarray) -> float:
+    ranks = rankdata(np.concatenate([positive, negative]))  # average ranks over ties
+    n_pos, n_neg = len(positive), len(negative)
+    return float((ranks[:n_pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
 def auc(positive: Sequence[float], negative: Sequence[float]) -> float | None:
     """Area under the ROC curve: the chance that a random positive scores above a random negative (ties count
     half). ``None`` when a side is empty."""
-    if not positive or not negative:
+    if len(positive) == 0 or len(negative) == 0:
         return None
-    scores = np.concatenate([np.asarray(positive, float), np.asarray(negative, float)])
-    order = scores.argsort(kind="mergesort")
-    ranks = np.empty(len(scores))
-    sorted_scores = scores[order]
-    i = 0
-    while i < len(scores):  # average ranks over ties
-        j = i
-        while j + 1 < len(scores) and sorted_scores[j + 1] == sorted_scores[i]:
-            j += 1
-        ranks[order[i : j + 1]] = (i + j) / 2 + 1
-        i = j + 1
-    n_pos, n_neg = len(positive), len(negative)
-    return round(float((ranks[:n_pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)), 4)
+    return round(_auc(np.asarray(positive, float), np.asarray(negative, float)), 4)
+
+
+def auc_interval(positive: Sequence[float], negative: Sequence[float], paired: bool = False, rounds: int = 1000,
+                 seed: int = 0) -> dict[str, Any] | None:
+    """AUC with a bootstrap 95% interval (percentiles of ``rounds`` resamples). ``paired``: ``positive[i]`` and
+    ``negative[i]`` belong to one unit (a candidate and its swapped copy) and are resampled together; otherwise each
+    side is resampled on its own. ``None`` when a side is empty."""
+    pos, neg = np.asarray(positive, float), np.asarray(negative, float)
+    if len(pos) == 0 or len(neg) == 0:
+        return None
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(rounds):
+        if paired:
+            pick = rng.integers(0, len(pos), len(pos))
+            values.append(_auc(pos[pick], neg[pick]))
+        else:
+            values.append(_auc(pos[rng.integers(0, len(pos), len(pos))], neg[rng.integers(0, len(neg), len(neg))]))
+    low, high = np.quantile(values, [0.025, 0.975])
+    return {"auc": round(_auc(pos, neg), 4), "low": round(float(low), 4), "high": round(float(high), 4),
+            "positives": len(pos), "negatives": len(neg)}
+
+
+def rate_interval(hits: int, n: int) -> dict[str, Any] | None:
+    """A rate ``hits / n`` with its Wilson score 95% interval; ``None`` when ``n`` is 0."""
+    if n == 0:
+        return None
+    z, p = 1.959964, hits / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return {"rate": round(p, 4), "low": round(max(0.0, centre - half), 4), "high": round(min(1.0, centre + half), 4),
+            "n": n}
 
 
 def rating_figures(levels: Sequence[int], probs: Sequence[Sequence[float]],
@@ -62,6 +92,8 @@ def rating_figures(levels: Sequence[int], probs: Sequence[Sequence[float]],
         "confusion": dict(sorted(confusion.items())),
         "auc_3v1": auc(p3[3], p3[1]),
         "auc_3v2": auc(p3[3], p3[2]),
+        "auc_3v1_interval": auc_interval(p3[3], p3[1]),
+        "auc_3v2_interval": auc_interval(p3[3], p3[2]),
         "rows": len(levels),
     }
 
@@ -95,28 +127,93 @@ class LengthBaseline:
         return out
 
 
-def retrieval(generated: np.ndarray, gold: np.ndarray, languages: Sequence[str],
+_SENTENCE_END = tuple(".!?。！？।॥۔؟…\"'”’)»」")
+
+
+def ends_naturally(text: str) -> bool:
+    """Whether ``text`` ends like a finished sentence (terminal punctuation of any of the paper's scripts)."""
+    return text.rstrip().endswith(_SENTENCE_END)
+
+
+class TruncationBaseline:
+    """A classifier that sees only whether the response ends like a finished sentence: one Bernoulli per level
+    (Laplace-smoothed) and the level priors. If one level ends naturally while the others are cut mid-sentence,
+    this classifier finds it; the pseudo-ratings cut every level so that it cannot."""
+
+    def fit(self, texts: Sequence[str], levels: Sequence[int]) -> TruncationBaseline:
+        self.params = {}
+        for level in LEVELS:
+            ends = [ends_naturally(t) for t, lv in zip(texts, levels) if lv == level]
+            if ends:
+                self.params[level] = (len(ends) / len(levels), (sum(ends) + 1) / (len(ends) + 2))
+        return self
+
+    def predict_proba(self, texts: Sequence[str]) -> list[list[float]]:
+        out = []
+        for text in texts:
+            end = ends_naturally(text)
+            weights = [self.params[lv][0] * (self.params[lv][1] if end else 1 - self.params[lv][1])
+                       if lv in self.params else 0.0 for lv in LEVELS]
+            out.append([w / sum(weights) for w in weights])
+        return out
+
+
+def _ranked_hits(scores: np.ndarray, own: int, ks: Sequence[int]) -> dict[int, bool]:
+    """Whether the own item ranks within the top k of ``scores`` (every other item scoring as high or higher counts
+    before it: ties are misses)."""
+    ahead = int((np.delete(scores, own) >= scores[own]).sum())
+    return {k: ahead < k for k in ks}
+
+
+def retrieval(generated: np.ndarray, gold: Sequence[str], gold_vectors: np.ndarray,
               ks: Sequence[int] = (1, 5)) -> dict[str, Any]:
-    """For each row, rank the gold instructions of its language (unit vectors, cosine) by similarity to its
-    generated instruction: the share of rows whose own gold instruction is in the top k. ``pool`` is the mean
-    number of candidates per row (k >= pool is a sure hit, so read @k against it)."""
+    """For each row, rank every distinct held-out gold instruction (all languages together; unit vectors, cosine)
+    by similarity to its generated instruction: the share of rows whose own gold instruction is in the top k, ties
+    counted as misses, next to chance (k / number of distinct gold instructions)."""
+    distinct = sorted(set(gold))
+    index = {text: i for i, text in enumerate(distinct)}
+    first = [list(gold).index(text) for text in distinct]
+    pool = gold_vectors[first]
     hits = {k: [] for k in ks}
-    pools = []
-    for code in sorted(set(languages)):
-        idx = np.array([i for i, c in enumerate(languages) if c == code])
-        sims = generated[idx] @ gold[idx].T
-        for row in range(len(idx)):
-            rank = int((sims[row] > sims[row, row]).sum())  # 0 = the own gold instruction is the closest
-            for k in ks:
-                hits[k].append(rank < k)
-            pools.append(len(idx))
-    out = {f"retrieval@{k}": round(float(np.mean(v)), 4) if v else None for k, v in hits.items()}
-    out["retrieval_pool"] = round(float(np.mean(pools)), 2) if pools else 0
+    for row, text in enumerate(gold):
+        for k, hit in _ranked_hits(pool @ generated[row], index[text], ks).items():
+            hits[k].append(hit)
+    out: dict[str, Any] = {}
+    for k in ks:
+        out[f"retrieval@{k}"] = round(float(np.mean(hits[k])), 4) if hits[k] else None
+        out[f"chance@{k}"] = round(min(k, len(distinct)) / len(distinct), 4) if distinct else None
+    out["retrieval@1_interval"] = rate_interval(sum(hits[ks[0]]), len(hits[ks[0]]))
+    out["retrieval_pool"] = len(distinct)
     return out
 
 
-def generator_figures(instructions: Sequence[str], gold: Sequence[str], languages: Sequence[str],
-                      embed) -> dict[str, Any]:
+def relevance_figures(answers: Sequence[str], own: Sequence[int], gold: Sequence[str], languages: Sequence[str],
+                      ks: Sequence[int] = (1, 5)) -> dict[str, Any]:
+    """Whether answers are about their question: chrF (sacrebleu) of each answer against every gold response of
+    its language (``gold``, with ``languages``), and the share of answers whose own gold response (index ``own``)
+    ranks within the top k, ties counted as misses; chance beside it (k / the language's gold responses)."""
+    by_lang: dict[str, list[int]] = defaultdict(list)
+    for i, code in enumerate(languages):
+        by_lang[code].append(i)
+    hits = {k: [] for k in ks}
+    chance = {k: [] for k in ks}
+    own_chrf = []
+    for answer, j in zip(answers, own):
+        pool = by_lang[languages[j]]
+        scores = np.asarray([sacrebleu.sentence_chrf(answer, [gold[g]]).score for g in pool])
+        own_chrf.append(float(scores[pool.index(j)]))
+        for k, hit in _ranked_hits(scores, pool.index(j), ks).items():
+            hits[k].append(hit)
+            chance[k].append(min(k, len(pool)) / len(pool))
+    out: dict[str, Any] = {"rows": len(own_chrf), "chrf": round(float(np.mean(own_chrf)), 2) if own_chrf else None}
+    for k in ks:
+        out[f"retrieval@{k}"] = round(float(np.mean(hits[k])), 4) if hits[k] else None
+        out[f"chance@{k}"] = round(float(np.mean(chance[k])), 4) if chance[k] else None
+    out["retrieval@1_interval"] = rate_interval(sum(hits[ks[0]]), len(hits[ks[0]]))
+    return out
+
+
+def generator_figures(instructions: Sequence[str], gold: Sequence[str], embed) -> dict[str, Any]:
     """English share, mean cosine similarity to the gold instruction and retrieval@1/@5 of generated
     ``instructions``. ``embed(texts) -> unit vectors`` is the diversification embedder."""
     detections = lid.detect([t if t.strip() else "" for t in instructions], "en")
@@ -126,7 +223,7 @@ def generator_figures(instructions: Sequence[str], gold: Sequence[str], language
     return {
         "english_share": round(sum(english) / max(1, len(english)), 4),
         "similarity": round(float(similarity.mean()), 4) if len(similarity) else None,
-        **retrieval(gen_vecs, gold_vecs, languages),
+        **retrieval(gen_vecs, list(gold), gold_vecs),
         "rows": len(instructions),
     }
 

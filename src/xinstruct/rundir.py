@@ -186,6 +186,12 @@ class Step:
         return manifest
 
 
+def fold_dir(step_path: Path, fold: int, folds: int) -> Path:
+    """Where fold ``fold`` of a cross-fitted step keeps its model and rating head: the step folder itself when there
+    is one fold, else ``<step>/fold-<fold>``."""
+    return Path(step_path) if folds == 1 else Path(step_path) / f"fold-{fold}"
+
+
 def iteration_step(k: int, name: str) -> str:
     """The folder of step ``name`` (``follower``, ``pseudo_ratings``, ``evaluator``, ``ratings``, ``kept``) of
     refinement iteration ``k``."""
@@ -274,13 +280,19 @@ class RunDir:
 
     def model(self, role: str, iteration: int | None = None) -> Path:
         """The model folder of a role (``final/model``, ``iter-k/evaluator/model``, ...). A likelihood evaluator has no
-        model of its own: it reads its iteration's follower (see :meth:`rating_head`)."""
-        return self.path / self.role_step(role, iteration) / MODEL
+        model of its own: it reads its iteration's follower (see :meth:`rating_head`). A cross-fitted follower gives
+        its fold-0 model (trained on half the pool; fold 1 is the other half)."""
+        step = self.path / self.role_step(role, iteration)
+        return step / MODEL if (step / MODEL).exists() or not (fold_dir(step, 0, 2) / MODEL).exists() \
+            else fold_dir(step, 0, 2) / MODEL
 
     def rating_head(self, iteration: int | None = None) -> Path | None:
         """The likelihood evaluator's rating head of an iteration, when the run uses one."""
-        head = self.path / self.role_step("evaluator", iteration) / RATING_HEAD
-        return head if head.exists() else None
+        step = self.path / self.role_step("evaluator", iteration)
+        for head in (step / RATING_HEAD, fold_dir(step, 0, 2) / RATING_HEAD):
+            if head.exists():
+                return head
+        return None
 
     def eval_results(self) -> Path:
         """Where ``xinstruct evaluate --run`` writes its results."""

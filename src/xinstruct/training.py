@@ -84,24 +84,93 @@ def make_sft_config(training: dict[str, Any] | None, output_dir: str | Path, see
     return SFTConfig(output_dir=str(output_dir), **args)
 
 
+# TRL versions the LM-head restriction has been verified with (the LM-head tests in tests/test_training.py). It
+# patches a private TRL name, so any other TRL trains with TRL's default LM head, with a WARNING, until those tests
+# pass on it and this range is widened.
+TRL_LM_HEAD_VERIFIED = ">=1.16,<1.17"
+_LM_HEAD_SWITCH = "_use_triton"  # trl.trainer.utils: read by add_fused_lm_head as "score only the valid positions"
+_LM_HEAD_WARNED: set[str] = set()  # reasons already warned about in this process
+
+
+def _reads_global(code, name: str) -> bool:
+    """Whether ``code`` (or a function nested in it) loads the global ``name``."""
+    import dis
+
+    if any(i.opname == "LOAD_GLOBAL" and i.argval == name for i in dis.get_instructions(code)):
+        return True
+    return any(_reads_global(c, name) for c in code.co_consts if hasattr(c, "co_code"))
+
+
+def lm_head_restriction_status() -> tuple[bool, str]:
+    """Whether :func:`lm_head_on_loss_positions` can restrict TRL's LM head to the loss positions with the installed
+    TRL, and why (not): the TRL version must be in :data:`TRL_LM_HEAD_VERIFIED`, ``trl.trainer.utils._use_triton``
+    must exist, TRL's fused LM head must read it from that module, and :class:`trl.SFTTrainer` must use that head."""
+    import trl
+    from packaging.specifiers import SpecifierSet
+    from packaging.version import InvalidVersion, Version
+
+    try:
+        version = Version(str(trl.__version__))
+    except InvalidVersion:
+        return False, f"TRL's version {trl.__version__!r} cannot be parsed"
+    if version not in SpecifierSet(TRL_LM_HEAD_VERIFIED):
+        return False, (f"TRL {version} is outside the versions the restriction has been verified with "
+                       f"(TRL_LM_HEAD_VERIFIED = '{TRL_LM_HEAD_VERIFIED}')")
+    try:
+        import trl.trainer.sft_trainer as sft_module
+        import trl.trainer.utils as trl_utils
+    except ImportError as e:
+        return False, f"TRL's modules cannot be imported ({e})"
+    if not callable(getattr(trl_utils, _LM_HEAD_SWITCH, None)):
+        return False, f"trl.trainer.utils.{_LM_HEAD_SWITCH} no longer exists in TRL {version}"
+    fused = getattr(trl_utils, "add_fused_lm_head", None)
+    if fused is None or getattr(fused, "__globals__", None) is not vars(trl_utils):
+        return False, f"trl.trainer.utils.add_fused_lm_head is missing or defined elsewhere in TRL {version}"
+    if not _reads_global(fused.__code__, _LM_HEAD_SWITCH):
+        return False, f"TRL {version}'s add_fused_lm_head no longer reads trl.trainer.utils.{_LM_HEAD_SWITCH}"
+    if getattr(sft_module, "add_fused_lm_head", None) is not fused:
+        return False, f"TRL {version}'s SFTTrainer no longer uses trl.trainer.utils.add_fused_lm_head"
+    return True, f"TRL {version}: add_fused_lm_head reads trl.trainer.utils.{_LM_HEAD_SWITCH}; the restriction applies"
+
+
+def _warn_lm_head_off(reason: str) -> None:
+    if reason in _LM_HEAD_WARNED:
+        return
+    _LM_HEAD_WARNED.add(reason)
+    logger.warning(
+        "LM-HEAD RESTRICTION IS OFF (lm_head_on_loss_only is set but cannot be applied): %s. Training computes the "
+        "full LM head at every position, prompt and padding included (for Gemma a 262k-token vocabulary: the largest "
+        "matmul of a small model's step), so SFT is slower and uses more memory; the loss and gradients are "
+        "unchanged. To get it back, install a verified TRL (pip install 'trl%s'); or, for a newer TRL, run "
+        "`pytest tests/test_training.py` and, if the LM-head tests pass, widen TRL_LM_HEAD_VERIFIED in "
+        "xinstruct/training.py. Set lm_head_on_loss_only: false on the role to train without it knowingly.",
+        reason, TRL_LM_HEAD_VERIFIED)
+
+
 @contextmanager
 def lm_head_on_loss_positions(enabled: bool = True):
     """Within this block, TRL's fused LM head projects only the positions whose label carries loss, on every
     device. TRL 1.16 does so on CUDA/XPU only (elsewhere it projects every position and masks the result); the
-    selected rows are the same, so the loss and its gradients do not change (``tests/test_training.py``)."""
+    selected rows are the same, so the loss and its gradients do not change (``tests/test_training.py``).
+
+    Yields whether the restriction is on: it is off when not ``enabled``, and when
+    :func:`lm_head_restriction_status` says the installed TRL does not allow it (a WARNING, once per reason)."""
+    if not enabled:
+        yield False
+        return
+    ok, reason = lm_head_restriction_status()
+    if not ok:
+        _warn_lm_head_off(reason)
+        yield False
+        return
     import trl.trainer.utils as trl_utils
 
-    original = getattr(trl_utils, "_use_triton", None)
-    if not enabled or original is None:
-        if enabled:
-            logger.warning("This TRL has no fused-LM-head switch; training computes the LM head at every position")
-        yield
-        return
-    trl_utils._use_triton = lambda device: True  # read as "score only the valid positions" by add_fused_lm_head
+    original = getattr(trl_utils, _LM_HEAD_SWITCH)
+    setattr(trl_utils, _LM_HEAD_SWITCH, lambda device: True)
     try:
-        yield
+        yield True
     finally:
-        trl_utils._use_triton = original
+        setattr(trl_utils, _LM_HEAD_SWITCH, original)
 
 
 def row_accounting(tokenizer, rows: Dataset, max_length: int | None) -> dict[str, Any]:
@@ -137,12 +206,14 @@ def train_sft(
         lora (`dict`, *optional*): :class:`peft.LoraConfig` arguments; the adapter is merged before saving.
         seed (`int`, defaults to `42`): training seed (a ``seed`` in ``training`` wins).
         trust_remote_code (`bool`, defaults to `False`): passed to transformers.
-        lm_head_on_loss_only (`bool`, defaults to `True`): see :func:`lm_head_on_loss_positions`.
+        lm_head_on_loss_only (`bool`, defaults to `True`): see :func:`lm_head_on_loss_positions`; whether it was
+            actually applied is in the metrics (``lm_head_restricted``).
 
     Returns:
         The training metrics (``train_loss``, ``train_runtime``, ...), also written to ``model/metrics.json``,
         with the row accounting: ``rows_in``, ``train_rows`` (what TRL trained on), ``dropped`` and
-        ``truncated`` (reason -> count).
+        ``truncated`` (reason -> count), and ``lm_head_restricted`` (plus ``lm_head_restriction_off``, the reason,
+        when it was asked for but could not be applied).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTTrainer
@@ -174,7 +245,7 @@ def train_sft(
     # --- train (resuming from the last checkpoint if any) ---------------------------------------
     rows = train_dataset.select_columns(["prompt", "completion"])
     planned = row_accounting(tokenizer, rows, sft_config.max_length)
-    with lm_head_on_loss_positions(lm_head_on_loss_only):
+    with lm_head_on_loss_positions(lm_head_on_loss_only) as lm_head_restricted:
         trainer = SFTTrainer(model=net, args=sft_config, train_dataset=rows, processing_class=tokenizer,
                              peft_config=peft_config)
         trained = len(trainer.train_dataset)
@@ -191,7 +262,10 @@ def train_sft(
     metrics["dropped"] = {"fully_masked_by_max_length": len(rows) - trained} if trained < len(rows) else {}
     metrics["truncated"] = {"completion_cut_at_max_length": planned["truncated"]} if planned["truncated"] else {}
     metrics["dtype"] = "bfloat16" if sft_config.bf16 else "float16" if sft_config.fp16 else "float32"
-    metrics["lm_head_on_loss_only"] = lm_head_on_loss_only
+    metrics["lm_head_on_loss_only"] = lm_head_on_loss_only  # asked for
+    metrics["lm_head_restricted"] = lm_head_restricted  # applied (see lm_head_restriction_status)
+    if lm_head_on_loss_only and not lm_head_restricted:
+        metrics["lm_head_restriction_off"] = lm_head_restriction_status()[1]
     metrics["world_size"] = trainer.args.world_size
     # NO, MULTI_CPU, MULTI_GPU, FSDP, DEEPSPEED
     metrics["distributed_type"] = str(trainer.accelerator.distributed_type.value)

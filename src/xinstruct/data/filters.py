@@ -35,9 +35,17 @@ def char_shingles(text: str, n: int) -> set[str]:
     s = _dedup_key(text).replace(" ", "")
     return {s[i : i + n] for i in range(max(1, len(s) - n + 1))}
 
+
+def minhash(text: str, ngram: int) -> MinHash:
+    """The MinHash (64 permutations) of ``text``'s character ``ngram`` set (:func:`char_shingles`)."""
+    mh = MinHash(num_perm=64, seed=1)
+    mh.update_batch([s.encode() for s in char_shingles(text, ngram)])
+    return mh
+
+
 __all__ = [
-    "Empty", "MinChars", "MaxChars", "ExactDuplicate", "NearDuplicate", "LanguageID", "FilterReport", "FilterRunner",
-    "webtext_filters", "candidate_filters", "clean_text", "char_shingles",
+    "Empty", "MinChars", "MaxChars", "ExactDuplicate", "NearDuplicate", "SeedDuplicate", "LanguageID", "FilterReport",
+    "FilterRunner", "webtext_filters", "candidate_filters", "clean_text", "char_shingles", "minhash",
 ]
 
 
@@ -116,11 +124,36 @@ class NearDuplicate(RowFilter):
         self.lsh = MinHashLSH(threshold=self.threshold, num_perm=64)
 
     def check(self, row: Row) -> Verdict:
-        mh = MinHash(num_perm=64, seed=1)
-        mh.update_batch([s.encode() for s in char_shingles(row[self.column], self.ngram)])
+        mh = minhash(row[self.column], self.ngram)
         if self.lsh.query(mh):
             return self.name
         self.lsh.insert(row["id"], mh)
+        return None
+
+
+class SeedDuplicate(RowFilter):
+    """Drops a row whose ``column`` equals a seed response (after Unicode NFC, whitespace clean-up and case
+    folding) or nearly duplicates one (estimated Jaccard similarity of character n-gram sets above ``threshold``,
+    MinHash LSH as in :class:`NearDuplicate`; ``None``: exact copies only). Primed once with every seed response,
+    train and held out, of every language: a held-out response must not come back as a web text. Unlike the other
+    duplicate filters it remembers nothing of the rows it checks."""
+
+    name = "seed_duplicate"
+
+    def __init__(self, texts: Sequence[str], threshold: float | None, ngram: int, column: str = "text",
+                 name: str | None = None):
+        super().__init__(name)
+        self.ngram, self.column = ngram, column
+        self.exact = {_dedup_key(t) for t in texts} - {""}
+        self.lsh = MinHashLSH(threshold=threshold, num_perm=64) if threshold else None
+        if self.lsh is not None:
+            for i, key in enumerate(sorted(self.exact)):
+                self.lsh.insert(str(i), minhash(key, ngram))
+
+    def check(self, row: Row) -> Verdict:
+        key = _dedup_key(row[self.column])
+        if key in self.exact or (self.lsh is not None and key and self.lsh.query(minhash(key, self.ngram))):
+            return self.name
         return None
 
 
@@ -162,10 +195,14 @@ class LanguageID(BatchFilter):
         return verdicts
 
 
-def webtext_filters(cfg: FilterConfig) -> list[Filter]:
-    """The web-text filters of ``cfg``, in order: length window, exact and near duplicates (within each
-    language), language ID (last: the slowest, one batch per language)."""
-    filters: list[Filter] = [Empty(), MinChars(cfg.min_chars), MaxChars(cfg.max_chars)]
+def webtext_filters(cfg: FilterConfig, seed_texts: Sequence[str] = ()) -> list[Filter]:
+    """The web-text filters of ``cfg``, in order: empty, copies of a seed response (when ``seed_texts`` are given;
+    before the length window so that every copy is counted as one), length window, exact and near duplicates
+    (within each language), language ID (last: the slowest, one batch per language)."""
+    filters: list[Filter] = [Empty()]
+    if seed_texts:
+        filters.append(SeedDuplicate(seed_texts, cfg.near_dup_threshold, cfg.near_dup_ngram))
+    filters += [MinChars(cfg.min_chars), MaxChars(cfg.max_chars)]
     if cfg.dedup:
         filters.append(ExactDuplicate())
     if cfg.near_dup_threshold:

@@ -75,7 +75,9 @@ def build_seed_pairs(
     instruction_field: str = "instruction",
     output_field: str = "output",
 ) -> Path:
-    """Write ``<out>/<code>.jsonl`` seed files (``id, language, instruction, output, source``).
+    """Write ``<out>/<code>.jsonl`` seed files (``id, language, instruction, output, source, group``). ``group``
+    (``mt-<n>``) is the same for every language's translation of source row ``n``: the held-out split keeps a group
+    on one side (:mod:`xinstruct.data.split`).
 
     Args:
         instructions: English instruction set (JSONL/Parquet file or Hub dataset id, e.g. an Alpaca-style set).
@@ -101,6 +103,6 @@ def build_seed_pairs(
         with (out / f"{code}.jsonl").open("w", encoding="utf-8") as fh:
             for n, ((instruction, _), output) in enumerate(zip(pairs, translated)):
                 row = {"id": f"{code}-mt-{n:05d}", "language": code, "instruction": instruction, "output": output,
-                       "source": f"mt:{model}"}
+                       "source": f"mt:{model}", "group": f"mt-{n:05d}"}
                 fh.write(json.dumps(row, ensure_ascii=False) + "\n")
     return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from datasets import Dataset
@@ -18,15 +19,17 @@ logger = logging.getLogger(__name__)
 WEBTEXT_COLUMNS = ("id", "language", "text", "source")
 
 
-def load_webtext(data: DataConfig, languages: list[str], seed: int = 0) -> tuple[Dataset, Dataset, dict[str, Any]]:
-    """Read and filter web texts for ``languages``.
+def load_webtext(data: DataConfig, languages: list[str], seed: int = 0, seed_texts: Sequence[str] = ()
+                 ) -> tuple[Dataset, Dataset, dict[str, Any]]:
+    """Read and filter web texts for ``languages``. A text that equals or nearly duplicates one of ``seed_texts``
+    (the seed responses) is dropped as ``seed_duplicate`` (:class:`~xinstruct.data.filters.SeedDuplicate`).
 
     Returns:
         (kept, dropped, report): ``kept`` has columns ``id, language, text, source``; ``dropped`` has the
         same plus ``reason`` and ``detected``; ``report`` holds counts per reason and language.
     """
     src = data.webtext
-    runner = FilterRunner(webtext_filters(data.filters))
+    runner = FilterRunner(webtext_filters(data.filters, seed_texts))
     kept: list[dict] = []
     dropped: list[dict] = []
     for code in tqdm(languages, desc="web texts", unit="lang"):

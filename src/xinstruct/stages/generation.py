@@ -16,9 +16,7 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
-import math
 import re
 from collections import Counter
 from typing import Any
@@ -29,12 +27,13 @@ from ..budget import PromptFitter, load_tokenizer
 from ..config import Recipe
 from ..data.filters import FilterReport, FilterRunner, candidate_filters
 from ..data.seeds import load_seeds
+from ..data.split import split_seeds, unit_hash  # noqa: F401 (unit_hash: re-exported for the later stages)
 from ..data.webtext import load_webtext
 from ..errors import StageError
 from ..inference import Engine
 from ..languages import get as get_language
 from ..prompts import follower_prompt, generator_prompt
-from ..quality import fidelity_figures, generator_figures
+from ..quality import fidelity_figures, generator_figures, relevance_figures
 from ..rundir import Step
 from ..steps import InputHash, StepContext, StepSpec, engine_settings, measured_settings
 from ..training import role_settings, train_role
@@ -44,34 +43,17 @@ logger = logging.getLogger(__name__)
 _SECTION = re.compile(r"\n?\s*###")
 
 
-def unit_hash(key: str, seed: int) -> float:
-    """A deterministic number in [0, 1) for ``key`` (stable across runs and machines)."""
-    digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64
-
-
 def heldout_split(seeds: Dataset, fraction: float, minimum: int, seed: int) -> list[str]:
-    """``train`` or ``heldout`` per seed pair: in each language, the ``max(minimum, ceil(fraction * n))`` pairs with
-    the smallest id hash are held out. At least 2 pairs per language stay for training (level 1 needs a partner)."""
-    by_lang: dict[str, list[int]] = {}
-    for i, code in enumerate(seeds["language"]):
-        by_lang.setdefault(code, []).append(i)
-    ids = seeds["id"]
-    split = ["train"] * len(seeds)
-    for code, idx in by_lang.items():
-        n_held = max(minimum, math.ceil(fraction * len(idx)))
-        if len(idx) - n_held < 2:
-            raise StageError(
-                f"Language {code} has {len(idx)} seed pair(s): holding out {n_held} (data.seeds.heldout_fraction / "
-                "heldout_min_per_language) leaves fewer than 2 to train on. Add seed pairs or hold out fewer."
-            )
-        for i in sorted(idx, key=lambda i: unit_hash("heldout:" + ids[i], seed))[:n_held]:
-            split[i] = "heldout"
-    return split
+    """``train`` or ``heldout`` per seed pair, by group (:func:`xinstruct.data.split.split_seeds`): pairs sharing a
+    normalised English instruction (in any language) or a seed-build ``group`` are on one side. In each language
+    about ``max(minimum, ceil(fraction * n))`` pairs are held out (a few more when groups span languages); at least 2
+    pairs per language stay for training (level 1 needs a partner)."""
+    return split_seeds(seeds, fraction, minimum, seed).split
 
 
 def build_seed(recipe: Recipe, step: Step) -> dict[str, Any]:
-    """Load the seed pairs of every recipe language into ``step`` with their ``split`` (train / heldout)."""
+    """Load the seed pairs of every recipe language into ``step`` with their ``split`` (train / heldout) and
+    ``group`` (the cross-language group key: a group is wholly on one side of the split)."""
     cfg = recipe.data.seeds
     seeds, report = load_seeds(cfg, recipe.languages, recipe.seed)
     if report["languages_without_seeds"]:
@@ -82,11 +64,14 @@ def build_seed(recipe: Recipe, step: Step) -> dict[str, Any]:
         )
     if len(set(seeds["id"])) != len(seeds):
         seeds = seeds.map(lambda r: {"id": f"{r['language']}:{r['id']}"})  # ids reused across languages
-    split = heldout_split(seeds, cfg.heldout_fraction, cfg.heldout_min_per_language, recipe.seed)
-    seeds = seeds.add_column("split", split)
+    result = split_seeds(seeds, cfg.heldout_fraction, cfg.heldout_min_per_language, recipe.seed)
+    if "group" in seeds.column_names:
+        seeds = seeds.remove_columns("group")
+    seeds = seeds.add_column("split", result.split).add_column("group", result.group)
     step.save(seeds)
-    held = Counter(c for c, s in zip(seeds["language"], split) if s == "heldout")
-    return {**report, "heldout_rows": sum(held.values()), "heldout_per_language": dict(sorted(held.items()))}
+    held = Counter(c for c, s in zip(seeds["language"], result.split) if s == "heldout")
+    return {**report, "heldout_rows": sum(held.values()), "heldout_per_language": dict(sorted(held.items())),
+            "heldout_groups": result.heldout_groups(), "shared_instruction_groups": result.shared_groups()}
 
 
 def split_rows(seeds: Dataset, split: str) -> Dataset:
@@ -131,6 +116,24 @@ def answer_seed_instructions(recipe: Recipe, seeds: Dataset, engine: Engine, ind
     return engine.generate([follower_prompt(i, n) for i, n in zip(seeds["instruction"], names)], params)
 
 
+def test_half(rows: Dataset, seed: int) -> list[bool]:
+    """Which held-out rows grade (True) and which calibrate (False): halves by seed group, so twins stay together.
+    Thresholds are chosen on the calibration half; every reported figure comes from the test half."""
+    from ..data.split import calibration_half
+
+    groups = rows["group"] if "group" in rows.column_names else rows["id"]
+    return [not c for c in calibration_half(list(groups), seed)]
+
+
+def answer_figures(recipe: Recipe, heldout: Dataset, answers: list[str]) -> dict[str, Any]:
+    """Language fidelity and relevance of answers to the held-out English instructions, on the test half: relevance
+    ranks each answer's own gold response among all the language's held-out gold responses by chrF."""
+    test = [i for i, t in enumerate(test_half(heldout, recipe.seed)) if t]
+    languages = heldout["language"]
+    return {"fidelity": fidelity_figures([answers[i] for i in test], [languages[i] for i in test]),
+            "relevance": relevance_figures([answers[i] for i in test], test, heldout["output"], languages)}
+
+
 def measure_baseline(recipe: Recipe, seeds: Dataset, step: Step, engine: Engine) -> dict[str, Any]:
     """The untrained base model on the held-out seed pairs: generator figures and language fidelity."""
     heldout = split_rows(seeds, "heldout")
@@ -140,8 +143,8 @@ def measure_baseline(recipe: Recipe, seeds: Dataset, step: Step, engine: Engine)
     embed = instruction_embedder(recipe)
     return {
         "rows_in": len(heldout),
-        "generator": generator_figures(outputs["instruction"], heldout["instruction"], heldout["language"], embed),
-        "fidelity": fidelity_figures(outputs["answer"], heldout["language"]),
+        "generator": generator_figures(outputs["instruction"], heldout["instruction"], embed),
+        **answer_figures(recipe, heldout, outputs["answer"]),
         **engine.report(),
     }
 
@@ -154,9 +157,12 @@ def instruction_embedder(recipe: Recipe):
     return lambda texts: cache.embed(texts)[0]
 
 
-def build_webtext(recipe: Recipe, step: Step) -> dict[str, Any]:
-    """Load and filter the web texts into ``step`` (kept in ``data``, dropped with reasons in ``dropped``)."""
-    kept, dropped, report = load_webtext(recipe.data, recipe.languages, recipe.seed)
+def build_webtext(recipe: Recipe, step: Step, seeds: Dataset | None = None) -> dict[str, Any]:
+    """Load and filter the web texts into ``step`` (kept in ``data``, dropped with reasons in ``dropped``). A web
+    text that equals or nearly duplicates a response of ``seeds`` (train or held out) is dropped as
+    ``seed_duplicate``."""
+    seed_texts = list(seeds["output"]) if seeds is not None else []
+    kept, dropped, report = load_webtext(recipe.data, recipe.languages, recipe.seed, seed_texts)
     step.save(kept)
     step.save(dropped, "dropped")
     if len(kept) == 0:
@@ -193,7 +199,7 @@ def train_generator(recipe: Recipe, seeds: Dataset, step: Step, make_engine,
         "texts_cut": cut,
         "metrics": metrics,
         "model": model,
-        "heldout": generator_figures(outputs["instruction"], heldout["instruction"], heldout["language"], embed),
+        "heldout": generator_figures(outputs["instruction"], heldout["instruction"], embed),
         "heldout_base": baseline.get("generator"),
         **engine.report(),
     }
@@ -288,10 +294,10 @@ def steps(recipe: Recipe) -> list[StepSpec]:
         StepSpec("seed", "generation", (),
                  {"seeds": dataclasses.asdict(data.seeds), "languages": recipe.languages, "seed": recipe.seed},
                  lambda ctx: build_seed(ctx.recipe, ctx.step)),
-        StepSpec("webtext", "generation", (),
+        StepSpec("webtext", "generation", ("seed",),
                  {"webtext": webtext, "filters": dataclasses.asdict(data.filters), "languages": recipe.languages,
                   "seed": recipe.seed if data.webtext.shuffle_buffer else None},
-                 lambda ctx: build_webtext(ctx.recipe, ctx.step)),
+                 lambda ctx: build_webtext(ctx.recipe, ctx.step, ctx.load("seed"))),
         StepSpec("baseline", "generation", ("seed",),
                  {**measured, "base_model": recipe.base_model, "engine": engine_settings(recipe, None)},
                  lambda ctx: measure_baseline(ctx.recipe, ctx.load("seed"), ctx.step,

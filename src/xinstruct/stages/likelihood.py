@@ -37,7 +37,10 @@ def likelihood_features(engine: Engine, instructions: Sequence[str], responses: 
     """``(rows, 3)`` features of each pair from the model ``engine`` serves (see the module doc)."""
     names = [get_language(code).name for code in languages]
     given = engine.loglik([follower_prompt(i, n) for i, n in zip(instructions, names)], list(responses))
-    generic = engine.loglik([follower_prompt(GENERIC_INSTRUCTION, n) for n in names], list(responses))
+    distinct = list(dict.fromkeys(zip(names, responses)))  # a response rated with several instructions: once
+    scored = dict(zip(distinct, engine.loglik([follower_prompt(GENERIC_INSTRUCTION, n) for n, _ in distinct],
+                                              [r for _, r in distinct])))
+    generic = [scored[key] for key in zip(names, responses)]
     rows = []
     for (with_instruction, n), (without, _) in zip(given, generic):
         n = max(n, 1)

@@ -27,12 +27,14 @@ from ..errors import StageError
 from ..inference import Engine
 from ..languages import get as get_language
 from ..prompts import follower_example
-from ..quality import fidelity_figures
-from ..rundir import Step, iteration_step
+from ..quality import ends_naturally
+from ..rundir import MODEL, Step, fold_dir, iteration_step
 from ..steps import StepContext, StepSpec, engine_settings
 from ..training import role_settings, train_role
-from .generation import answer_seed_instructions, fitter_for, split_rows, unit_hash
+from .crossfit import fold_of, other_fold
+from .generation import answer_figures, answer_seed_instructions, fitter_for, split_rows, unit_hash
 from .rating import rating_steps
+from .swaps import build_swaps
 
 logger = logging.getLogger(__name__)
 
@@ -52,11 +54,22 @@ def follower_training_set(rows: Dataset, assistant_share: float = 0.0, seed: int
 
 def train_follower(recipe: Recipe, kept: Dataset, step: Step) -> dict[str, Any]:
     """Follower SFT on the current kept samples (``assistant_share`` of them in the assistant style, as for the
-    final model); the model goes to ``step/model``."""
-    role = recipe.refinement.follower
-    data = follower_training_set(kept, recipe.final.assistant_share, recipe.seed)
-    metrics = train_role(recipe, role, data, step.path)
-    return {"rows_in": len(kept), "metrics": metrics, "model": str(step.model_path)}
+    final model); the model goes to ``step/model``. Cross-fitted (``refinement.folds`` 2): one follower per fold of
+    the rows (``step/fold-<f>/model``), each trained on its fold only."""
+    role, folds = recipe.refinement.follower, recipe.refinement.folds
+    fold = [fold_of(i, recipe.seed, folds) for i in kept["id"]]
+    report: dict[str, Any] = {"rows_in": len(kept), "folds": folds}
+    for f in range(folds):
+        rows = kept.select([i for i, g in enumerate(fold) if g == f])
+        if len(rows) == 0:
+            raise StageError(f"Fold {f} of {step.name} has no row to train on ({len(kept)} rows in all); add web "
+                             "texts or set refinement.cross_fit: false.")
+        data = follower_training_set(rows, recipe.final.assistant_share, recipe.seed)
+        out = fold_dir(step.path, f, folds)
+        metrics = train_role(recipe, role, data, out)
+        key = "" if folds == 1 else f"fold_{f}_"
+        report.update({f"{key}rows": len(rows), f"{key}metrics": metrics, f"{key}model": str(out / MODEL)})
+    return report
 
 
 # ------------------------------------------------------------------------------------------------
@@ -118,13 +131,18 @@ def _level1_partner(seeds: Dataset, source: str, seed: int) -> dict[str, int]:
     return partner
 
 
-def build_pseudo_ratings(recipe: Recipe, seeds: Dataset, step: Step, engine: Engine, base_fidelity: dict | None = None
-                         ) -> dict[str, Any]:
+def build_pseudo_ratings(recipe: Recipe, seeds: Dataset, step: Step, engine: Engine | list[Engine],
+                         base_fidelity: dict | None = None, base_relevance: dict | None = None) -> dict[str, Any]:
     """Three rated responses per seed pair (levels 3, 2, 1), training rows from the training split, held-out
     rows from the held-out split; see the module doc.
 
-    ``engine`` serves the level-2 model (the follower, or the base model when ``level_sources[2]: base``).
-    ``base_fidelity`` is the base model's fidelity figure, reported next to the follower's.
+    ``engine`` serves the level-2 model (the follower, or the base model when ``level_sources[2]: base``); a list
+    of engines, one per fold of a cross-fitted follower: a seed scored by fold ``f`` (its ``fold`` column, by its
+    ``group``) gets its level 2 from the other fold's follower, so the model that scores a level-2 answer never wrote
+    it. ``base_fidelity`` and ``base_relevance`` are the base model's figures, reported next to the follower's.
+
+    Every level of a seed is cut to the same token count, one token shorter than the shortest of them (and at most
+    ``response_tokens``), so no level ends where its text ended while the others are cut.
     """
     ref = recipe.refinement
     cfg = ref.pseudo_ratings
@@ -134,10 +152,21 @@ def build_pseudo_ratings(recipe: Recipe, seeds: Dataset, step: Step, engine: Eng
         train = _limit_per_language(train, cfg.seeds_per_language, recipe.seed)
     heldout = split_rows(seeds, "heldout")
     seeds = concatenate_datasets([train, heldout]) if len(heldout) else train
+    engines = engine if isinstance(engine, list) else [engine]
+    folds = len(engines)
+    groups = seeds["group"] if "group" in seeds.column_names else seeds["id"]
+    seeds = seeds.add_column("fold", [fold_of(g, recipe.seed, folds) for g in groups])
     langs = [get_language(code).name for code in seeds["language"]]
 
     def answer(rows: Dataset, index: int) -> Dataset:
-        return Dataset.from_dict({"id": rows["id"], "response": answer_seed_instructions(recipe, rows, engine, index)})
+        responses = [""] * len(rows)
+        for f in range(folds):  # rows scored by fold f are answered by the other fold's follower
+            idx = [i for i, g in enumerate(rows["fold"]) if other_fold(g, folds) == f]
+            if idx:
+                out = answer_seed_instructions(recipe, rows.select(idx), engines[f], index)
+                for i, text in zip(idx, out):
+                    responses[i] = text
+        return Dataset.from_dict({"id": rows["id"], "response": responses})
 
     level2 = step.map_shards(seeds, cfg.shard_size, answer, desc=f"level-2 answers ({sources[2]})")
     level2_by_id = dict(zip(level2["id"], level2["response"]))
@@ -154,10 +183,13 @@ def build_pseudo_ratings(recipe: Recipe, seeds: Dataset, step: Step, engine: Eng
         if not candidates[1][1]:
             skipped["empty_level2_answer"] += 1
             candidates.pop(1)
-        cut = fitter.same_length([text for _, text, _ in candidates], ref.response_tokens)  # every level alike
+        shortest = min(fitter.length(text) for _, text, _ in candidates)
+        cut = fitter.same_length([text for _, text, _ in candidates],  # every level alike, every level cut
+                                 max(1, min(ref.response_tokens, shortest - 1)))
         for (level, text, source), response in zip(candidates, cut):
             lengths_before[level].append(fitter.length(text))
-            rows.append({"id": f"{sid}#{level}", "seed_id": sid, "language": seed_row["language"],
+            rows.append({"id": f"{sid}#{level}", "seed_id": sid, "group": groups[n], "fold": seed_row["fold"],
+                         "language": seed_row["language"],
                          "language_name": langs[n], "instruction": seed_row["instruction"], "response": response,
                          "response_tokens": fitter.length(response),
                          "level": level, "source": source, "split": seed_row["split"]})
@@ -165,6 +197,7 @@ def build_pseudo_ratings(recipe: Recipe, seeds: Dataset, step: Step, engine: Eng
     step.save(pseudo)
     splits = Counter(pseudo["split"])
     held_answers = [level2_by_id[i] for i in heldout["id"]]
+    step.save(heldout.add_column("answer", held_answers), "heldout")
     mean = lambda xs: round(sum(xs) / len(xs), 1) if xs else None  # noqa: E731
     return {
         "rows_in": len(seeds),
@@ -177,9 +210,13 @@ def build_pseudo_ratings(recipe: Recipe, seeds: Dataset, step: Step, engine: Eng
         "response_tokens_before_cut": {str(k): mean(v) for k, v in sorted(lengths_before.items())},
         "response_tokens": {str(lv): mean([r["response_tokens"] for r in rows if r["level"] == lv])
                             for lv in (1, 2, 3)},
-        "level2_fidelity": fidelity_figures(held_answers, heldout["language"]) if len(heldout) else None,
+        **({f"level2_{k}": v for k, v in answer_figures(recipe, heldout, held_answers).items()}
+           if len(heldout) else {}),
         "base_fidelity": base_fidelity,
-        **engine.report(),
+        "base_relevance": base_relevance,
+        "ends_naturally": {str(lv): round(sum(ends_naturally(r["response"]) for r in rows if r["level"] == lv)
+                                          / max(1, sum(r["level"] == lv for r in rows)), 4) for lv in (1, 2, 3)},
+        **engines[0].report(),
     }
 
 
@@ -198,13 +235,19 @@ def iteration_steps(recipe: Recipe, k: int) -> list[StepSpec]:
     answerer = ref.follower if from_follower else None
 
     def pseudo_ratings(ctx: StepContext) -> dict[str, Any]:
-        model = ctx.model(follower) if from_follower else ctx.recipe.base_model
-        return build_pseudo_ratings(ctx.recipe, ctx.load("seed"), ctx.step, ctx.engine(answerer, model),
-                                    ctx.manifest("baseline").get("fidelity"))
+        if from_follower:
+            engines = [ctx.engine(answerer, str(fold_dir(ctx.steps[follower].path, f, ref.folds) / MODEL))
+                       for f in range(ref.folds)]
+        else:
+            engines = [ctx.engine(None, ctx.recipe.base_model)] * ref.folds
+        baseline = ctx.manifest("baseline")
+        return build_pseudo_ratings(ctx.recipe, ctx.load("seed"), ctx.step, engines, baseline.get("fidelity"),
+                                    baseline.get("relevance"))
 
     return [
         StepSpec(follower, "refinement", (trained_on,),
-                 {**role_settings(recipe, ref.follower), "assistant_share": recipe.final.assistant_share},
+                 {**role_settings(recipe, ref.follower), "assistant_share": recipe.final.assistant_share,
+                  "folds": ref.folds, "seed": recipe.seed},
                  lambda ctx: train_follower(ctx.recipe, ctx.load(trained_on), ctx.step)),
         StepSpec(iteration_step(k, "pseudo_ratings"), "refinement", ("seed", follower) if from_follower else ("seed",),
                  {"pseudo_ratings": dataclasses.asdict(ref.pseudo_ratings), "seed": recipe.seed,
@@ -214,3 +257,15 @@ def iteration_steps(recipe: Recipe, k: int) -> list[StepSpec]:
                  pseudo_ratings),
         *rating_steps(recipe, k),
     ]
+
+
+def steps(recipe: Recipe) -> list[StepSpec]:
+    """The refinement stage: the swapped pairs of the candidates (once), then K iterations."""
+    ref = recipe.refinement
+    swaps = StepSpec("swaps", "refinement", ("candidates",),
+                     {"planted_share": ref.planted_share, "hard_swaps": ref.hard_swaps, "folds": ref.folds,
+                      "seed": recipe.seed, "response_tokens": ref.response_tokens, "base_model": recipe.base_model,
+                      "embedder": recipe.diversification.embedder, "engine": engine_settings(recipe, None)},
+                     lambda ctx: build_swaps(ctx.recipe, ctx.load("candidates"), ctx.step,
+                                             ctx.engine(None, ctx.recipe.base_model)))
+    return [swaps, *(spec for k in range(1, ref.iterations + 1) for spec in iteration_steps(recipe, k))]

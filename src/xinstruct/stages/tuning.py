@@ -11,11 +11,10 @@ from typing import Any
 from datasets import Dataset
 
 from ..config import Recipe
-from ..quality import fidelity_figures
 from ..rundir import Step
 from ..steps import StepSpec, engine_settings, measured_settings
 from ..training import role_settings, train_role
-from .generation import answer_seed_instructions, split_rows
+from .generation import answer_figures, answer_seed_instructions, split_rows
 from .refinement import follower_training_set
 
 
@@ -25,8 +24,10 @@ def final_training_set(recipe: Recipe, diversified: Dataset) -> Dataset:
 
 
 def train_final(recipe: Recipe, diversified: Dataset, step: Step, seeds: Dataset, make_engine,
-                base_fidelity: dict | None = None) -> dict[str, Any]:
-    """Train and save the X-Instruction model, then measure its language fidelity on the held-out seeds."""
+                baseline: dict | None = None) -> dict[str, Any]:
+    """Train and save the X-Instruction model, then measure its language fidelity and relevance on the held-out
+    test pairs, next to the base model's (``baseline``: the baseline step's manifest)."""
+    base = baseline or {}
     data = final_training_set(recipe, diversified)
     metrics = train_role(recipe, recipe.final, data, step.path)
     model = str(step.model_path)
@@ -37,8 +38,8 @@ def train_final(recipe: Recipe, diversified: Dataset, step: Step, seeds: Dataset
         engine = make_engine(model)
         answers = answer_seed_instructions(recipe, heldout, engine)
         step.save(heldout.add_column("answer", answers), "heldout")
-        report.update({"fidelity": fidelity_figures(answers, heldout["language"]), "base_fidelity": base_fidelity,
-                       **engine.report()})
+        report.update({**answer_figures(recipe, heldout, answers), "base_fidelity": base.get("fidelity"),
+                       "base_relevance": base.get("relevance"), **engine.report()})
     return report
 
 
@@ -48,4 +49,4 @@ def steps(recipe: Recipe) -> list[StepSpec]:
                 **measured_settings(recipe), "engine": engine_settings(recipe, recipe.final)}
     return [StepSpec("final", "tuning", ("diversified", "seed"), settings,
                      lambda ctx: train_final(ctx.recipe, ctx.load("diversified"), ctx.step, ctx.load("seed"),
-                                             ctx.engines(recipe.final), ctx.manifest("baseline").get("fidelity")))]
+                                             ctx.engines(recipe.final), ctx.manifest("baseline")))]
