@@ -104,13 +104,42 @@ def test_every_recipe_builds_every_role_config_from_any_directory(path, tmp_path
                                         if "accelerate_configs" not in p.parts))
 def test_plan_prints_the_cost_of_every_recipe(path, capsys):
     from xinstruct.cli import main
-    from xinstruct.pipeline import plan
+    from xinstruct.costs import plan_costs
+    from xinstruct.pipeline import declared_steps, plan
 
     assert main(["plan", str(REPO / path), "--device", "a100-80gb"]) == 0
     table = capsys.readouterr().out
     for step in plan(load_recipe(REPO / path), "/nonexistent"):
         assert f"| {step.step.name} |" in table
     assert "**total**" in table and "Web texts needed per language" in table
+    recipe = load_recipe(REPO / path)
+    assert [r["step"] for r in plan_costs(recipe)["steps"]] == [spec.name for spec in declared_steps(recipe)]
+
+
+def test_plan_costs_follow_swaps_and_cross_fitting():
+    """Swapped copies (easy + hard per planted candidate) are scored once by the base model (``swaps``) and rated
+    every iteration; the generic pass of the likelihood features runs once per distinct response; cross-fitting
+    trains one follower per fold (with ``max_steps``: twice the training tokens)."""
+    from xinstruct.costs import FRAME_TOKENS, INSTRUCTION_TOKENS, plan_costs
+
+    def steps(*overrides):
+        recipe = load_recipe(REPO / "recipes" / "default.yaml", list(overrides))
+        return recipe, {r["step"]: r for r in plan_costs(recipe, "cpu-2core")["steps"]}
+
+    recipe, default = steps()  # likelihood, planted_share 1.0, hard_swaps, cross_fit
+    rating_row = FRAME_TOKENS + INSTRUCTION_TOKENS + recipe.refinement.response_tokens
+    candidates = default["candidates"]["rows_out"]
+    assert default["swaps"]["rows_in"] == candidates and default["swaps"]["rows_out"] == 3 * candidates
+    assert default["swaps"]["score_tokens"] == 4 * candidates * rating_row  # 3 pairs + 1 generic pass each
+    assert default["iter-1/ratings"]["score_tokens"] == 4 * candidates * rating_row
+    _, easy = steps("refinement.planted_share=0.5", "refinement.hard_swaps=false")
+    assert easy["swaps"]["rows_out"] == 1.5 * candidates
+    assert easy["iter-2/ratings"]["score_tokens"] == 2.5 * candidates * rating_row
+    _, single = steps("refinement.cross_fit=false")
+    assert default["iter-1/follower"]["train_tokens"] == 2 * single["iter-1/follower"]["train_tokens"] > 0
+    assert default["iter-1/pseudo_ratings"]["generate_tokens"] == single["iter-1/pseudo_ratings"]["generate_tokens"]
+    _, sft = steps("refinement.evaluator_kind=sft")
+    assert sft["iter-1/ratings"]["score_tokens"] == 3 * candidates * rating_row  # no generic pass
 
 
 def test_plan_reads_keep_rates_from_a_finished_run(tmp_path):

@@ -52,7 +52,7 @@ def test_per_iteration_report(tiny_run):
         assert 0.0 <= r["evaluator_heldout_accuracy"] <= 1.0 and r["follower_train_loss"] > 0
     # iteration 2's follower trains on iteration 1's kept set
     follower2 = json.loads((run_dir / "iter-2" / "follower" / "manifest.json").read_text())
-    assert follower2["rows_in"] == report[0]["kept"]
+    assert follower2["rows_in"] == report[0]["kept"] == follower2["fold_0_rows"] + follower2["fold_1_rows"]
 
 
 def test_no_heldout_seed_reaches_any_training_set(tiny_run):
@@ -63,7 +63,7 @@ def test_no_heldout_seed_reaches_any_training_set(tiny_run):
     heldout = [r for r in seeds if r["split"] == "heldout"]
     assert {r["language"] for r in heldout} == {"sw", "ta", "th"} and all(
         sum(r["language"] == c for r in heldout) >= 2 for c in ("sw", "ta", "th"))
-    assert set(TRAINED) == {"generator", "iter-1/follower", "iter-2/follower", "final"}  # likelihood evaluator: no SFT
+    assert set(TRAINED) == {"generator", "final", *(f"iter-{k}/follower/fold-{f}" for k in (1, 2) for f in (0, 1))}
     for step, rows in TRAINED.items():
         text = "\n".join(r["prompt"] + r["completion"] for r in rows)
         for seed in heldout:
@@ -81,22 +81,28 @@ def test_every_role_is_measured_against_its_reference(tiny_run):
         assert 0.0 <= generator["heldout"][key] <= 1.0 and 0.0 <= generator["heldout_base"][key] <= 1.0
     for k in (1, 2):
         evaluator = manifest(f"iter-{k}/evaluator")
-        for figures in (evaluator["heldout"], evaluator["length_baseline"]):
-            assert figures["rows"] == evaluator["heldout_rows"] > 0 and 0 <= figures["accuracy"] <= 1
+        test_rows = evaluator["heldout_rows"] - evaluator["heldout"]["calibration_rows"]
+        refs = evaluator["references"]
+        for figures in (evaluator["heldout"], refs["length_only"], refs["truncation_only"]):
+            assert figures["rows"] == test_rows > 0 and 0 <= figures["accuracy"] <= 1
             assert figures["auc_3v1"] is not None and figures["auc_3v2"] is not None
             assert sum(figures["confusion"].values()) == figures["rows"]
-        planted = manifest(f"iter-{k}/ratings")["planted"]
-        assert (planted["rows"] > 0 and planted["drop_rate_planted"] is not None
-                and planted["drop_rate_real"] is not None)
+        assert {"base_pmi", "base_likelihood", "scorer_pmi", "scorer_likelihood"} <= set(refs)
+        ratings = manifest(f"iter-{k}/ratings")
+        planted, swaps = ratings["planted"], ratings["swap_test"]
+        assert planted["rows"] > 0 and planted["drop_rate_easy"]["n"] == planted["drop_rate_real"]["n"] > 0
+        assert set(swaps["easy"]) == {"p3", "pmi", "base_pmi"} and "hard" in swaps
+        assert swaps["easy"]["p3"]["low"] <= swaps["easy"]["p3"]["auc"] <= swaps["easy"]["p3"]["high"]
         pseudo = manifest(f"iter-{k}/pseudo_ratings")
-        assert pseudo["level2_fidelity"]["answers"] == pseudo["base_fidelity"]["answers"] == len(
-            load_from_disk(str(run_dir / "baseline" / "data")))
+        assert pseudo["level2_fidelity"]["answers"] == pseudo["base_fidelity"]["answers"] > 0
+        assert pseudo["level2_relevance"]["rows"] == pseudo["base_relevance"]["rows"] > 0
         assert len(set(pseudo["response_tokens"].values())) == 1  # the levels are as long as each other
     final = manifest("final")
     assert final["fidelity"]["answers"] == final["base_fidelity"]["answers"] > 0
+    assert final["relevance"]["rows"] == final["base_relevance"]["rows"] > 0
     assert final["assistant_style_rows"] > 0  # the tiny recipe trains a share in the assistant style
-    for step in ("generator", "iter-1/follower", "final"):
-        metrics = manifest(step)["metrics"]
+    for step, key in (("generator", "metrics"), ("iter-1/follower", "fold_0_metrics"), ("final", "metrics")):
+        metrics = manifest(step)[key]
         assert metrics["rows_in"] >= metrics["train_rows"] > 0 and "dropped" in metrics and "truncated" in metrics
 
 

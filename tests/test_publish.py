@@ -11,6 +11,7 @@ from fake_hub import SENTINEL
 from huggingface_hub import DatasetCard, ModelCard
 
 from xinstruct.publish import PublishError, build_dataset_repo, push, render_model_card
+from xinstruct.rundir import RunDir
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +53,97 @@ def test_card_yaml_parses_back(repo_folder):
         assert f"plots/{plot}" in text and (repo_folder / "plots" / plot).stat().st_size > 1000
 
 
+def _kept_table(text: str) -> dict[str, list[str]]:
+    """The kept-per-language table after the report: language -> ``kept / rated`` per iteration."""
+    lines = text[text.index("| language |"):].splitlines()
+    return {cells[0]: cells[1:] for cells in ([c.strip() for c in line.strip("|").split("|")] for line in lines[2:]
+                                              if line.startswith("| "))}
+
+
+def test_dataset_card_figures_are_the_run_report_as_is(repo_folder, tiny_run):
+    """No figure in the dataset card is typed by hand: its quality section is ``report_markdown`` of the run byte for
+    byte, prose without a digit around it, then the kept-per-language counts of the kept manifests."""
+    from xinstruct.run_report import report_markdown
+
+    run_dir = tiny_run[0]
+    text = DatasetCard.load(repo_folder / "README.md").text
+    markdown = report_markdown(run_dir)
+    assert "Swap test on the real pool" in markdown and text.count(markdown) == 1
+    section = text[text.index("## How well each role did its job"):text.index("## Plots")]
+    before, after = section.split(markdown)
+    prose = after[:after.index("| language |")]
+    assert not any(ch.isdigit() for ch in before + prose.replace("iter-k", ""))
+    table = _kept_table(after)
+    for k in (1, 2):
+        kept = json.loads((run_dir / f"iter-{k}" / "kept" / "manifest.json").read_text())
+        assert {code: cells[k - 1] for code, cells in table.items()} == {
+            code: f"{kept['rows_out_per_language'][code]} / {n}" for code, n in kept["rows_in_per_language"].items()}
+    assert "accuracy per language" not in text and "rated 3" not in text  # the old hand-made lines are gone
+
+
+def _refinement_claims(run_dir) -> list[str]:
+    """What every card must say about how the run rated and kept its rows, read from the recipe and manifests."""
+    recipe = yaml.safe_load((run_dir / "recipe.yaml").read_text())["refinement"]
+    evaluator = json.loads((run_dir / "iter-1" / "evaluator" / "manifest.json").read_text())
+    thresholds = [json.loads((run_dir / f"iter-{k}" / "ratings" / "manifest.json").read_text())["keep_threshold"]
+                  for k in (1, 2)]
+    claims = [f"K = {recipe['iterations']}", f"`{recipe['evaluator_kind']}`",
+              f"`{recipe['keep_rule']}`: a row is kept when P(3)",
+              f"cut to its first {recipe['response_tokens']} tokens",
+              f"cross-fitted, {evaluator['folds']} folds" if evaluator["folds"] > 1 else "not cross-fitted"]
+    if recipe["keep_rule"] == "recall":
+        claims += [f"keeps {recipe['keep_recall']:g} (`refinement.keep_recall`)",
+                   *(f"iteration {k}: {t:g}" for k, t in enumerate(thresholds, 1))]
+    else:
+        claims += [f"P(3) >= {t:g}" for t in thresholds]
+    return claims
+
+
+def test_cards_state_the_evaluator_keep_rule_and_response_window(repo_folder, tiny_run):
+    """The dataset card's lineage and the cards of the models refinement made or fed (follower, evaluator, final) name
+    the evaluator kind and its folds, the keep rule with the threshold each iteration applied (``iter-k/ratings``),
+    the response window and K. (The generator's card does not: it comes before refinement and stays unchanged when
+    the run grows by an iteration.)"""
+    run_dir = tiny_run[0]
+    claims = _refinement_claims(run_dir)
+    assert "`likelihood`" in claims and "cross-fitted, 2 folds" in claims and "P(3) >= 0.3" in claims
+    lineage = DatasetCard.load(repo_folder / "README.md").text.split("## Lineage")[1]
+    texts = {"dataset lineage": lineage, **{role: render_model_card(run_dir, role, f"u/{role}").text
+                                           for role in ("follower", "evaluator", "final")}}
+    for where, text in texts.items():
+        missing = [claim for claim in claims if claim not in text]
+        assert not missing, (where, missing)
+    assert "This repo holds fold 0's follower and rating head" in texts["evaluator"]
+    assert "This iteration kept the rows with P(3) >= 0.3." in texts["evaluator"]
+
+
+def test_the_cards_follow_the_run_not_the_template(tiny_run, tmp_path):
+    """A run with another evaluator kind, keep rule, recall, thresholds and response window gets cards that say so:
+    nothing of the tiny recipe's settings is written into the templates."""
+    import shutil
+
+    run_dir = tmp_path / "other"
+    shutil.copytree(tiny_run[0], run_dir, ignore=shutil.ignore_patterns("model"))  # cards read no weights
+    recipe = yaml.safe_load((run_dir / "recipe.yaml").read_text())
+    recipe["refinement"].update(evaluator_kind="sft", keep_rule="recall", keep_recall=0.8, response_tokens=17)
+    (run_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
+    for k, threshold in ((1, 0.4242), (2, 0.4343)):
+        for step, key, value in (("ratings", "keep_threshold", threshold), ("evaluator", "folds", 1)):
+            path = run_dir / f"iter-{k}" / step / "manifest.json"
+            path.write_text(json.dumps({**json.loads(path.read_text()), key: value}))
+    claims = _refinement_claims(run_dir)
+    assert {"`sft`", "not cross-fitted", "iteration 1: 0.4242", "cut to its first 17 tokens"} <= set(claims)
+    card = DatasetCard.load(build_dataset_repo(run_dir, tmp_path / "published" / "x-instruction") / "README.md")
+    texts = {"dataset card": card.text, **{role: render_model_card(run_dir, role, f"u/{role}").text
+                                          for role in ("follower", "evaluator", "final")}}
+    for where, text in texts.items():
+        assert not [claim for claim in claims if claim not in text], where
+        assert "`likelihood`" not in text and "first 32 tokens" not in text and "cross-fitted, 2" not in text, where
+    evaluator = render_model_card(run_dir, "evaluator", "u/e", iteration=1)
+    assert "This iteration kept the rows with P(3) >= 0.4242." in evaluator.text
+    assert "### Rating:" in evaluator.text and "rating_head.json" not in evaluator.text  # an SFT evaluator
+
+
 def test_stock_sft_trainer_trains_on_the_published_dataset(repo_folder, tiny_model, monkeypatch, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
@@ -70,7 +162,8 @@ def test_stock_sft_trainer_trains_on_the_published_dataset(repo_folder, tiny_mod
 
 
 def test_model_cards_per_role(tiny_run):
-    markers = (("generator", "### English Instruction:"), ("evaluator", "### Rating:"), ("final", "### Response:"))
+    # the tiny recipe's likelihood evaluator scores the response after the follower's prompt (not the rating prompt)
+    markers = (("generator", "### English Instruction:"), ("evaluator", "### Response:"), ("final", "### Response:"))
     for role, marker in markers:
         card = render_model_card(tiny_run[0], role, f"user/x-instruction-{role}", dataset="user/x-instruction",
                                  dataset_revision="abc123")
@@ -87,9 +180,52 @@ def test_model_cards_per_role(tiny_run):
     evaluator = render_model_card(tiny_run[0], "evaluator", "u/e")  # the last iteration's, with its figures
     assert "held-out accuracy" in evaluator.text and "Iteration 2 of 2" in evaluator.text
     assert "rating head" in evaluator.text  # the tiny recipe's likelihood evaluator: the follower's weights + a head
-    metrics = [m for r in evaluator.data.to_dict()["model-index"][0]["results"] for m in r["metrics"]]
-    assert {m["type"] for m in metrics} == {"accuracy", "roc_auc_3v1", "roc_auc_3v2", "planted_drop_rate"}
-    assert "length-only" not in " ".join(m["name"] for m in metrics)  # references stay in the card's table
+    assert "### Rating:" not in evaluator.text  # the rating prompt is the SFT evaluator's, not this one's
+    # how to apply it: the rate command, and by hand from the head the push uploads
+    assert "`xinstruct rate RUN pairs.jsonl --iteration 2 --out rated.jsonl`" in evaluator.text
+    assert "`rating_head.json`" in evaluator.text and "`generic_instruction` (`Write a text.`)" in evaluator.text
+    metrics = [m for r in evaluator.data.to_dict()["model-index"] for res in r["results"] for m in res["metrics"]]
+    assert {m["type"] for m in metrics} == {"accuracy", "roc_auc_3v1", "roc_auc_3v2", "swap_auc", "planted_drop_rate"}
+    names = " ".join(m["name"] for m in metrics)
+    assert "length-only" not in names and "PMI" not in names and "real rows" not in names  # references: table only
+
+
+def _row(text: str, figure: str) -> list[str]:
+    """The cells of the card table row of ``figure``."""
+    line = next(line for line in text.splitlines() if line.startswith(f"| {figure} |"))
+    return [cell.strip() for cell in line.strip("|").split("|")]
+
+
+def test_each_iteration_figure_stands_next_to_its_reference(tiny_run):
+    """The evaluator's swap AUC (real pool) sits next to the base model's PMI, the follower's relevance@1 next to the
+    base model and chance, all as the run report has them; model-index holds the model's own value only."""
+    from xinstruct.run_report import iteration_report
+
+    run_dir = tiny_run[0]
+    row = iteration_report(run_dir, 2)[-1]
+    evaluator = render_model_card(run_dir, "evaluator", "u/e")
+    swap, base = row["swap_auc"], row["swap_auc_base_pmi"]
+    name, value, reference = _row(evaluator.text, "swap AUC of P(3), each candidate vs a swapped instruction")
+    assert value == f"{swap['auc']:.2f} [{swap['low']:.2f}, {swap['high']:.2f}]"
+    assert reference == f"base model PMI: {base['auc']:.2f} [{base['low']:.2f}, {base['high']:.2f}]"
+    strongest = row["strongest_reference_3v1"]
+    assert _row(evaluator.text, "AUC of P(3), 3 vs 1")[2] == f"strongest reference: {strongest['name']} " \
+                                                            f"{strongest['auc']:.2f}"
+    _, _, reference = _row(evaluator.text, "drop rate of planted negatives")
+    assert reference.startswith(f"real rows: {row['drop_rates']['real']['rate']:.2f} [")
+    own = {m["type"]: m["value"] for r in evaluator.data.to_dict()["model-index"] for res in r["results"]
+           for m in res["metrics"]}
+    assert own["swap_auc"] == swap["auc"] and own["planted_drop_rate"] == row["planted_drop_rate"]
+
+    follower = render_model_card(run_dir, "follower", "u/f")
+    rel, base_rel = row["follower_relevance"], row["base_relevance"]
+    name, value, reference = _row(follower.text, "relevance@1 (chrF retrieval of its own gold response)")
+    assert value.startswith(f"{rel['retrieval@1']:.2f}")
+    assert reference.startswith(f"base model: {base_rel['retrieval@1']:.2f}")
+    assert reference.endswith(f"chance: {rel['chance@1']:.2f}")
+    own = {m["type"]: m["value"] for r in follower.data.to_dict()["model-index"] for res in r["results"]
+           for m in res["metrics"]}
+    assert own == {"language_fidelity": row["follower_fidelity"], "relevance_at_1": rel["retrieval@1"]}
 
 
 def test_bad_input(tiny_run, tmp_path):
@@ -207,7 +343,9 @@ def test_every_iteration_s_follower_and_evaluator_get_a_revision_with_a_card(hub
     kept = load_from_disk(str(run_dir / "iter-2" / "kept" / "data")).filter(lambda r: r["language"] == "sw")
     assert sorted(rows["id"]) == sorted(kept["id"]) and len(rows) > 0
     model = AutoModelForCausalLM.from_pretrained("user/xi-evaluator", revision="iter-2")
-    local = AutoModelForCausalLM.from_pretrained(run_dir / "iter-2" / "follower" / "model")  # likelihood evaluator
+    # a likelihood evaluator: the iteration's follower (cross-fitted: fold 0's) plus its rating head
+    local = AutoModelForCausalLM.from_pretrained(RunDir(run_dir).model("follower", 2))
+    assert "rating_head.json" in hub.files("user/xi-evaluator", "iter-2")
     assert all((a == b).all() for a, b in zip(model.state_dict().values(), local.state_dict().values()))
 
 

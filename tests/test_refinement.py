@@ -2,6 +2,7 @@
 training row, that levels cannot be told apart by length, the evaluator's prompt and budget, the keep rule,
 planted negatives, and the scores stored per candidate."""
 
+import json
 import math
 
 import pytest
@@ -14,14 +15,8 @@ from xinstruct.inference.local import LocalEngine
 from xinstruct.prompts import FOLLOWER_TEMPLATE, RATING_TEMPLATE, rating_prompt
 from xinstruct.rundir import Step
 from xinstruct.stages.generation import heldout_split
-from xinstruct.stages.rating import (
-    evaluator_training_set,
-    fit_rating_prompts,
-    keep_mask,
-    keep_rated,
-    plant_negatives,
-    rate_candidates,
-)
+from xinstruct.stages.rating import keep_mask, keep_rated, rate_candidates
+from xinstruct.stages.rating_prompts import evaluator_training_set, fit_rating_prompts
 from xinstruct.stages.refinement import build_pseudo_ratings
 
 LONG = " ".join(f"neno{i}" for i in range(80))  # a response far over the budget below
@@ -114,7 +109,23 @@ def test_levels_of_a_seed_have_the_same_length(pseudo):
         by_seed.setdefault(r["seed_id"], set()).add(r["response_tokens"])
     assert all(len(lengths) == 1 for lengths in by_seed.values())
     assert len(set(report["response_tokens"].values())) == 1  # mean length per level: equal
-    assert report["level2_fidelity"]["answers"] == sum(s == "heldout" for s in SEEDS["split"])
+
+
+def test_every_level_is_cut_so_none_ends_where_its_text_ended(pseudo):
+    rows, engine, _ = pseudo
+    fitter = PromptFitter(load_tokenizer("tiny"))
+    seeds = {r["id"]: r for r in SEEDS}
+    answered = dict(engine.calls)
+    for r in rows:
+        seed = seeds[r["seed_id"]]
+        if r["level"] == 3:
+            full = seed["output"]
+        elif r["level"] == 2:
+            full = answered[FOLLOWER_TEMPLATE.format(instruction=seed["instruction"],
+                                                     language_name=r["language_name"])].strip()
+        else:
+            full = seeds[r["source"].split(":", 1)[1]]["output"]
+        assert r["response_tokens"] < fitter.length(full), r["id"]  # strictly shorter than the text it comes from
 
 
 def test_an_empty_level2_answer_is_dropped_and_counted(tmp_path, tiny_model):
@@ -184,7 +195,7 @@ def test_only_rows_meeting_the_rule_survive(tmp_path):
     step.begin()
     report = keep_rated(recipe, RATED, step, 1)
     assert step.load()["id"] == ["a"]
-    assert report["rows_out_per_language"] == {"sw": 1, "ta": 0} and report["skipped"] == {"not_rated_3": 3}
+    assert report["rows_out_per_language"] == {"sw": 1, "ta": 0} and report["skipped"] == {"below_keep_rule": 3}
 
 
 def test_an_iteration_that_keeps_nothing_says_what_to_change(tmp_path):
@@ -199,26 +210,38 @@ POOL = Dataset.from_list([{"id": r["id"], "language": r["language"], "instructio
                            "output": r["output"], "source": "t"} for r in ROWS])
 
 
-def test_planted_negatives_swap_instructions_within_a_language():
-    planted = plant_negatives(POOL, 0.25, 7)
-    real = {r["id"]: r for r in POOL}
-    assert len(planted) == 3 + 2  # round(0.25 * 12) + round(0.25 * 8)
-    instructions_by_lang = {}
-    for r in POOL:
-        instructions_by_lang.setdefault(r["language"], set()).add(r["instruction"])
-    for r in planted:
-        original = real[r["id"].removeprefix("planted:")]
-        assert r["planted"] and r["output"] == original["output"]
-        assert r["instruction"] != original["instruction"] and r["instruction"] in instructions_by_lang[r["language"]]
-    assert plant_negatives(POOL, 0.25, 7)["id"] == planted["id"]  # deterministic
+def test_swaps_take_another_instruction_of_the_same_language_and_fold():
+    from xinstruct.stages.crossfit import fold_of
+    from xinstruct.stages.swaps import swap_donors
+
+    ids, langs, instructions = POOL["id"], POOL["language"], POOL["instruction"]
+    folds = [fold_of(i, 7, 2) for i in ids]
+    donors, missing = swap_donors(ids, langs, instructions, folds, 1.0, 7)
+    assert len(donors) + sum(missing.values()) == len(POOL)  # every row swapped or counted
+    for i, j in donors.items():
+        assert i != j and langs[i] == langs[j] and folds[i] == folds[j] and instructions[i] != instructions[j]
+    assert swap_donors(ids, langs, instructions, folds, 1.0, 7)[0] == donors  # deterministic
+    import numpy as np
+
+    vectors = np.eye(len(POOL))
+    vectors[1] = vectors[0] * 0.9 + vectors[1] * 0.1  # row 1's instruction is nearest to row 0's
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    hard, _ = swap_donors(ids, langs, instructions, [0] * len(POOL), 1.0, 7, vectors)
+    assert hard[0] == 1 and hard[1] == 0
 
 
-def test_rating_stores_probabilities_and_planted_rows_never_leave_it(tmp_path, tiny_model, tiny_engine):
-    recipe = _recipe("refinement.shard_size=3", "refinement.planted_share=0.25", "refinement.keep_rule=threshold",
-                     "refinement.keep_threshold=0.0")
+def test_rating_stores_probabilities_and_swapped_rows_never_leave_it(tmp_path, tiny_model, tiny_engine):
+    from xinstruct.stages.swaps import build_swaps
+
+    recipe = _recipe("refinement.shard_size=3", "refinement.keep_rule=threshold", "refinement.keep_threshold=0.0",
+                     "refinement.evaluator_kind=sft", "refinement.hard_swaps=false")
+    swaps = Step(tmp_path, "swaps", {})
+    swaps.begin()
+    build_swaps(recipe, POOL, swaps, tiny_engine)
     step = Step(tmp_path, "ratings", {})
     step.begin()
-    report = rate_candidates(recipe, POOL, step, tiny_engine, 1, "tiny")
+    report = rate_candidates(recipe, POOL, swaps.load(), step, [tiny_engine], 1, ["tiny"],
+                             trained_ids=set(POOL["id"][:10]))
     rated = step.load()
     assert rated["id"] == POOL["id"] and report["rows_out"] == len(POOL)
     for r in rated:
@@ -228,34 +251,50 @@ def test_rating_stores_probabilities_and_planted_rows_never_leave_it(tmp_path, t
         assert r["iteration"] == 1
     assert sum(report["rating_histogram"].values()) == len(POOL)
     planted = step.load("planted")
-    assert len(planted) == report["planted"]["rows"] == 5 and all(planted["planted"])
+    assert len(planted) == report["planted"]["rows"] == len(POOL) and set(planted["kind"]) == {"easy"}
     # threshold 0 keeps all
-    assert report["planted"]["drop_rate_planted"] == 0.0 == report["planted"]["drop_rate_real"]
+    assert report["planted"]["drop_rate_easy"]["rate"] == 0.0 == report["planted"]["drop_rate_real"]["rate"]
+    easy = report["swap_test"]["easy"]
+    assert easy["p3"]["positives"] == easy["p3"]["negatives"] == len(POOL)
+    gap = report["swap_test"]["training_gap"]
+    assert (gap["rows_inside"], gap["rows_outside"]) == (10, 10)
     kept_step = Step(tmp_path, "kept", {})
     kept_step.begin()
     keep_rated(recipe, rated, kept_step, 1)
-    assert not any(i.startswith("planted:") for i in kept_step.load()["id"])  # planted rows never reach the kept set
+    assert not set(kept_step.load()["id"]) & set(planted["id"])  # swapped rows never reach the kept set
 
 
 @pytest.mark.parametrize("kind", ["sft", "likelihood"])
 def test_evaluator_is_measured_on_heldout_rows_next_to_length_only(pseudo, tmp_path, tiny_model, kind):
-    from xinstruct.stages.rating import train_evaluator
+    from xinstruct.stages.evaluator import train_evaluator
+    from xinstruct.stages.generation import test_half
 
     rows, _, _ = pseudo
-    recipe = _recipe(f"refinement.evaluator_kind={kind}",
+    recipe = _recipe(f"refinement.evaluator_kind={kind}", "refinement.cross_fit=false",
                      "refinement.evaluator.training={max_steps: 2, max_length: 256}")
+    follower = tmp_path / "iter-1/follower"
+    follower.mkdir(parents=True)
+    (follower / "model").symlink_to(tiny_model)
     step = Step(tmp_path, "iter-1/evaluator", {})
     step.begin()
     report = train_evaluator(recipe, rows, step, lambda path: LocalEngine(path, batch_size=8, progress=False),
-                             tiny_model)
-    heldout = sum(s == "heldout" for s in rows["split"])
-    for figures in (report["heldout"], report["length_baseline"]):
-        assert figures["rows"] == heldout and sum(figures["confusion"].values()) == heldout
-        assert 0.0 <= figures["auc_3v1"] <= 1.0 and set(figures["accuracy_per_language"]) == {"sw", "ta"}
+                             follower)
+    heldout = rows.filter(lambda s: s == "heldout", input_columns="split")
+    test = sum(test_half(heldout, recipe.seed))
+    assert 0 < test < len(heldout) and report["heldout"]["calibration_rows"] == len(heldout) - test
+    refs = report["references"]
+    for figures in (report["heldout"], refs["length_only"], refs["truncation_only"]):
+        assert figures["rows"] == test and sum(figures["confusion"].values()) == test
+    for name in ("base_pmi", "base_likelihood"):
+        assert set(refs[name]) == {"auc_3v1", "auc_3v2"}
+    assert report["strongest_reference"]["auc_3v1"]["name"] in refs
     if kind == "sft":
         assert report["metrics"]["train_rows"] == report["rows_in"] and (step.path / "model" / "config.json").exists()
     else:
-        assert (step.path / "rating_head.json").exists() and report["model"] == tiny_model
+        head = json.loads((step.path / "rating_head.json").read_text())
+        assert head["follower"] == str(follower / "model") and head["response_tokens"] == BUDGET
+        assert head["generic_instruction"] and "{instruction}" in head["template"]
+        assert {"scorer_pmi", "scorer_likelihood"} <= set(refs)
 
 
 def test_likelihood_head_learns_levels_from_features():

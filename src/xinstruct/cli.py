@@ -22,7 +22,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     results = run(recipe, run_dir, until=args.until, start=args.start)
     report = iteration_report(run_dir, recipe.refinement.iterations)
     if report:
-        print("\nRefinement, per iteration (reference in brackets):\n" + format_iteration_report(report))
+        print("\n" + format_iteration_report(report))
     summary = format_run_summary(run_summary(run_dir))
     if summary:
         print("\n" + summary)
@@ -156,6 +156,51 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .errors import UsageError
+    from .run_report import report_markdown, update_readme
+    from .rundir import RunDir
+
+    run = RunDir(args.run)
+    run.recipe()  # a folder that is not a run is a one-line error
+    if args.readme:
+        if not Path(args.readme).exists():
+            raise UsageError(f"--readme {args.readme}: no such file.")
+        update_readme(args.readme, run.path)
+        print(f"updated the generated report block of {args.readme}")
+    else:
+        print(report_markdown(run.path))
+    return 0
+
+
+def _cmd_rate(args: argparse.Namespace) -> int:
+    from .rate import rate_pairs, read_pairs
+
+    rated, info = rate_pairs(args.run, read_pairs(args.pairs), args.iteration)
+    rated.to_json(args.out, lines=True, force_ascii=False)
+    print(f"rated {info['rows']} pairs with the {info['kind']} evaluator of iteration {info['iteration']} "
+          f"({len(info['raters'])} rater(s)) -> {args.out}")
+    return 0
+
+
+def _add_quality_commands(sub) -> None:
+    """``report`` and ``rate``: read a finished run's figures, or apply its evaluator to any pairs."""
+    p = sub.add_parser("report", help="the quality report of a finished run (every figure next to its reference)")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--markdown", action="store_true", help="Markdown tables (the default output format)")
+    p.add_argument("--readme", metavar="FILE",
+                   help="write the tables into FILE between '<!-- report:begin -->' and '<!-- report:end -->'")
+    p.set_defaults(func=_cmd_report)
+    p = sub.add_parser("rate", help="rate (instruction, output, language) pairs with a run's evaluator",
+                       description="Writes p1, p2, p3, expected_rating and rating per row, with the same code as "
+                                   "the ratings step.")
+    p.add_argument("run", help="a finished run directory")
+    p.add_argument("pairs", help="JSONL file, one object per line with instruction, output, language")
+    p.add_argument("--iteration", type=int, help="the iteration whose evaluator rates (default: the last)")
+    p.add_argument("--out", required=True, help="output JSONL file")
+    p.set_defaults(func=_cmd_rate)
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from .bench import main as bench_main
 
@@ -281,6 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gemma-rows", type=int, default=16, help="rows for the Gemma-3-270M comparison")
     p.add_argument("--skip-gemma", action="store_true", help="only the tiny model")
     p.set_defaults(func=_cmd_bench)
+    _add_quality_commands(sub)
     return parser
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -155,6 +155,86 @@ def _trained_rows(training: dict[str, Any], rows: float, processes: int) -> floa
     return rows * training.get("num_train_epochs", 3)
 
 
+@dataclass
+class _StepCosts:
+    """The steps' rows of :func:`plan_costs`: time and GPU-hours of each step's tokens at ``speed``, inference on
+    ``engines`` devices, training on ``gpus`` processes."""
+
+    speed: Throughput
+    engines: int
+    gpus: int
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    def step(self, name: str, rows_in: float, rows_out: float, generate: float = 0, score: float = 0,
+             train: float = 0, role=None) -> None:
+        speed, engines, gpus = self.speed, self.engines, self.gpus
+        # LoRA computes no weight gradients of the frozen base: 4 x params FLOP per token instead of 6
+        train_speed = speed.train * (1.5 if role is not None and role.lora else 1.0)
+        seconds = (generate / speed.decode + score / speed.prefill) / engines + train / (train_speed * gpus)
+        used = (generate / speed.decode + score / speed.prefill) + train / train_speed  # device-seconds
+        self.rows.append({"step": name, "rows_in": round(rows_in), "rows_out": round(rows_out),
+                          "generate_tokens": round(generate), "score_tokens": round(score),
+                          "train_tokens": round(train), "hours": seconds / 3600, "gpu_hours": used / 3600})
+
+    def train_tokens(self, role, n_rows: float, max_row: int) -> float:
+        return (_trained_rows(role.training, n_rows, self.gpus)
+                * min(role.training.get("max_length") or max_row, max_row))
+
+
+def _memory_per_role(recipe: Recipe, shape: ModelShape, processes: int, sharded: bool) -> dict[str, float | None]:
+    """:func:`training_memory_gb` of every trained role, on the longest row it trains on."""
+    ref, text = recipe.refinement, recipe.candidates.text_tokens or 512
+    instruction_max = recipe.candidates.decoding.max_new_tokens
+    longest = {  # the longest row each role trains on
+        "generator": (recipe.generator, FRAME_TOKENS + text + instruction_max),
+        "follower": (ref.follower, FRAME_TOKENS + instruction_max + text),
+        "evaluator": (ref.evaluator, FRAME_TOKENS + instruction_max + ref.response_tokens),
+        "final": (recipe.final, FRAME_TOKENS + instruction_max + text),
+    }
+    if ref.evaluator_kind == "likelihood":
+        del longest["evaluator"]
+    return {name: training_memory_gb(KNOWN_MODELS.get(recipe.model_for(role), shape), role, row, processes, sharded)
+            for name, (role, row) in longest.items()}
+
+
+def _refinement_costs(recipe: Recipe, costs: _StepCosts, candidates: float, train_seeds: float, held: float,
+                      keep_rate: float) -> float:
+    """The refinement steps of :func:`plan_costs`: the swapped pairs, then every iteration. Returns the rows the last
+    iteration keeps.
+
+    Likelihood features take two passes: one per (instruction, response) pair, one with the generic instruction per
+    distinct response (a candidate and its swapped copies share it). Cross-fitted (``refinement.folds`` 2), each
+    iteration trains one follower per fold on its half of the rows."""
+    ref, step, train_tokens = recipe.refinement, costs.step, costs.train_tokens
+    langs, held_rows = len(recipe.languages), held * len(recipe.languages)
+    text = recipe.candidates.text_tokens or 512
+    follower_row = FRAME_TOKENS + INSTRUCTION_TOKENS + 2 * text
+    rating_row = FRAME_TOKENS + INSTRUCTION_TOKENS + ref.response_tokens
+    likelihood = ref.evaluator_kind == "likelihood"
+    passes = 2 if likelihood else 1
+    swapped = ref.planted_share * (2 if ref.hard_swaps else 1)  # swapped copies per candidate (easy, hard)
+    pairs = candidates * (1 + swapped)  # the base model scores every pair, plus each response once generically
+    step("swaps", candidates, pairs, score=(pairs + candidates) * rating_row)
+    pool = kept = candidates
+    for k in range(1, ref.iterations + 1):
+        step(f"iter-{k}/follower", kept, kept, role=ref.follower,
+             train=ref.folds * train_tokens(ref.follower, kept / ref.folds, follower_row))
+        pseudo_seeds = (min(train_seeds, ref.pseudo_ratings.seeds_per_language or train_seeds) + held) * langs
+        step(f"iter-{k}/pseudo_ratings", pseudo_seeds, 3 * pseudo_seeds, generate=pseudo_seeds * ref.response_tokens,
+             score=pseudo_seeds * (FRAME_TOKENS + INSTRUCTION_TOKENS))
+        ev_train = 3 * (pseudo_seeds - held_rows)
+        ev_tokens = 0 if likelihood else train_tokens(ref.evaluator, ev_train, rating_row)
+        base_test = 2 * (3 * held_rows / 2)  # the base model's two passes on the test half of the held-out ratings
+        step(f"iter-{k}/evaluator", ev_train, ev_train, train=ev_tokens,
+             score=(passes * 3 * pseudo_seeds + base_test) * rating_row, role=ref.evaluator)
+        rated = pool * (1 + swapped)
+        step(f"iter-{k}/ratings", pool, pool, score=(rated + (pool if likelihood else 0)) * rating_row)
+        kept = pool * keep_rate
+        step(f"iter-{k}/kept", pool, kept)
+        pool = kept if ref.rate == "kept" else candidates
+    return kept
+
+
 def plan_costs(recipe: Recipe, device: str = "h100-80gb", rates: dict[str, float] | None = None,
                seeds_per_language: int | None = None, params: float | None = None,
                speeds: Throughput | None = None) -> dict[str, Any]:
@@ -176,21 +256,8 @@ def plan_costs(recipe: Recipe, device: str = "h100-80gb", rates: dict[str, float
     text = recipe.candidates.text_tokens or 512
     ref = recipe.refinement
     resp = ref.response_tokens
-    rows: list[dict[str, Any]] = []
-
-    def step(name: str, rows_in: float, rows_out: float, generate: float = 0, score: float = 0, train: float = 0,
-             role=None) -> None:
-        # LoRA computes no weight gradients of the frozen base: 4 x params FLOP per token instead of 6
-        train_speed = speed.train * (1.5 if role is not None and role.lora else 1.0)
-        seconds = (generate / speed.decode + score / speed.prefill) / engines + train / (train_speed * gpus)
-        used = (generate / speed.decode + score / speed.prefill) + train / train_speed  # device-seconds
-        rows.append({"step": name, "rows_in": round(rows_in), "rows_out": round(rows_out),
-                     "generate_tokens": round(generate), "score_tokens": round(score), "train_tokens": round(train),
-                     "hours": seconds / 3600, "gpu_hours": used / 3600})
-
-    def train_tokens(role, n_rows: float, max_row: int) -> float:
-        return _trained_rows(role.training, n_rows, gpus) * min(role.training.get("max_length") or max_row, max_row)
-
+    costs = _StepCosts(speed, engines, gpus)
+    step, train_tokens, rows = costs.step, costs.train_tokens, costs.rows
     webtext_in = (per_lang_web or 0) * langs
     webtext_out = webtext_in * rates["webtext_kept"]
     step("seed", per_lang_seed * langs, per_lang_seed * langs)
@@ -205,42 +272,15 @@ def plan_costs(recipe: Recipe, device: str = "h100-80gb", rates: dict[str, float
     candidates = webtext_out * rates["gate_kept"]
     step("candidates", webtext_out, candidates, generate=webtext_out * recipe.candidates.decoding.max_new_tokens,
          score=webtext_out * (FRAME_TOKENS + text))
-    pool = kept = candidates
+    kept = _refinement_costs(recipe, costs, candidates, train_seeds, held, rates["keep_rate"])
     follower_row = FRAME_TOKENS + INSTRUCTION_TOKENS + 2 * text
-    rating_row = FRAME_TOKENS + INSTRUCTION_TOKENS + resp
-    passes = 2 if ref.evaluator_kind == "likelihood" else 1
-    for k in range(1, ref.iterations + 1):
-        step(f"iter-{k}/follower", kept, kept, train=train_tokens(ref.follower, kept, follower_row),
-             role=ref.follower)
-        pseudo_seeds = (min(train_seeds, ref.pseudo_ratings.seeds_per_language or train_seeds) + held) * langs
-        step(f"iter-{k}/pseudo_ratings", pseudo_seeds, 3 * pseudo_seeds, generate=pseudo_seeds * resp,
-             score=pseudo_seeds * (FRAME_TOKENS + INSTRUCTION_TOKENS))
-        ev_train = 3 * (pseudo_seeds - held_rows)
-        ev_tokens = 0 if ref.evaluator_kind == "likelihood" else train_tokens(ref.evaluator, ev_train, rating_row)
-        step(f"iter-{k}/evaluator", ev_train, ev_train, train=ev_tokens, score=passes * 3 * pseudo_seeds * rating_row,
-             role=ref.evaluator)
-        rated = pool * (1 + ref.planted_share)
-        step(f"iter-{k}/ratings", pool, pool, score=passes * rated * rating_row)
-        kept = pool * rates["keep_rate"]
-        step(f"iter-{k}/kept", pool, kept)
-        pool = kept if ref.rate == "kept" else candidates
     target = recipe.diversification.target_per_language * langs
     diversified = min(target, kept)
     step("diversified", kept, diversified)
     step("final", diversified, diversified, train=train_tokens(recipe.final, diversified, follower_row),
          generate=held_rows * resp, role=recipe.final)
-    instruction_max = recipe.candidates.decoding.max_new_tokens
-    longest = {  # the longest row each role trains on
-        "generator": (recipe.generator, FRAME_TOKENS + text + instruction_max),
-        "follower": (ref.follower, FRAME_TOKENS + instruction_max + text),
-        "evaluator": (ref.evaluator, FRAME_TOKENS + instruction_max + resp),
-        "final": (recipe.final, FRAME_TOKENS + instruction_max + text),
-    }
-    if ref.evaluator_kind == "likelihood":
-        del longest["evaluator"]
     sharded = _sharded(recipe)
-    memory = {name: training_memory_gb(KNOWN_MODELS.get(recipe.model_for(role), shape), role, row, gpus, sharded)
-              for name, (role, row) in longest.items()}
+    memory = _memory_per_role(recipe, shape, gpus, sharded)
     keep_factor = rates["keep_rate"] ** (ref.iterations if ref.rate == "kept" else 1)
     needed = math.ceil(recipe.diversification.target_per_language
                        / (rates["webtext_kept"] * rates["gate_kept"] * keep_factor))

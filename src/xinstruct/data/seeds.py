@@ -19,7 +19,8 @@ def load_seeds(cfg: SeedConfig, languages: list[str], seed: int = 0) -> tuple[Da
     """Read seed pairs for ``languages``; rows with an empty instruction or output are counted and skipped.
 
     Returns:
-        (seeds, report) with columns ``id, language, instruction, output, source``.
+        (seeds, report) with columns ``id, language, instruction, output, source``, and ``group`` when the rows
+        carry one (translations of one source row share it; the held-out split keeps a group together).
     """
     rows: list[dict] = []
     skipped: Counter = Counter()
@@ -48,6 +49,7 @@ def load_seeds(cfg: SeedConfig, languages: list[str], seed: int = 0) -> tuple[Da
                     "instruction": instruction,
                     "output": output,
                     "source": str(raw.get("source") or cfg.path),
+                    "group": str(raw.get("group") or ""),  # the source row of translated seeds (seed-build)
                 }
             )
     report = {
@@ -56,4 +58,5 @@ def load_seeds(cfg: SeedConfig, languages: list[str], seed: int = 0) -> tuple[Da
         "skipped": dict(skipped),
         "languages_without_seeds": [c for c in languages if per_lang[c] == 0],
     }
-    return Dataset.from_dict({c: [r[c] for r in rows] for c in SEED_COLUMNS}), report
+    columns = SEED_COLUMNS + (("group",) if any(r["group"] for r in rows) else ())
+    return Dataset.from_dict({c: [r[c] for r in rows] for c in columns}), report

@@ -12,7 +12,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from ..prompts import FOLLOWER_TEMPLATE, GENERATOR_TEMPLATE, RATING_TEMPLATE
 from ..run_report import iteration_report
 from ..rundir import RunDir
-from .dataset_repo import CITATION, PublishError
+from .dataset_repo import CITATION, PublishError, refinement_facts
 from .templates import template_path
 
 ROLES = {"generator": GENERATOR_TEMPLATE, "follower": FOLLOWER_TEMPLATE, "evaluator": RATING_TEMPLATE,
@@ -20,42 +20,87 @@ ROLES = {"generator": GENERATOR_TEMPLATE, "follower": FOLLOWER_TEMPLATE, "evalua
 PER_ITERATION = ("follower", "evaluator")
 
 
-# (figure name in the card, metric id in model-index, key of the iteration report, the model's own figure?)
-FIGURES = {
-    "follower": (("language fidelity (held-out instructions)", "language_fidelity", "follower_fidelity", True),
-                 ("language fidelity of the base model", "language_fidelity", "base_fidelity", False)),
-    "evaluator": (("held-out accuracy", "accuracy", "evaluator_heldout_accuracy", True),
-                  ("held-out accuracy of a length-only classifier", "accuracy", "length_baseline_accuracy", False),
-                  ("AUC of P(3), 3 vs 1", "roc_auc_3v1", "evaluator_auc_3v1", True),
-                  ("AUC of P(3), 3 vs 2", "roc_auc_3v2", "evaluator_auc_3v2", True),
-                  ("drop rate of planted negatives", "planted_drop_rate", "planted_drop_rate", True),
-                  ("drop rate of real rows", "real_drop_rate", "real_drop_rate", False)),
+# Each figure of an iteration's follower or evaluator, with the references it stands next to in the card:
+# (figure in the card, metric id in model-index, path to the model's own value in the iteration report, path to what
+# the card shows for it (with its interval where the report has one), references as (label, path)). Only the model's
+# own value goes into model-index.
+FIGURES: dict[str, tuple[tuple[str, str, tuple[str, ...], tuple[str, ...], tuple[tuple[str, tuple[str, ...]], ...]],
+                         ...]] = {
+    "follower": (
+        ("language fidelity (held-out instructions)", "language_fidelity", ("follower_fidelity",),
+         ("follower_fidelity",), (("base model", ("base_fidelity",)),)),
+        ("relevance@1 (chrF retrieval of its own gold response)", "relevance_at_1",
+         ("follower_relevance", "retrieval@1"), ("follower_relevance", "retrieval@1_interval"),
+         (("base model", ("base_relevance", "retrieval@1_interval")), ("chance", ("follower_relevance", "chance@1")))),
+    ),
+    "evaluator": (
+        ("held-out accuracy", "accuracy", ("evaluator_heldout_accuracy",), ("evaluator_heldout_accuracy",),
+         (("length-only classifier", ("length_baseline_accuracy",)),
+          ("truncation-only classifier", ("truncation_baseline_accuracy",)))),
+        ("AUC of P(3), 3 vs 1", "roc_auc_3v1", ("evaluator_auc_3v1",), ("evaluator_auc_3v1_interval",),
+         (("strongest reference", ("strongest_reference_3v1",)),)),
+        ("AUC of P(3), 3 vs 2", "roc_auc_3v2", ("evaluator_auc_3v2",), ("evaluator_auc_3v2_interval",),
+         (("strongest reference", ("strongest_reference_3v2",)),)),
+        ("swap AUC of P(3), each candidate vs a swapped instruction", "swap_auc",
+         ("swap_auc", "auc"), ("swap_auc",), (("base model PMI", ("swap_auc_base_pmi",)),)),
+        ("drop rate of planted negatives", "planted_drop_rate", ("planted_drop_rate",), ("drop_rates", "easy"),
+         (("real rows", ("drop_rates", "real")),)),
+    ),
 }
+ON_THE_POOL = {"swap_auc", "planted_drop_rate"}  # measured on the real candidate pool, not on held-out seeds
 
 
-def iteration_figures(run: RunDir, role: str, k: int) -> tuple[dict[str, Any], list[EvalResult]]:
-    """The held-out figures of iteration ``k``'s follower or evaluator, as the card's table (the model's figures next
-    to their references) and as ``model-index`` entries (the model's own figures only). The follower's fidelity is its
-    own only when it answered the seed instructions (``level_sources[2]: follower``)."""
+def _at(row: dict[str, Any], path: tuple[str, ...]) -> Any:
+    for key in path:
+        if not isinstance(row, dict):
+            return None
+        row = row.get(key)
+    return row
+
+
+def _shown(value: Any) -> str | None:
+    """A figure as the card shows it: ``0.83``, ``0.49 [0.44, 0.54]`` with its interval, ``name 0.61`` for a named
+    reference; ``None`` when the report lacks it."""
+    if isinstance(value, dict):
+        centre = value.get("auc", value.get("rate"))
+        if centre is None:
+            return None
+        if "name" in value:
+            return f"{value['name']} {centre:.2f}"
+        if value.get("low") is not None and value.get("high") is not None:
+            return f"{centre:.2f} [{value['low']:.2f}, {value['high']:.2f}]"
+        return f"{centre:.2f}"
+    return None if value is None else f"{value:.2f}"
+
+
+def iteration_figures(run: RunDir, role: str, k: int) -> tuple[dict[str, dict[str, str]], list[EvalResult]]:
+    """The figures of iteration ``k``'s follower or evaluator, as the card's table (figure name -> the
+    model's value and its references, side by side) and as ``model-index`` entries (the model's own figures only).
+    The follower's figures are its own only when it answered the seed instructions (``level_sources[2]:
+    follower``)."""
     row = next((r for r in iteration_report(run.path, run.iterations) if r["iteration"] == k), None)
     if row is None:
         return {}, []
     level2 = ((run.recipe().get("refinement") or {}).get("pseudo_ratings") or {}).get("level_sources", {})
     if role == "follower" and str(level2.get(2, level2.get("2", "follower"))) != "follower":
-        return {}, []  # the level-2 answers (and their fidelity) came from the base model
+        return {}, []  # the level-2 answers (and their fidelity and relevance) came from the base model
     table, results = {}, []
-    for name, metric, key, own in FIGURES[role]:
-        value = row.get(key)
+    for name, metric, own, shown, references in FIGURES[role]:
+        value = _at(row, own)
         if value is None:
             continue
-        table[name] = value
-        if own and isinstance(value, int | float):
+        refs = [(label, _shown(_at(row, path))) for label, path in references]
+        table[name] = {"value": _shown(_at(row, shown)) or _shown(value),
+                       "reference": "; ".join(f"{label}: {text}" for label, text in refs if text is not None) or "n/a"}
+        if isinstance(value, int | float):
+            pool = metric in ON_THE_POOL
             results.append(EvalResult(
                 task_type="text-classification" if role == "evaluator" else "text-generation",
                 task_name=f"X-Instruction {role}, refinement iteration {k}",
-                dataset_type="x-instruction-heldout-seeds",
-                dataset_name=f"held-out seed pairs of the run (iteration {k})", metric_type=metric, metric_name=name,
-                metric_value=value))
+                dataset_type="x-instruction-candidates" if pool else "x-instruction-heldout-seeds",
+                dataset_name=(f"the run's candidates and their swapped copies (iteration {k})" if pool else
+                              f"held-out seed pairs of the run, test half (iteration {k})"),
+                metric_type=metric, metric_name=name, metric_value=value))
     return table, results
 
 
@@ -70,13 +115,20 @@ def render_model_card(
 ) -> ModelCard:
     """The model card of ``role`` (``generator``, ``follower``, ``evaluator`` or ``final``) of a finished run.
 
+    The cards of the follower, the evaluator and the final model state how the run rated and kept its data
+    (:func:`.dataset_repo.refinement_facts`: K, evaluator kind and folds, keep rule with the threshold applied,
+    response window); the generator's does not (it precedes refinement, so growing a run leaves its card
+    unchanged). The evaluator's card says how to rate pairs with it (``xinstruct rate``, or by hand from
+    ``rating_head.json``).
+
     Args:
         repo_id: the model repo the card is for.
         dataset: dataset repo id recorded under ``datasets`` (and linked, with its revision).
         evaluation: metric name -> value, shown in the card when present. For the final model, by default
             the results of ``xinstruct evaluate --run`` (``<run>/eval/results.json``) when they exist; for the
-            follower and the evaluator, that iteration's held-out figures. They also go into the card's
-            ``model-index`` (``eval_results``).
+            follower and the evaluator, that iteration's figures from the run report, each next to its references
+            (:func:`iteration_figures`). They also go into the card's ``model-index`` (``eval_results``; the
+            model's own figures only).
         iteration: the refinement iteration of a follower or an evaluator (default: the last). Its card names the
             dataset revision it trained on and the one its ratings made, and links the previous and next
             iterations' revisions of ``repo_id``.
@@ -97,10 +149,10 @@ def render_model_card(
         from ..evaluation.report import card_eval_results
 
         eval_results, evaluation = card_eval_results(json.loads(eval_file.read_text(encoding="utf-8")))
-    lineage = None
+    lineage, figures = None, None
     if k is not None:
-        if evaluation is None:
-            evaluation, eval_results = iteration_figures(run, role, k)
+        if evaluation is None:  # the iteration's figures, each next to its references
+            figures, eval_results = iteration_figures(run, role, k)
         lineage = {
             "iteration": k, "iterations": k_max, "step_hash": manifest.get("hash"),
             "trained_on": (f"iter-{k - 1}" if role == "follower" and k > 1 else None),
@@ -115,6 +167,14 @@ def render_model_card(
     block = blocks[role]
     if role == "evaluator" and likelihood:
         manifest = run.manifest(run.role_step("follower", k))  # the training behind the weights
+    refinement = refinement_facts(run, recipe)
+    # a cross-fitted follower (and the likelihood evaluator on its weights) is pushed as fold 0's model
+    fold = ({"folds": refinement["folds"], "rows": manifest.get("fold_0_rows"), "rows_in": manifest.get("rows_in")}
+            if role in PER_ITERATION and refinement["folds"] > 1 else None)
+    head = None
+    if role == "evaluator" and likelihood and (path := run.rating_head(k)) is not None:
+        head = {key: value for key, value in json.loads(path.read_text(encoding="utf-8")).items()
+                if key not in ("follower", "mean", "std", "weight", "bias")}  # what the pushed JSON carries
     # the data a model trained on: the final model on the published set; follower k on the kept set of k - 1
     trained_on = (dataset_revision if role == "final" else
                   lineage["trained_on"] if lineage and lineage["trained_on"] else None)
@@ -145,11 +205,18 @@ def render_model_card(
         dataset=dataset,
         trained_on_dataset=trained_on_dataset,
         dataset_revision=trained_on,
-        template=ROLES[role],
+        # a likelihood evaluator scores the response after the follower's prompt (the head's template)
+        template=(head or {}).get("template", FOLLOWER_TEMPLATE) if role == "evaluator" and likelihood
+        else ROLES[role],
         lora=block.get("lora"),
         training=block.get("training") or {},
-        metrics=manifest.get("metrics"),
+        metrics=manifest.get("metrics") or manifest.get("fold_0_metrics"),
         evaluation=evaluation,
+        figures=figures,
+        refinement=refinement,
+        applied_threshold=refinement["thresholds"].get(k) if k else None,
+        fold=fold,
+        head=head,
         likelihood=likelihood,
         citation=CITATION,
     )

@@ -17,7 +17,7 @@ from huggingface_hub import DatasetCard, DatasetCardData
 
 from ..errors import PublishError
 from ..languages import get as get_language
-from ..run_report import iteration_report, run_summary
+from ..run_report import iteration_report, report_markdown
 from ..rundir import RunDir, iteration_step
 from . import plots
 from .templates import template_path
@@ -156,7 +156,10 @@ def build_dataset_repo(
     plot_files = [plots.output_lengths(lengths, out / "plots" / "output_length.png").name]
     if histograms:
         plot_files.append(plots.rating_distribution(histograms, out / "plots" / "rating_distribution.png").name)
-    quality = {"iterations": iteration_report(run.path, k_max), "summary": run_summary(run.path)}
+    # the figures are report_markdown's tables as they are (nothing typed in the template); the per-iteration rows
+    # feed the plots and the kept-per-language table (row counts)
+    quality = {"iterations": iteration_report(run.path, k_max),
+               "markdown": report_markdown(run.path) if recipe else ""}
     if quality["iterations"]:
         for plot in (plots.quality_per_iteration, plots.kept_per_language):
             plot_files.append(plot(quality["iterations"], out / "plots" / f"{plot.__name__}.png").name)
@@ -192,27 +195,79 @@ def build_dataset_repo(
 
 
 def _lineage(run: RunDir, recipe: dict[str, Any]) -> dict[str, Any]:
-    """What produced the data: recipe, models (with the run's step hashes as revisions), K, rule, clusters, seed."""
+    """What produced the data: recipe, models (with the run's step hashes as revisions), K, evaluator, keep rule,
+    response window, clusters, seed."""
     ref = recipe.get("refinement") or {}
     k = ref.get("iterations", 0)
     div = recipe.get("diversification") or {}
     evaluator = iteration_step(k, "evaluator")
     hashes = {step: run.manifest(step).get("hash") for step in ("generator", evaluator, "final", "diversified")}
-    accuracies = {i: run.manifest(iteration_step(i, "evaluator")).get("heldout_accuracy") for i in range(1, k + 1)}
     return {
         "recipe_name": recipe.get("name"),
         "base_model": recipe.get("base_model"),
         "generator": f"{run.path.name}/generator (step {hashes['generator']})",
         "evaluator": f"{run.path.name}/{evaluator} (step {hashes[evaluator]})",
         "final": f"{run.path.name}/final (step {hashes['final']})" if hashes["final"] else "not trained",
-        "iterations": k,
-        "keep_rule": ref.get("keep_rule"),
-        "keep_threshold": ref.get("keep_threshold"),
+        "refinement": refinement_facts(run, recipe),
         "level_sources": (ref.get("pseudo_ratings") or {}).get("level_sources"),
         "clusters": div.get("clusters"),
         "target_per_language": div.get("target_per_language"),
         "embedder": div.get("embedder"),
         "seed": recipe.get("seed"),
-        "evaluator_accuracy": accuracies,
         "recipe_yaml": yaml.safe_dump(recipe, sort_keys=False, allow_unicode=True) if recipe else "",
+    }
+
+
+def _num(value: float) -> str:
+    return f"{value:.4f}".rstrip("0").rstrip(".")
+
+
+def refinement_facts(run: RunDir, recipe: dict[str, Any]) -> dict[str, Any]:
+    """How the run rated and kept its rows, from the recipe and the manifests (the P(3) threshold each iteration
+    applied is the one its ``iter-k/ratings`` manifest records): K, the evaluator kind and its folds, the keep rule
+    with its threshold, the response window. The dataset card and every model card state these.
+
+    Returns:
+        ``iterations``, ``evaluator_kind``, ``folds``, ``keep_rule``, ``keep_recall``, ``thresholds`` (iteration ->
+        threshold applied), ``response_tokens``, and the sentences ``evaluator_text``, ``folds_text``,
+        ``keep_rule_text``, ``response_text``.
+    """
+    ref = recipe.get("refinement") or {}
+    k_max = int(ref.get("iterations", 0))
+    kind = ref.get("evaluator_kind", "sft")
+    rule = ref.get("keep_rule", "argmax")
+    recall, response_tokens = ref.get("keep_recall"), ref.get("response_tokens")
+    measured = [run.manifest(iteration_step(k, "evaluator")).get("folds") for k in range(1, k_max + 1)]
+    folds = next((int(f) for f in measured if f),
+                 2 if kind == "likelihood" and ref.get("cross_fit", True) else 1)
+    thresholds = {k: m.get("keep_threshold") for k in range(1, k_max + 1)
+                  if (m := run.manifest(iteration_step(k, "ratings")))}
+    applied = {k: t for k, t in thresholds.items() if t is not None}
+    per_iteration = ", ".join(f"iteration {k}: {_num(t)}" for k, t in applied.items())
+    if rule == "argmax":
+        rule_text = "`argmax`: a row is kept when its most likely rating is 3"
+    elif rule == "threshold":
+        values = set(applied.values()) or {ref.get("keep_threshold", 0.5)}
+        rule_text = "`threshold`: a row is kept when P(3) >= " + (
+            f"{_num(values.pop())} (`refinement.keep_threshold`)" if len(values) == 1 else f"({per_iteration})")
+    else:
+        rule_text = (f"`recall`: a row is kept when P(3) reaches the threshold that keeps {_num(recall)} "
+                     "(`refinement.keep_recall`) of the held-out gold pairs of the calibration half, set by each "
+                     "iteration's evaluator" + (f" ({per_iteration})" if per_iteration else ""))
+    if kind == "likelihood":
+        evaluator_text = ("`likelihood`: a rating head (multinomial logistic regression) over the iteration "
+                          "follower's per-token log-likelihood of the response with and without the instruction, "
+                          "fitted on the pseudo-ratings")
+    else:
+        evaluator_text = ("`sft`: a model fine-tuned on the pseudo-ratings to write the rating; P(1), P(2), P(3) "
+                          "are read from the next-token probabilities of `1`, `2`, `3`")
+    folds_text = (f"cross-fitted, {folds} folds: each iteration trains one follower and rating head per fold of the "
+                  "pool (a hash of the row id), and every candidate is rated by a fold that did not train on it"
+                  if folds > 1 else "not cross-fitted (one evaluator per iteration)")
+    response_text = (f"the response in every rating prompt is cut to its first {response_tokens} tokens, for the "
+                     "evaluator's training rows and for every rated candidate alike (`refinement.response_tokens`)")
+    return {
+        "iterations": k_max, "evaluator_kind": kind, "folds": folds, "keep_rule": rule, "keep_recall": recall,
+        "thresholds": thresholds, "response_tokens": response_tokens, "evaluator_text": evaluator_text,
+        "folds_text": folds_text, "keep_rule_text": rule_text, "response_text": response_text,
     }

@@ -74,18 +74,36 @@ def grouped_bars(series: dict[str, dict[str, float | None]], path: Path, ylabel:
     return _save(fig, path)
 
 
+def _figure(row: dict, path: tuple[str, ...]) -> float | None:
+    """A figure of an iteration report row: a number, or the centre of an ``{auc|rate, low, high}`` dict."""
+    value = row
+    for key in path:
+        value = value.get(key) if isinstance(value, dict) else None
+    if isinstance(value, dict):
+        value = value.get("auc", value.get("rate"))
+    return value
+
+
+# (label, the figure, its reference): each role's figure across iterations, its reference dashed in the same colour
+QUALITY_LINES = (
+    ("evaluator AUC 3 vs 1 (strongest reference)", ("evaluator_auc_3v1",), ("strongest_reference_3v1",), "tab:blue"),
+    ("swap AUC (base model PMI)", ("swap_auc",), ("swap_auc_base_pmi",), "tab:purple"),
+    ("drop rate planted (real rows)", ("planted_drop_rate",), ("real_drop_rate",), "tab:red"),
+    ("follower fidelity (base model)", ("follower_fidelity",), ("base_fidelity",), "tab:green"),
+    ("follower relevance@1 (base model)", ("follower_relevance", "retrieval@1"), ("base_relevance", "retrieval@1"),
+     "tab:orange"),
+)
+
+
 def quality_per_iteration(report: list[dict], path: Path) -> Path:
-    """Each role's figure across refinement iterations, with its reference dashed: evaluator AUC 3 vs 1 (length-only
-    classifier), drop rate of planted negatives (real rows), follower language fidelity (base model)."""
+    """Each role's figure across refinement iterations, with its reference dashed (see ``QUALITY_LINES``): evaluator
+    AUC 3 vs 1 (the strongest simple reference), swap AUC (the base model's PMI), drop rate of planted negatives (real
+    rows), follower language fidelity and relevance@1 (base model)."""
     its = [r["iteration"] for r in report]
-    fig, ax = plt.subplots(figsize=(6.5, 3.5))
-    for key, ref_key, label, color in (
-        ("evaluator_auc_3v1", "length_baseline_auc_3v1", "evaluator AUC 3 vs 1 (length-only)", "tab:blue"),
-        ("planted_drop_rate", "real_drop_rate", "drop rate planted (real)", "tab:red"),
-        ("follower_fidelity", "base_fidelity", "follower fidelity (base)", "tab:green"),
-    ):
-        values = [r.get(key) for r in report]
-        refs = [r.get(ref_key) for r in report]
+    fig, ax = plt.subplots(figsize=(9, 3.5))
+    for label, key, ref_key, color in QUALITY_LINES:
+        values = [_figure(r, key) for r in report]
+        refs = [_figure(r, ref_key) for r in report]
         if any(v is not None for v in values):
             ax.plot(its, [v if v is not None else float("nan") for v in values], marker="o", color=color, label=label)
         if any(v is not None for v in refs):
@@ -94,7 +112,7 @@ def quality_per_iteration(report: list[dict], path: Path) -> Path:
     ax.set_ylim(0, 1.05)
     ax.set_xlabel("refinement iteration")
     ax.set_title("Quality per iteration (dashed: reference)")
-    ax.legend(fontsize="small")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the plot: lines stay visible
     return _save(fig, path)
 
 

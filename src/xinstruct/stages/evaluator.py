@@ -149,7 +149,8 @@ def train_evaluator(recipe: Recipe, pseudo: Dataset, step: Step, make_engine,
         head.save(fold_dir(step.path, f, len(heads)) / RATING_HEAD,
                   follower=str(fold_dir(Path(follower), f, len(heads)) / MODEL), fold=f, folds=len(heads),
                   generic_instruction=GENERIC_INSTRUCTION, template=FOLLOWER_TEMPLATE,
-                  response_tokens=ref.response_tokens, keep_threshold=threshold, keep_rule=ref.keep_rule)
+                  response_tokens=ref.response_tokens, keep_rule=ref.keep_rule,
+                  keep_threshold={"threshold": ref.keep_threshold, "recall": threshold}.get(ref.keep_rule))
     if heads:
         report["heads"] = [str(fold_dir(step.path, f, len(heads)) / RATING_HEAD) for f in range(len(heads))]
     return report

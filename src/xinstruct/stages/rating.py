@@ -72,16 +72,8 @@ def rate_candidates(recipe: Recipe, pool: Dataset, swaps: Dataset, step: Step, e
         columns = {col: [0.0] * len(part) for col in (*RATING_COLUMNS, "likelihood", "pmi")}
         for r in sorted(set(part["rater"])):
             idx = [i for i, x in enumerate(part["rater"]) if x == r]
-            rows = part.select(idx)
-            if rating_heads is not None:
-                responses = [fitter.head(text, ref.response_tokens)[0] for text in rows["output"]]
-                x = likelihood_features(engines[r], rows["instruction"], responses, rows["language"])
-                scores = {**scores_from_probs(rating_heads[r].predict_proba(x)), "likelihood": x[:, 0].tolist(),
-                          "pmi": x[:, 2].tolist()}
-            else:
-                prompts, _ = fit_rating_prompts(recipe, fitter, rows["instruction"], rows["output"], rows["language"])
-                zeros = [0.0] * len(idx)
-                scores = {**score_ratings(engines[r], prompts), "likelihood": zeros, "pmi": zeros}
+            scores = score_rows(recipe, part.select(idx), engines[r], fitter,
+                                rating_heads[r] if rating_heads else None)
             for col, values in scores.items():
                 for i, value in zip(idx, values):
                     columns[col][i] = value
@@ -115,6 +107,21 @@ def rate_candidates(recipe: Recipe, pool: Dataset, swaps: Dataset, step: Step, e
         "swap_test": swap_test(real_scores, table, swapped, bool(heads), trained_ids, recipe.seed),
         **engines[0].report(),
     }
+
+
+def score_rows(recipe: Recipe, rows: Dataset, engine: Engine, fitter, head: LikelihoodHead | None = None
+               ) -> dict[str, list]:
+    """One rater's scores of ``rows`` (``instruction``, ``output``, ``language``): P(1), P(2), P(3), the expected
+    and argmax rating, and the likelihood features behind them (zeros for an SFT evaluator). With a likelihood
+    ``head``, ``engine`` serves the follower whose features it reads; without, the SFT evaluator. The response is
+    cut to ``refinement.response_tokens`` (``fitter``: the rater's tokenizer), as when the evaluator was trained."""
+    if head is not None:
+        responses = [fitter.head(text, recipe.refinement.response_tokens)[0] for text in rows["output"]]
+        x = likelihood_features(engine, rows["instruction"], responses, rows["language"])
+        return {**scores_from_probs(head.predict_proba(x)), "likelihood": x[:, 0].tolist(), "pmi": x[:, 2].tolist()}
+    prompts, _ = fit_rating_prompts(recipe, fitter, rows["instruction"], rows["output"], rows["language"])
+    zeros = [0.0] * len(rows)
+    return {**score_ratings(engine, prompts), "likelihood": zeros, "pmi": zeros}
 
 
 def planted_figures(rated: Dataset, swapped: Dataset, rule: str, threshold: float | None) -> dict[str, Any]:
