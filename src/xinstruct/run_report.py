@@ -158,12 +158,13 @@ def format_iteration_report(report: list[dict[str, Any]]) -> str:
         g = r["training_gap"] or {}
         if "gap_p3" not in g:
             return f"n/a ({g.get('rows_inside', 0)} in / {g.get('rows_outside', 0)} out)"
-        return (f"{g['gap_p3']:+.2f} (base PMI {g['gap_base_pmi']:+.2f}; {g['rows_inside']} in / "
+        excess = g.get("excess_gap_p3", g["gap_p3"] - g["gap_base_pmi"])
+        return (f"{g['gap_p3']:+.2f} - base PMI {g['gap_base_pmi']:+.2f} = {excess:+.2f} ({g['rows_inside']} in / "
                 f"{g['rows_outside']} out)")
 
     swap = _table(
         ["iteration", "pairs", "swap AUC of P(3)", "rater PMI", "base PMI", "hard swap AUC", "hard: base PMI",
-         "gap in - out of training", "drop rate swapped / hard / real"],
+         "gap in - out of training: rater - base = excess", "drop rate swapped / hard / real"],
         [[str(r["iteration"]), str(r["swap_pairs"]), _f(r["swap_auc"]), _f(r["swap_auc_rater_pmi"]),
           _f(r["swap_auc_base_pmi"]), _f(r["hard_swap_auc"]), _f(r["hard_swap_auc_base_pmi"]), gap(r),
           " / ".join(_f(r["drop_rates"].get(kind)) for kind in ("easy", "hard", "real"))] for r in report])

@@ -143,7 +143,7 @@ def swap_test(real: dict[str, dict], table: Dataset, swapped: Dataset, likelihoo
               trained_ids: set[str] | None, seed: int) -> dict[str, Any]:
     """AUC of each score for matched vs swapped pairs (paired bootstrap interval), per swap kind: the rater's P(3),
     the rater's raw PMI (likelihood kind) and the base model's PMI; and for easy swaps the same AUCs inside and
-    outside ``trained_ids`` (the gap)."""
+    outside ``trained_ids`` (the gap, and its excess over the base model's gap on the same rows)."""
     rows = {**{row["id"]: row for row in swapped}, **real}
     base_pmi = dict(zip(table["id"], table["base_pmi"]))
     names = ("p3", "pmi", "base_pmi") if likelihood else ("p3", "base_pmi")
@@ -169,6 +169,9 @@ def swap_test(real: dict[str, dict], table: Dataset, swapped: Dataset, likelihoo
                 gap.update({"inside": aucs(inside), "outside": aucs(outside)})
                 gap.update({f"gap_{name}": round(gap["inside"][name]["auc"] - gap["outside"][name]["auc"], 4)
                             for name in names})
+                # the groups may differ in difficulty: the base model's gap on the same rows is the control, and
+                # what the rater adds over it is what training on the rows would explain
+                gap["excess_gap_p3"] = round(gap["gap_p3"] - gap["gap_base_pmi"], 4)
             out["training_gap"] = gap
     return out
 
