@@ -51,4 +51,4 @@ def test_rate_command_writes_ratings_and_refuses_bad_rows(tiny_run, tmp_path, ca
     assert row["p1"] + row["p2"] + row["p3"] == pytest.approx(1.0, abs=1e-6)
     pairs.write_text('{"instruction": "x", "language": "sw"}\n', encoding="utf-8")
     assert main(["rate", str(run_dir), str(pairs), "--out", str(out)]) == 2
-    assert "pairs.jsonl:1: missing or empty output" in capsys.readouterr().err
+    assert "pairs.jsonl: pair 1: missing or empty output" in capsys.readouterr().err

@@ -147,8 +147,12 @@ def test_dtype_auto_follows_the_hardware(monkeypatch):
     monkeypatch.setattr(hardware.torch.cuda, "is_available", lambda: False)
     assert hardware.auto_dtype() == "float32" and training_dtype({}) == "float32"
     monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx2", "avx512f", "avx512_bf16"}))
+    monkeypatch.setattr(hardware.torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
     assert hardware.auto_dtype() == "bfloat16" and hardware.cpu_kind() == "AVX512-BF16"
     assert training_dtype({}) == "bfloat16" and training_dtype({"bf16": False}) == "float32"
+    # torch's AVX2 kernels forced (ATEN_CPU_CAPABILITY=avx2) on the same CPU: bf16 would be emulated, so float32
+    monkeypatch.setattr(hardware.torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert hardware.cpu_kind() == "AVX2" and hardware.auto_dtype() == "float32"
 
 
 # --- the LM-head restriction patches a private TRL name: it must say when it is off -------------------------------

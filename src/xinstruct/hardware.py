@@ -31,12 +31,14 @@ def cpu_flags() -> frozenset[str]:
 def cpu_kind() -> str:
     """A short name of the CPU's vector unit, as reported next to every timing: ``AMX``, ``AVX512-BF16``,
     ``AVX512`` or ``AVX2`` (torch's own capability name where the flags say nothing more)."""
-    flags = cpu_flags()
+    flags, capability = cpu_flags(), str(torch.backends.cpu.get_cpu_capability())
+    if not capability.startswith(("AVX512", "AMX")):  # torch runs lower kernels (ATEN_CPU_CAPABILITY=avx2): bf16 is
+        return capability                             # emulated whatever the flags say
     if "amx_bf16" in flags:
         return "AMX"
     if "avx512_bf16" in flags:
         return "AVX512-BF16"
-    return str(torch.backends.cpu.get_cpu_capability())
+    return capability
 
 
 def cpu_has_native_bf16() -> bool:

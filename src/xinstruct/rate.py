@@ -9,7 +9,6 @@ neither, so each fold rates every row and the probabilities are averaged. (The r
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -22,22 +21,18 @@ FIELDS = ("instruction", "output", "language")
 
 
 def read_pairs(path: str | Path) -> Dataset:
-    """Read a JSONL file of pairs; a line that is not JSON or lacks a field is an error that names file and line."""
+    """Read a JSONL file of pairs; a line that is not JSON or a pair that lacks a field is an error that names file
+    and line (pair)."""
+    from .data.readers import read_jsonl
     from .languages import get as get_language
 
     if not Path(path).is_file():
         raise DataError(f"{path}: no such file; give a JSONL file of pairs ({', '.join(FIELDS)}).")
     rows = []
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{path}:{n}: not a JSON object ({err.msg}).") from None
-        missing = [f for f in FIELDS if not isinstance(row, dict) or not str(row.get(f) or "").strip()]
+    for n, row in enumerate(read_jsonl(Path(path)), 1):
+        missing = [f for f in FIELDS if not str(row.get(f) or "").strip()]
         if missing:
-            raise DataError(f"{path}:{n}: missing or empty {', '.join(missing)}; each line needs "
+            raise DataError(f"{path}: pair {n}: missing or empty {', '.join(missing)}; each line needs "
                             f"{', '.join(FIELDS)}.")
         get_language(row["language"])  # an unknown code is a clear error
         rows.append(row)

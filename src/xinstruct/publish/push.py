@@ -60,6 +60,8 @@ def _model_folder(run: RunDir, role: str, k: int | None, folder: Path) -> Path:
     if head is not None:  # evaluator_kind: likelihood: the iteration's follower plus the head (without local paths)
         shutil.copytree(run.model("follower", k), folder)
         data = {key: value for key, value in json.loads(head.read_text()).items() if key != "follower"}
+        data["follower"] = "."  # the weights beside this file; the step hash names the follower's revision
+        data["follower_step_hash"] = run.manifest(run.role_step("follower", k)).get("hash")
         (folder / head.name).write_text(json.dumps(data, indent=2))
     else:
         shutil.copytree(run.model(role, k), folder)

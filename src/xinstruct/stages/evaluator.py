@@ -22,6 +22,7 @@ import numpy as np
 from datasets import Dataset
 
 from ..config import Recipe
+from ..errors import StageError
 from ..prompts import FOLLOWER_TEMPLATE
 from ..quality import LengthBaseline, TruncationBaseline, auc_interval, rate_interval, rating_figures
 from ..rundir import MODEL, RATING_HEAD, Step, fold_dir
@@ -45,6 +46,10 @@ def _likelihood_heads(recipe: Recipe, train: Dataset, heldout: Dataset, make_eng
     for f in range(folds):
         engine = make_engine(str(fold_dir(follower, f, folds) / MODEL))
         rows = train.select([i for i, g in enumerate(train_fold) if g == f])
+        if len(set(rows["level"])) < 2:
+            raise StageError(f"Fold {f} of the pseudo-ratings has {len(rows)} training row(s) with levels "
+                             f"{sorted(set(rows['level']))}: a rating head needs several levels. Add seed pairs "
+                             "(refinement.pseudo_ratings.seeds_per_language) or set refinement.cross_fit: false.")
         head = LikelihoodHead().fit(likelihood_features(engine, rows["instruction"], rows["response"],
                                                         rows["language"]), rows["level"])
         heads.append(head)
