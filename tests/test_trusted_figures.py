@@ -114,3 +114,10 @@ def test_the_swap_test_sees_a_rater_that_scores_its_own_training_rows_higher():
     assert gap["inside"]["p3"]["auc"] == pytest.approx(1.0, abs=0.01)
     assert gap["outside"]["p3"]["auc"] == pytest.approx(0.5, abs=0.15)
     assert gap["gap_p3"] > 0.3 and abs(gap["gap_base_pmi"]) < 0.2  # the base model sees no difference
+
+
+def test_a_reference_that_ranks_the_wrong_way_up_counts_reversed():
+    from xinstruct.quality import strongest_reference
+
+    refs = {"length_only": {"auc_3v2": 0.5}, "likelihood": {"auc_3v2": {"auc": 0.03}}, "pmi": {"auc_3v2": 0.6}}
+    assert strongest_reference(refs, "auc_3v2") == {"name": "likelihood (reversed)", "auc": 0.97}

@@ -63,6 +63,23 @@ def auc_interval(positive: Sequence[float], negative: Sequence[float], paired: b
             "positives": len(pos), "negatives": len(neg)}
 
 
+def strongest_reference(refs: dict[str, Any], key: str) -> dict[str, Any] | None:
+    """The reference with the highest AUC for ``key`` (``auc_3v1`` or ``auc_3v2``) among ``refs`` (name -> figures).
+    A one-score reference may rank either way up: an AUC under 0.5 counts as ``1 - AUC``, named ``(reversed)`` (plain
+    likelihood ranks the model's own answers, level 2, far above the gold ones)."""
+    best = None
+    for name, figures in refs.items():
+        value = figures.get(key)
+        value = value.get("auc") if isinstance(value, dict) else value
+        if value is None:
+            continue
+        if value < 0.5:
+            name, value = f"{name} (reversed)", round(1 - value, 4)
+        if best is None or value > best["auc"]:
+            best = {"name": name, "auc": value}
+    return best
+
+
 def rate_interval(hits: int, n: int) -> dict[str, Any] | None:
     """A rate ``hits / n`` with its Wilson score 95% interval; ``None`` when ``n`` is 0."""
     if n == 0:

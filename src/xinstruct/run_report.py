@@ -21,6 +21,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .quality import strongest_reference
 from .rundir import RunDir, iteration_step
 
 
@@ -48,7 +49,7 @@ def iteration_report(run_dir: str | Path, iterations: int) -> list[dict[str, Any
             continue
         ev, ps, rt = m["evaluator"], m["pseudo_ratings"], m["ratings"]
         planted, swaps, refs = rt.get("planted") or {}, rt.get("swap_test") or {}, ev.get("references") or {}
-        strongest = ev.get("strongest_reference") or {}
+        strongest = {key: strongest_reference(refs, key) for key in ("auc_3v1", "auc_3v2")}
         report.append({
             "iteration": k,
             "rows_in": m["kept"]["rows_in"],

@@ -24,7 +24,14 @@ from datasets import Dataset
 from ..config import Recipe
 from ..errors import StageError
 from ..prompts import FOLLOWER_TEMPLATE
-from ..quality import LengthBaseline, TruncationBaseline, auc_interval, rate_interval, rating_figures
+from ..quality import (
+    LengthBaseline,
+    TruncationBaseline,
+    auc_interval,
+    rate_interval,
+    rating_figures,
+    strongest_reference,
+)
 from ..rundir import MODEL, RATING_HEAD, Step, fold_dir
 from ..training import train_role
 from .generation import fitter_for, split_rows, test_half
@@ -101,17 +108,6 @@ def references(recipe: Recipe, train: Dataset, test: Dataset, make_engine,
         out["scorer_pmi"] = level_aucs(levels, scorer_features[:, 2], seed)
         out["scorer_likelihood"] = level_aucs(levels, scorer_features[:, 0], seed)
     return out
-
-
-def strongest_reference(refs: dict[str, Any], key: str) -> dict[str, Any] | None:
-    """The reference with the highest AUC for ``key`` (``auc_3v1`` or ``auc_3v2``)."""
-    best = None
-    for name, figures in refs.items():
-        value = figures.get(key)
-        value = value.get("auc") if isinstance(value, dict) else value
-        if value is not None and (best is None or value > best["auc"]):
-            best = {"name": name, "auc": value}
-    return best
 
 
 def train_evaluator(recipe: Recipe, pseudo: Dataset, step: Step, make_engine,
