@@ -45,7 +45,7 @@ def tiny_run(tmp_path_factory, tiny_model):
     """One uninterrupted run of the complete loop (K=2) on three languages, shared by the pipeline and
     publishing tests (read-only: tests that change it copy it first)."""
     from xinstruct import training
-    from xinstruct.config import load_recipe
+    from xinstruct.config_loader import load_recipe
     from xinstruct.pipeline import run
 
     run_dir = tmp_path_factory.mktemp("runs") / "reference"

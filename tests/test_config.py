@@ -6,7 +6,8 @@ from trl import SFTConfig
 from conftest import REPO, endpoint_override
 from conftest import TINY_RECIPE as TINY
 from xinstruct import languages
-from xinstruct.config import RecipeError, load_recipe
+from xinstruct.config_loader import load_recipe
+from xinstruct.errors import RecipeError
 from xinstruct.inference import make_engine
 from xinstruct.inference.endpoint import EndpointEngine
 from xinstruct.training import make_sft_config
@@ -103,24 +104,52 @@ def test_every_recipe_builds_every_role_config_from_any_directory(path, tmp_path
 @pytest.mark.parametrize("path", sorted(str(p.relative_to(REPO)) for p in (REPO / "recipes").rglob("*.yaml")
                                         if "accelerate_configs" not in p.parts))
 def test_plan_prints_the_cost_of_every_recipe(path, capsys):
+    """Every declared step states its own cost estimate, and the plan prices each one, in run order."""
     from xinstruct.cli import main
-    from xinstruct.costs import plan_costs
     from xinstruct.pipeline import declared_steps, plan
 
+    recipe = load_recipe(REPO / path)
+    assert [spec.name for spec in declared_steps(recipe) if spec.cost is None] == []
     assert main(["plan", str(REPO / path), "--device", "a100-80gb"]) == 0
     table = capsys.readouterr().out
-    for step in plan(load_recipe(REPO / path), "/nonexistent"):
-        assert f"| {step.step.name} |" in table
+    rows = [line.split(" | ")[0].removeprefix("| ") for line in table.splitlines() if line.startswith("| ")]
+    assert rows[1:-1] == [step.step.name for step in plan(recipe, "/nonexistent")]  # between header and total
     assert "**total**" in table and "Web texts needed per language" in table
-    recipe = load_recipe(REPO / path)
-    assert [r["step"] for r in plan_costs(recipe)["steps"]] == [spec.name for spec in declared_steps(recipe)]
+
+
+def test_the_run_layout_names_every_declared_step():
+    """Readers find a step by rundir's names: each declared step is one of them, or an iteration's step (iter-k/)."""
+    from xinstruct import rundir
+    from xinstruct.pipeline import declared_steps
+
+    recipe = load_recipe(REPO / "recipes" / "default.yaml")
+    once = {rundir.SEED, rundir.WEBTEXT, rundir.BASELINE, rundir.GENERATOR, rundir.CANDIDATES, rundir.SWAPS,
+            rundir.DIVERSIFIED, rundir.FINAL}
+    per_iteration = {rundir.iteration_step(k, name) for k in range(1, recipe.refinement.iterations + 1)
+                     for name in rundir.ITERATION_STEPS}
+    names = [spec.name for spec in declared_steps(recipe)]
+    assert len(names) == len(set(names)) and set(names) == once | per_iteration
+
+
+def test_a_step_declared_without_a_cost_estimate_stops_the_plan(monkeypatch):
+    from xinstruct import costs
+    from xinstruct.errors import StageError
+    from xinstruct.steps import StepSpec
+
+    recipe = load_recipe(TINY)
+    declared = costs.declared_steps(recipe)
+    report = StepSpec("dedup_report", "generation", ("candidates",), {}, lambda ctx: {})
+    monkeypatch.setattr(costs, "declared_steps", lambda r: [*declared, report])
+    with pytest.raises(StageError, match="Step dedup_report .* declares no cost estimate"):
+        costs.plan_costs(recipe)
 
 
 def test_plan_costs_follow_swaps_and_cross_fitting():
     """Swapped copies (easy + hard per planted candidate) are scored once by the base model (``swaps``) and rated
     every iteration; the generic pass of the likelihood features runs once per distinct response; cross-fitting
     trains one follower per fold (with ``max_steps``: twice the training tokens)."""
-    from xinstruct.costs import FRAME_TOKENS, INSTRUCTION_TOKENS, plan_costs
+    from xinstruct.costs import plan_costs
+    from xinstruct.steps import FRAME_TOKENS, INSTRUCTION_TOKENS
 
     def steps(*overrides):
         recipe = load_recipe(REPO / "recipes" / "default.yaml", list(overrides))

@@ -5,7 +5,7 @@ from collections import Counter
 import numpy as np
 from datasets import Dataset
 
-from xinstruct.config import load_recipe
+from xinstruct.config_loader import load_recipe
 from xinstruct.rundir import Step
 from xinstruct.stages.diversification import EmbeddingCache, equal_sample, kmeans_labels
 

@@ -16,7 +16,7 @@ from datasets import load_from_disk
 
 from conftest import FAST, endpoint_override
 from conftest import TINY_RECIPE as TINY
-from xinstruct.config import load_recipe
+from xinstruct.config_loader import load_recipe
 from xinstruct.inference import GenerationParams
 from xinstruct.inference.endpoint import EndpointEngine, EndpointError
 from xinstruct.inference.replay import ReplayStore

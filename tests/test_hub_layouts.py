@@ -1,5 +1,5 @@
 """Hub-shaped data: local folders that copy FineWeb-2's and CulturaX's layout (README YAML ``configs:``, column
-names and types), read through the same ``load_dataset(path, name=..., streaming=True)`` call as the Hub."""
+names and types), streamed as ``IterableDataset`` like the Hub (partial copies: ``test_local_layouts.py``)."""
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -7,7 +7,8 @@ import pytest
 from datasets import load_from_disk
 
 from conftest import FAST, TINY_RECIPE, write_jsonl
-from xinstruct.config import DataConfig, SeedConfig, WebTextConfig, load_recipe
+from xinstruct.config import DataConfig, SeedConfig, WebTextConfig
+from xinstruct.config_loader import load_recipe
 from xinstruct.data.sample import sample_file
 from xinstruct.data.seeds import load_seeds
 from xinstruct.data.webtext import load_webtext

@@ -356,7 +356,7 @@ def test_a_run_grown_by_one_iteration_reruns_nothing_and_pushes_only_what_is_new
     import shutil
 
     from conftest import FAST, TINY_RECIPE
-    from xinstruct.config import load_recipe
+    from xinstruct.config_loader import load_recipe
     from xinstruct.pipeline import run
 
     run_dir = tmp_path / "grown"

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from xinstruct.cli import main
-from xinstruct.config import load_recipe
+from xinstruct.config_loader import load_recipe
 from xinstruct.inference import make_engine
 from xinstruct.rate import rate_pairs
 from xinstruct.rundir import MODEL, RATING_HEAD, RECIPE, RunDir, fold_dir

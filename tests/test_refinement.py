@@ -9,7 +9,7 @@ import pytest
 from datasets import Dataset
 
 from xinstruct.budget import PromptFitter, load_tokenizer
-from xinstruct.config import load_recipe
+from xinstruct.config_loader import load_recipe
 from xinstruct.errors import StageError
 from xinstruct.inference.local import LocalEngine
 from xinstruct.prompts import FOLLOWER_TEMPLATE, RATING_TEMPLATE, rating_prompt

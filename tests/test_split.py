@@ -9,7 +9,8 @@ import pytest
 from datasets import Dataset
 
 from conftest import write_jsonl
-from xinstruct.config import DataConfig, FilterConfig, SeedConfig, WebTextConfig, load_recipe
+from xinstruct.config import DataConfig, FilterConfig, SeedConfig, WebTextConfig
+from xinstruct.config_loader import load_recipe
 from xinstruct.data.filters import SeedDuplicate, webtext_filters
 from xinstruct.data.sample import sample_file
 from xinstruct.data.seeds import load_seeds

@@ -73,6 +73,45 @@ def test_a_step_stopped_after_training_does_not_train_again(tmp_path, tiny_model
     assert training.run_training(*args, **sft) == first and weights.stat().st_mtime_ns == stamp
 
 
+def test_metrics_without_weights_is_not_reused(tmp_path, tiny_model, monkeypatch, caplog):
+    """A model folder with metrics.json but no weights (what FSDP's sharded save used to leave) is not taken as
+    trained: the step trains again and saves the weights."""
+    from xinstruct import training
+    from xinstruct.config import LauncherConfig
+
+    args = (LauncherConfig(), _data(), tmp_path)
+    sft = {"model": "tiny", "training": {"max_steps": 1, "per_device_train_batch_size": 8}}
+    training.run_training(*args, **sft)
+    for weights in (tmp_path / "model").glob("*.safetensors"):
+        weights.unlink()
+    assert (tmp_path / "model" / "metrics.json").exists() and not training.is_trained(tmp_path / "model")
+    calls = []
+    train_sft_ = training.train_sft
+    monkeypatch.setattr(training, "train_sft", lambda *a, **k: calls.append(1) or train_sft_(*a, **k))
+    with caplog.at_level(logging.WARNING, logger="xinstruct.training"):
+        training.run_training(*args, **sft)
+    assert calls == [1] and "no complete weights" in caplog.text
+    assert training.is_trained(tmp_path / "model")
+    AutoModelForCausalLM.from_pretrained(tmp_path / "model")
+
+
+def test_sharded_weights_count_only_with_every_shard(tmp_path):
+    from xinstruct.training import weights_complete
+
+    index = {"metadata": {}, "weight_map": {"a": "model-00001-of-00002.safetensors",
+                                            "b": "model-00002-of-00002.safetensors"}}
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
+    (tmp_path / "model-00001-of-00002.safetensors").write_bytes(b"x" * 16)
+    assert not weights_complete(tmp_path)
+    (tmp_path / "model-00002-of-00002.safetensors").write_bytes(b"")
+    assert not weights_complete(tmp_path)  # an empty shard is a cut write
+    (tmp_path / "model-00002-of-00002.safetensors").write_bytes(b"x" * 16)
+    assert weights_complete(tmp_path)
+    (tmp_path / "adapter").mkdir()
+    (tmp_path / "adapter" / "adapter_model.safetensors").write_bytes(b"x" * 16)
+    assert not weights_complete(tmp_path / "adapter")  # the saved model has its LoRA merged: an adapter is not one
+
+
 def _trainer(tmp_path, model_path, data, lm_head_on_loss_only):
     from trl import SFTTrainer
 
@@ -140,18 +179,20 @@ def test_rows_cut_or_dropped_by_max_length_are_counted(tmp_path, tiny_model):
 
 
 def test_dtype_auto_follows_the_hardware(monkeypatch):
+    import torch
+
     from xinstruct import hardware
     from xinstruct.training import training_dtype
 
     monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
-    monkeypatch.setattr(hardware.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert hardware.auto_dtype() == "float32" and training_dtype({}) == "float32"
     monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx2", "avx512f", "avx512_bf16"}))
-    monkeypatch.setattr(hardware.torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
     assert hardware.auto_dtype() == "bfloat16" and hardware.cpu_kind() == "AVX512-BF16"
     assert training_dtype({}) == "bfloat16" and training_dtype({"bf16": False}) == "float32"
     # torch's AVX2 kernels forced (ATEN_CPU_CAPABILITY=avx2) on the same CPU: bf16 would be emulated, so float32
-    monkeypatch.setattr(hardware.torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
     assert hardware.cpu_kind() == "AVX2" and hardware.auto_dtype() == "float32"
 
 

@@ -12,7 +12,7 @@ import random
 import pytest
 from datasets import Dataset
 
-from xinstruct.config import load_recipe
+from xinstruct.config_loader import load_recipe
 from xinstruct.inference.base import Engine
 from xinstruct.rundir import Step
 from xinstruct.stages.evaluator import train_evaluator
@@ -114,6 +114,37 @@ def test_the_swap_test_sees_a_rater_that_scores_its_own_training_rows_higher():
     assert gap["inside"]["p3"]["auc"] == pytest.approx(1.0, abs=0.01)
     assert gap["outside"]["p3"]["auc"] == pytest.approx(0.5, abs=0.15)
     assert gap["gap_p3"] > 0.3 and abs(gap["gap_base_pmi"]) < 0.2  # the base model sees no difference
+    excess = gap["excess_gap_p3_interval"]
+    assert excess["low"] > 0.2 and excess["low"] <= excess["excess"] <= excess["high"]  # the gap is no accident
+
+
+def test_the_excess_gap_interval_covers_zero_for_a_rater_that_does_not_remember():
+    from xinstruct.stages.rating import swap_test
+
+    ids = [f"c{i}" for i in range(60)]
+    real = {i: {"p3": 0.6 + 0.1 * _noise(i), "pmi": 0.0} for i in ids}
+    swapped = Dataset.from_list([{"id": f"swap-easy:{i}", "source_id": i, "kind": "easy",
+                                  "p3": 0.55 + 0.1 * _noise("s", i), "pmi": 0.0} for i in ids])
+    table = Dataset.from_dict({"id": ids + list(swapped["id"]), "base_pmi": [_noise("b", i) for i in ids * 2]})
+    excess = swap_test(real, table, swapped, True, set(ids[:20]), 0)["training_gap"]["excess_gap_p3_interval"]
+    assert (excess["inside"], excess["outside"]) == (20, 40)
+    assert excess["low"] < 0 < excess["high"] and excess["high"] - excess["low"] > 0.2  # 60 pairs: wide
+
+
+def test_drop_rates_their_ratio_and_the_operating_table():
+    from xinstruct.stages.rating import planted_figures
+
+    ids = [f"c{i}" for i in range(100)]
+    rated = Dataset.from_dict({"id": ids, "rating": [3] * 100, "p3": [0.9 if i % 5 else 0.1 for i in range(100)]})
+    swapped = Dataset.from_dict({"id": [f"s{i}" for i in range(100)], "source_id": ids, "kind": ["easy"] * 100,
+                                 "rating": [1] * 100, "p3": [0.1 if i % 2 else 0.95 for i in range(100)]})
+    out = planted_figures(rated, swapped, "recall", 0.5, {"p3": {"0.99": 0.99, "0.5": 0.5}}, seed=1)
+    assert out["drop_rate_real"]["rate"] == 0.2 and out["drop_rate_easy"]["rate"] == 0.5
+    assert out["drop_rate_hard"] is None and out["ratio_easy_vs_real"]["ratio"] == 2.5
+    assert out["ratio_easy_vs_real"]["low"] < 2.5 < out["ratio_easy_vs_real"]["high"]
+    assert [(op["score"], op["recall"]) for op in out["operating"]] == [("p3", 0.5), ("p3", 0.99)]
+    assert out["operating"][1]["drop_rate_real"]["rate"] == 1.0 == out["operating"][1]["drop_rate_easy"]["rate"]
+    assert out["operating"][1]["ratio_easy_vs_real"]["ratio"] == 1.0
 
 
 def test_a_reference_that_ranks_the_wrong_way_up_counts_reversed():

@@ -2,7 +2,7 @@
 
 from datasets import Dataset
 
-from xinstruct.config import load_recipe
+from xinstruct.config_loader import load_recipe
 from xinstruct.prompts import ASSISTANT_TEMPLATE, FOLLOWER_TEMPLATE
 from xinstruct.stages.tuning import final_training_set
 

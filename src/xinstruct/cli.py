@@ -9,12 +9,13 @@ from pathlib import Path
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .config import load_recipe
+    from .config_loader import load_recipe
+
+    recipe = load_recipe(args.recipe, args.set)  # a recipe error stops here, before the stages (and torch) load
     from .pipeline import run
     from .run_report import format_iteration_report, format_run_summary, iteration_report, run_summary
     from .rundir import RunDir
 
-    recipe = load_recipe(args.recipe, args.set)
     run_dir = Path(args.run_dir or Path("runs") / recipe.name)
     from .hardware import auto_dtype, cpu_kind
 
@@ -134,11 +135,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
-    from .config import load_recipe
-    from .costs import DEVICES, Throughput, format_costs, model_params, plan_costs, rates_from_run, throughput
+    from .config_loader import load_recipe
     from .errors import RecipeError
 
-    recipe = load_recipe(args.recipe, args.set)
+    recipe = load_recipe(args.recipe, args.set)  # a recipe error stops here, before the stages (and torch) load
+    from .costs import DEVICES, Throughput, format_costs, model_params, plan_costs, rates_from_run, throughput
+
     if args.device not in DEVICES:
         raise RecipeError(f"--device {args.device!r}: use one of {', '.join(DEVICES)}.")
     rates = rates_from_run(args.run) if args.run else {}

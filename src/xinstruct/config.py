@@ -4,6 +4,8 @@ Every block is a dataclass documented field by field. Unknown keys are errors th
 the nearest valid one. ``training`` blocks are passed to :class:`trl.SFTConfig` unchanged and ``lora``
 blocks to :class:`peft.LoraConfig`, so every TRL and PEFT argument works; their keys are checked
 against those classes when the recipe loads.
+
+This module declares the blocks; :func:`xinstruct.config_loader.load_recipe` reads them from YAML and checks them.
 """
 
 from __future__ import annotations
@@ -13,8 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import languages as lang_registry
-from .errors import RecipeError
-from .inference.base import Decoding, EngineConfig
+from .inference import Decoding, EngineConfig
 
 
 @dataclass
@@ -142,15 +143,12 @@ class RoleConfig:
     lm_head_on_loss_only: bool = True
 
 
-DecodingConfig = Decoding  # the recipe's ``decoding`` blocks: defined once, with the engines' parameters
-
-
 @dataclass
 class CandidatesConfig:
     """Candidate generation: the generator writes an English instruction for every filtered web text.
 
     Args:
-        decoding (`DecodingConfig`): decoding settings.
+        decoding (`Decoding`): decoding settings.
         shard_size (`int`, *optional*, defaults to `64`): rows per shard; a killed run resumes at the last
             finished shard. Each shard is sampled with seed ``seed + shard index``.
         english_min_confidence (`float`, *optional*, defaults to `0.0`): the gate keeps an instruction when
@@ -163,7 +161,7 @@ class CandidatesConfig:
             ``false`` keeps them (only empty and too short ones are dropped).
     """
 
-    decoding: DecodingConfig = field(default_factory=DecodingConfig)
+    decoding: Decoding = field(default_factory=Decoding)
     shard_size: int = 64
     english_min_confidence: float = 0.0
     min_instruction_chars: int = 8
@@ -184,14 +182,14 @@ class PseudoRatingConfig:
         seeds_per_language (`int`, *optional*): build the training part from at most this many training seed
             pairs per language (chosen by a hash of their id); all of them by default. Held-out seed pairs
             (``data.seeds.heldout_fraction``) are always all used, for the held-out part.
-        decoding (`DecodingConfig`): decoding of the level-2 responses (``max_new_tokens`` is
+        decoding (`Decoding`): decoding of the level-2 responses (``max_new_tokens`` is
             ``refinement.response_tokens``, so level 2 is as long as the other levels).
         shard_size (`int`, *optional*, defaults to `64`): rows per shard of the level-2 generation.
     """
 
     level_sources: dict[int, str] = field(default_factory=lambda: {3: "seed", 2: "follower", 1: "mismatched"})
     seeds_per_language: int | None = None
-    decoding: DecodingConfig = field(default_factory=lambda: DecodingConfig(max_new_tokens=128))
+    decoding: Decoding = field(default_factory=lambda: Decoding(max_new_tokens=128))
     shard_size: int = 64
 
 
@@ -326,8 +324,8 @@ class Recipe:
         diversification (`DiversificationConfig`): clustering and equal sampling.
         final (`TuningConfig`): final tuning of the X-Instruction model.
         engine (`EngineConfig`): inference engine: the config class of its ``type`` (``local``:
-            :class:`~xinstruct.inference.local.LocalConfig`, ``endpoint``:
-            :class:`~xinstruct.inference.endpoint.EndpointConfig`).
+            :class:`~xinstruct.inference.local_config.LocalConfig`, ``endpoint``:
+            :class:`~xinstruct.inference.endpoint_config.EndpointConfig`).
         launcher (`LauncherConfig`): how training steps are launched.
     """
 
@@ -342,7 +340,7 @@ class Recipe:
     refinement: RefinementConfig = field(default_factory=RefinementConfig)
     diversification: DiversificationConfig = field(default_factory=DiversificationConfig)
     final: TuningConfig = field(default_factory=TuningConfig)
-    engine: EngineConfig = field(default_factory=lambda: engine_block({}, "engine"))
+    engine: EngineConfig = field(default_factory=lambda: EngineConfig.from_block({}, "engine"))
     launcher: LauncherConfig = field(default_factory=LauncherConfig)
 
     def model_for(self, role: RoleConfig) -> str:
@@ -357,26 +355,14 @@ class Recipe:
         same = role.engine.get("type", self.engine.type) == self.engine.type
         start = dataclasses.asdict(self.engine) if same else {
             f.name: getattr(self.engine, f.name) for f in dataclasses.fields(EngineConfig)}
-        return engine_block({**start, **role.engine}, where)
+        return EngineConfig.from_block({**start, **role.engine}, where)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data form (what ``xinstruct run`` writes as ``recipe.yaml`` in the run directory)."""
         return dataclasses.asdict(self)
 
 
-# the public entry points of recipe loading live in config_loader (imported last: it builds the classes above)
-from .config_loader import (  # noqa: E402
-    build_block,
-    check_block_keys,
-    check_choice,
-    engine_block,
-    load_recipe,
-    read_recipe_file,
-)
-
 __all__ = [
-    "CandidatesConfig", "DataConfig", "DecodingConfig", "DiversificationConfig", "EngineConfig", "FilterConfig",
-    "LauncherConfig", "PseudoRatingConfig", "Recipe", "RecipeError", "RefinementConfig", "RoleConfig", "SeedConfig",
-    "TuningConfig", "WebTextConfig", "build_block", "check_block_keys", "check_choice", "load_recipe",
-    "read_recipe_file",
+    "CandidatesConfig", "DataConfig", "DiversificationConfig", "FilterConfig", "LauncherConfig", "PseudoRatingConfig",
+    "Recipe", "RefinementConfig", "RoleConfig", "SeedConfig", "TuningConfig", "WebTextConfig",
 ]

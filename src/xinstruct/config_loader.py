@@ -1,23 +1,32 @@
 """Reading recipes: YAML files (``extends:`` merges one over another), ``--set a.b=value`` overrides, building the
-dataclasses of :mod:`xinstruct.config` with every key and scalar type checked, and the recipe-wide checks. Unknown
-keys are errors that name the key and the nearest valid one.
+dataclasses of :mod:`xinstruct.config` with every key and scalar type checked (:func:`xinstruct.schema.build_block`),
+and the recipe-wide checks. Unknown keys are errors that name the key and the nearest valid one.
+
+The top of the recipe layers (errors and :mod:`~xinstruct.schema`, engine configs, :mod:`~xinstruct.config`, this
+module): nothing here imports torch or transformers, and neither does loading a recipe. The keys of ``training`` and
+``lora`` blocks are read from the source of ``SFTConfig`` and ``LoraConfig`` (:func:`passed_keys`).
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
-import difflib
+import functools
+import importlib
+import importlib.util
 import re
-import types
-import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 
 from . import languages as lang_registry
-from .config import EngineConfig, Recipe
+from .config import Recipe
+from .data.readers import resolve_recipe_paths
 from .errors import RecipeError
+from .inference import EngineConfig
+from .launcher import check_final_save
+from .schema import build_block, check_block_keys, check_choice
 
 
 class _Loader(yaml.SafeLoader):
@@ -66,6 +75,7 @@ def read_recipe_file(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str
         config_file = Path(launcher["config_file"])
         if not config_file.is_absolute() and (path.parent / config_file).exists():  # relative to the recipe file
             raw["launcher"] = {**launcher, "config_file": str((path.parent / config_file).resolve())}
+    resolve_recipe_paths(raw, path.parent)  # data.webtext.path, data.seeds.path: relative to the recipe file
     parent = raw.pop("extends", None)
     if parent is None:
         return raw
@@ -101,81 +111,7 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
         raise RecipeError(f"Override {item!r}: the value is not valid YAML ({problem}).") from None
 
 
-def _unknown_key(key: str, valid: list[str], where: str) -> RecipeError:
-    near = difflib.get_close_matches(key, valid, n=1)
-    hint = f" Did you mean {near[0]!r}?" if near else ""
-    place = f" in {where}" if where else ""
-    return RecipeError(f"Unknown recipe key {key!r}{place}.{hint} Valid keys: {', '.join(sorted(valid))}.")
-
-
-def engine_block(raw: Any, where: str) -> EngineConfig:
-    from .inference import config_class
-
-    if not isinstance(raw, dict):
-        raise RecipeError(f"{where} must be a mapping, got {raw!r}.")
-    return build_block(config_class(raw.get("type", "local"), f"{where}.type"), raw, where)
-
-
-def build_block(cls: type, raw: Any, where: str) -> Any:
-    """Build the dataclass ``cls`` from a recipe block, checking every key and scalar type (errors name ``where``)."""
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise RecipeError(f"{where or 'recipe'} must be a mapping, got {raw!r}.")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in raw.items():
-        if key not in names:
-            raise _unknown_key(key, names, where)
-        sub = f"{where}.{key}" if where else key
-        hint = hints[key]
-        if hint is EngineConfig:  # the config class of the block's own type
-            kwargs[key] = engine_block(value, sub)
-        elif dataclasses.is_dataclass(hint):
-            kwargs[key] = build_block(hint, value, sub)
-        else:
-            kwargs[key] = _coerce(value, hint, sub)
-    return cls(**kwargs)
-
-
-def _coerce(value: Any, hint: Any, where: str) -> Any:
-    """Light type check of scalar fields so that a typo such as ``seed: abc`` fails at load time."""
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin in (types.UnionType, typing.Union):
-        if value is None and type(None) in args:
-            return None
-        options = [a for a in args if a is not type(None)]
-        if len(options) > 1:  # e.g. ``int | str``: the first type the value has
-            hint = next((a for a in options if isinstance(value, typing.get_origin(a) or a)), options[0])
-        else:
-            hint = options[0]
-        origin = typing.get_origin(hint)
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    check = origin or hint
-    if check in (int, float, str, bool, list, dict) and not (
-        isinstance(value, check) and not (check is int and isinstance(value, bool))
-    ):
-        raise RecipeError(f"{where} must be of type {check.__name__}, got {value!r}.")
-    return value
-
-
-def check_block_keys(block: dict[str, Any] | None, cls: type, where: str) -> None:
-    """Raise a :class:`RecipeError` for a key that ``cls`` (SFTConfig, LoraConfig) does not accept."""
-    if not block:
-        return
-    valid = [f.name for f in dataclasses.fields(cls)]
-    for key in block:
-        if key not in valid:
-            raise _unknown_key(key, valid, where)
-
-
 def _check_recipe(recipe: Recipe) -> None:
-    from peft import LoraConfig
-    from trl import SFTConfig
-
     for code, spec in recipe.extra_languages.items():
         unknown = set(spec) - {"name", "script", "resource", "flores"}
         if unknown or "name" not in spec or "script" not in spec:
@@ -197,8 +133,8 @@ def _check_recipe(recipe: Recipe) -> None:
         "final": recipe.final,
     }
     for where, role in roles.items():
-        check_block_keys(role.training, SFTConfig, f"{where}.training")
-        check_block_keys(role.lora, LoraConfig, f"{where}.lora")
+        check_block_keys(role.training, passed_keys("training"), f"{where}.training")
+        check_block_keys(role.lora, passed_keys("lora"), f"{where}.lora")
     ref = recipe.refinement
     if min(recipe.candidates.shard_size, ref.shard_size, ref.pseudo_ratings.shard_size) < 1:
         raise RecipeError("shard sizes must be >= 1.")
@@ -236,12 +172,86 @@ def _check_recipe(recipe: Recipe) -> None:
     if recipe.launcher.type == "accelerate" and config_file and not Path(config_file).is_file():
         raise RecipeError(f"launcher.config_file {config_file} does not exist (a relative path is read relative to "
                           "the recipe file, then to the working directory).")
+    if recipe.launcher.type == "accelerate" and config_file:
+        check_final_save(recipe.launcher)  # a launch whose final save would write no weights
     recipe.engine.check("engine")
     for where, role in roles.items():
         recipe.engine_for(role, f"{where}.engine").check(f"{where}.engine")
 
 
-def check_choice(value: str, allowed: tuple[str, ...], where: str) -> None:
-    """Raise a :class:`RecipeError` unless ``value`` is one of ``allowed``."""
-    if value not in allowed:
-        raise RecipeError(f"{where} is {value!r}; use one of: {', '.join(allowed)}.")
+class _Source(NamedTuple):
+    """A dataclass as its source defines it: ``file`` of the installed ``package`` holds
+    ``@dataclass class name(*bases)``."""
+
+    package: str
+    file: str
+    name: str
+    bases: tuple[str, ...]
+
+
+# the classes a role's blocks are passed to unchanged: "module:class", then the class and each of its bases as their
+# sources define them (the class first). A base outside the list must not be a dataclass (tests/test_imports.py
+# compares the keys read with the classes' fields).
+PASSED_TO: dict[str, tuple[str, tuple[_Source, ...]]] = {
+    "training": ("trl:SFTConfig", (
+        _Source("trl", "trainer/sft_config.py", "SFTConfig", ("_BaseConfig",)),
+        _Source("trl", "trainer/base_config.py", "_BaseConfig", ("TrainingArguments",)),
+        _Source("transformers", "training_args.py", "TrainingArguments", ()),
+    )),
+    "lora": ("peft:LoraConfig", (
+        _Source("peft", "tuners/lora/config.py", "LoraConfig", ("PeftConfig",)),
+        _Source("peft", "config.py", "PeftConfig", ("PeftConfigMixin",)),
+        _Source("peft", "config.py", "PeftConfigMixin", ("PushToHubMixin",)),
+    )),
+}
+
+
+@functools.cache
+def passed_keys(block: str) -> tuple[str, ...]:
+    """The keys a role's ``training`` (:class:`trl.SFTConfig`) or ``lora`` (:class:`peft.LoraConfig`) block accepts:
+    the fields of that class, read from the installed source files (importing the class imports torch, which takes
+    seconds). Where the source does not define the class as :data:`PASSED_TO` says (another version), the class is
+    imported and its fields read."""
+    target, sources = PASSED_TO[block]
+    keys = _source_fields(sources)
+    if keys is None:
+        module, name = target.split(":")
+        keys = tuple(f.name for f in dataclasses.fields(getattr(importlib.import_module(module), name)))
+    return keys
+
+
+def _source_fields(sources: tuple[_Source, ...]) -> tuple[str, ...] | None:
+    """The fields of the dataclass ``sources[0]``, bases first, as :func:`dataclasses.fields` lists them; ``None``
+    when a source is missing or defines its class otherwise (no ``@dataclass``, other bases)."""
+    keys: list[str] = []
+    for source in reversed(sources):
+        spec = importlib.util.find_spec(source.package)  # a top-level package is found, not imported
+        if spec is None or not spec.submodule_search_locations:
+            return None
+        try:
+            tree = ast.parse((Path(spec.submodule_search_locations[0]) / source.file).read_text(encoding="utf-8"))
+        except (OSError, SyntaxError, ValueError):
+            return None
+        cls = next((node for node in tree.body if isinstance(node, ast.ClassDef) and node.name == source.name), None)
+        if cls is None or "dataclass" not in map(_name, cls.decorator_list) or \
+                tuple(map(_name, cls.bases)) != source.bases or cls.keywords:
+            return None
+        for node in cls.body:
+            if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and \
+                    _name(node.annotation) not in ("ClassVar", "InitVar", "KW_ONLY") and node.target.id not in keys:
+                keys.append(node.target.id)
+    return tuple(keys)
+
+
+def _name(node: ast.expr) -> str:
+    """The last name of a decorator, base or annotation: ``dataclass`` for ``@dataclasses.dataclass(frozen=True)``,
+    ``ClassVar`` for ``typing.ClassVar[int]`` or ``"ClassVar[int]"``."""
+    if isinstance(node, ast.Call | ast.Subscript):
+        return _name(node.func if isinstance(node, ast.Call) else node.value)
+    if isinstance(node, ast.Attribute):
+        return node.attr
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return node.value.split("[")[0].rsplit(".", 1)[-1].strip()
+    return ""

@@ -1,9 +1,10 @@
 """``xinstruct plan RECIPE``: what a run will cost, before it starts. Nothing is loaded or downloaded.
 
-For every step: rows in and out, tokens to generate, to score (prefill) and to train, and the time and
-GPU-hours at stated throughputs. Rows out of the filters follow stated rates: by default the rates of a
-finished run (``--run RUN_DIR``), otherwise the defaults below. It also says how many web texts per language
-the run needs to end with ``target_per_language`` rows after the gate and K rounds of filtering.
+For every declared step: rows in and out, tokens to generate, to score (prefill) and to train, as the step's own
+estimate states them (``StepSpec.cost``, next to its declaration in its stage), and the time and GPU-hours at stated
+throughputs. Rows out of the filters follow stated rates: by default the rates of a finished run (``--run RUN_DIR``),
+otherwise the defaults below. It also says how many web texts per language the run needs to end with
+``target_per_language`` rows after the gate and K rounds of filtering.
 
 Throughputs are per accelerator, from the model size: training at ``mfu`` of the bf16 peak (6 x params FLOP per
 token; 4 x params with LoRA, which computes no weight gradients of the frozen base), prefill at ``prefill_efficiency``
@@ -18,12 +19,16 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .config import Recipe
-from .training import accelerate_config, launch_processes
+from .errors import StageError
+from .launcher import accelerate_config, launch_processes
+from .pipeline import declared_steps
+from .rundir import CANDIDATES, KEPT, WEBTEXT, RunDir, iteration_step
+from .steps import FRAME_TOKENS, Estimate, Work
 
 # Peak dense bf16 FLOP/s, memory bandwidth (bytes/s) and memory (GB) per device; ``cpu-2core`` is this project's CI
 # machine.
@@ -56,8 +61,6 @@ KNOWN_MODELS = {
     "Qwen/Qwen2.5-1.5B": ModelShape(1.54e9, 151_936, 1536, 28),
 }
 DEFAULT_RATES = {"webtext_kept": 0.8, "gate_kept": 0.95, "keep_rate": 0.5}
-FRAME_TOKENS = 45  # a template's header and cue
-INSTRUCTION_TOKENS = 24
 
 
 @dataclass
@@ -96,17 +99,15 @@ def throughput(device: str, params: float, mfu: float = 0.4, prefill_efficiency:
 def rates_from_run(run_dir: str | Path) -> dict[str, float]:
     """Keep rates measured by a finished run: web-text filters, the candidate gate, the mean keep rate of
     refinement."""
-    from .rundir import RunDir, iteration_step
-
     run = RunDir(run_dir)
     rates = dict(DEFAULT_RATES)
-    web, cand = run.manifest("webtext"), run.manifest("candidates")
+    web, cand = run.manifest(WEBTEXT), run.manifest(CANDIDATES)
     if web and cand:
         rates["webtext_kept"] = web["rows_out"] / max(1, web.get("rows_in", web["rows_out"]))
         rates["gate_kept"] = cand["rows_out"] / max(1, cand["rows_in"])
         kept, k = [], 1
-        while run.finished(iteration_step(k, "kept")):
-            kept.append(run.manifest(iteration_step(k, "kept")))
+        while run.finished(iteration_step(k, KEPT)):
+            kept.append(run.manifest(iteration_step(k, KEPT)))
             k += 1
         if kept:
             rates["keep_rate"] = sum(k["rows_out"] / max(1, k["rows_in"]) for k in kept) / len(kept)
@@ -126,11 +127,19 @@ def training_memory_gb(shape: ModelShape, role, row_tokens: int, processes: int,
 
     Weights and state: full fine-tuning keeps float32 master weights, gradients and two Adam moments (16 bytes per
     parameter), divided over the processes when FSDP or ZeRO-3 shards them; LoRA keeps the frozen base in the
-    training precision (2 bytes per parameter with ``bf16``/``fp16``, else 4) on every process. Plus the float32
-    logits of one micro-batch (batch x tokens x vocabulary x 4 bytes, tokens being the longest row the role can see:
-    ``max_length`` or the row's content budget, whichever is smaller), the activations (with activation
-    checkpointing, TRL's default: one 2-byte hidden state per layer; without: about 34 bytes per hidden unit and
-    layer), and 20% for the CUDA context, one layer's live activations and fragmentation.
+    training precision (2 bytes per parameter with ``bf16``/``fp16``, else 4) on every process. Full fine-tuning
+    replicated over several processes (DDP) adds DDP's gradient buckets: torch's reducer copies every gradient into
+    flat buckets for the all-reduce (``gradient_as_bucket_view`` is off in transformers' Trainer), so they hold a
+    second float32 copy of the gradients, 4 bytes per trainable parameter (``bucket_cap_mb``, 25 MB, sizes each
+    bucket, not their total); LoRA's buckets hold only the adapters' gradients, in the margin. Full fine-tuning also
+    builds the gradient of the (tied) embedding / LM-head matrix whole once more before adding it to ``.grad``
+    (vocabulary x hidden x 4 bytes; measured on the tiny model: its peak is exactly 16 bytes per parameter plus
+    this). Plus the float32 logits of one micro-batch (batch x tokens x vocabulary x 4 bytes, tokens being the longest
+    row the role can see: ``max_length`` or the row's content budget, whichever is smaller), the activations
+    (with activation checkpointing, TRL's default: one hidden state per layer, 2 bytes for half-precision weights,
+    else 4 (autocast keeps the residual stream of float32 weights in float32); without: about 34 bytes per hidden unit
+    and layer), and 20% for the CUDA context, one layer's live activations and fragmentation. Checked against the
+    peak measured on the tiny model (``tests/test_distributed.py``).
     """
     if shape.vocab is None or shape.hidden is None or shape.layers is None:
         return None
@@ -138,47 +147,39 @@ def training_memory_gb(shape: ModelShape, role, row_tokens: int, processes: int,
     batch = training.get("per_device_train_batch_size", 8)
     tokens = min(training.get("max_length") or row_tokens, row_tokens)
     half = training.get("bf16") or training.get("fp16")
-    state = (2 if half else 4) * shape.params if role.lora else 16 * shape.params / (processes if sharded else 1)
+    if role.lora:
+        state = (2 if half else 4) * shape.params
+    else:
+        state = 16 * shape.params / (processes if sharded else 1) + 4 * shape.vocab * shape.hidden
+        state += 4 * shape.params if processes > 1 and not sharded else 0  # DDP's gradient buckets
     logits = batch * tokens * shape.vocab * 4
     checkpointing = training.get("activation_checkpointing", training.get("gradient_checkpointing", True))
-    activations = batch * tokens * shape.hidden * shape.layers * (2 if checkpointing else 34)
+    hidden_bytes = (2 if role.lora and half else 4) if checkpointing else 34
+    activations = batch * tokens * shape.hidden * shape.layers * hidden_bytes
     return 1.2 * (state + logits + activations) / 1e9
 
 
-def _trained_rows(training: dict[str, Any], rows: float, processes: int) -> float:
-    """Rows a training block goes through: ``max_steps`` x global batch, or ``num_train_epochs`` x rows (TRL
-    default 3)."""
-    if training.get("max_steps", -1) and training.get("max_steps", -1) > 0:
-        batch = (training.get("per_device_train_batch_size", 8) * training.get("gradient_accumulation_steps", 1)
-                 * processes)
-        return training["max_steps"] * batch
-    return rows * training.get("num_train_epochs", 3)
+def _estimate(recipe: Recipe, rates: dict[str, float], seeds_per_language: int | None, processes: int) -> Estimate:
+    """What the steps' estimates read: the seed pairs per language (``--seeds-per-language``, the recipe's limit, 20
+    for the sample, else 1000) and their held-out share, and the web texts read per language (28 for the sample)."""
+    web, seeds = recipe.data.webtext, recipe.data.seeds
+    per_lang_web = web.limit_per_language or (28 if web.path == "sample" else None)
+    per_lang_seed = seeds_per_language or seeds.limit_per_language or (20 if seeds.path == "sample" else 1000)
+    held = max(seeds.heldout_min_per_language, math.ceil(seeds.heldout_fraction * per_lang_seed))
+    return Estimate(recipe, rates, per_lang_seed, held, per_lang_web, processes)
 
 
-@dataclass
-class _StepCosts:
-    """The steps' rows of :func:`plan_costs`: time and GPU-hours of each step's tokens at ``speed``, inference on
-    ``engines`` devices, training on ``gpus`` processes."""
-
-    speed: Throughput
-    engines: int
-    gpus: int
-    rows: list[dict[str, Any]] = field(default_factory=list)
-
-    def step(self, name: str, rows_in: float, rows_out: float, generate: float = 0, score: float = 0,
-             train: float = 0, role=None) -> None:
-        speed, engines, gpus = self.speed, self.engines, self.gpus
-        # LoRA computes no weight gradients of the frozen base: 4 x params FLOP per token instead of 6
-        train_speed = speed.train * (1.5 if role is not None and role.lora else 1.0)
-        seconds = (generate / speed.decode + score / speed.prefill) / engines + train / (train_speed * gpus)
-        used = (generate / speed.decode + score / speed.prefill) + train / train_speed  # device-seconds
-        self.rows.append({"step": name, "rows_in": round(rows_in), "rows_out": round(rows_out),
-                          "generate_tokens": round(generate), "score_tokens": round(score),
-                          "train_tokens": round(train), "hours": seconds / 3600, "gpu_hours": used / 3600})
-
-    def train_tokens(self, role, n_rows: float, max_row: int) -> float:
-        return (_trained_rows(role.training, n_rows, self.gpus)
-                * min(role.training.get("max_length") or max_row, max_row))
+def _priced(name: str, work: Work, speed: Throughput, engines: int, gpus: int) -> dict[str, Any]:
+    """A step's row of :func:`plan_costs`: its work, and the time and GPU-hours of its tokens at ``speed``, inference
+    on ``engines`` devices, training on ``gpus`` processes."""
+    # LoRA computes no weight gradients of the frozen base: 4 x params FLOP per token instead of 6
+    train_speed = speed.train * (1.5 if work.role is not None and work.role.lora else 1.0)
+    inference = work.generate / speed.decode + work.score / speed.prefill  # device-seconds
+    seconds = inference / engines + work.train / (train_speed * gpus)
+    used = inference + work.train / train_speed
+    return {"step": name, "rows_in": round(work.rows_in), "rows_out": round(work.rows_out),
+            "generate_tokens": round(work.generate), "score_tokens": round(work.score),
+            "train_tokens": round(work.train), "hours": seconds / 3600, "gpu_hours": used / 3600}
 
 
 def _memory_per_role(recipe: Recipe, shape: ModelShape, processes: int, sharded: bool) -> dict[str, float | None]:
@@ -197,48 +198,11 @@ def _memory_per_role(recipe: Recipe, shape: ModelShape, processes: int, sharded:
             for name, (role, row) in longest.items()}
 
 
-def _refinement_costs(recipe: Recipe, costs: _StepCosts, candidates: float, train_seeds: float, held: float,
-                      keep_rate: float) -> float:
-    """The refinement steps of :func:`plan_costs`: the swapped pairs, then every iteration. Returns the rows the last
-    iteration keeps.
-
-    Likelihood features take two passes: one per (instruction, response) pair, one with the generic instruction per
-    distinct response (a candidate and its swapped copies share it). Cross-fitted (``refinement.folds`` 2), each
-    iteration trains one follower per fold on its half of the rows."""
-    ref, step, train_tokens = recipe.refinement, costs.step, costs.train_tokens
-    langs, held_rows = len(recipe.languages), held * len(recipe.languages)
-    text = recipe.candidates.text_tokens or 512
-    follower_row = FRAME_TOKENS + INSTRUCTION_TOKENS + 2 * text
-    rating_row = FRAME_TOKENS + INSTRUCTION_TOKENS + ref.response_tokens
-    likelihood = ref.evaluator_kind == "likelihood"
-    passes = 2 if likelihood else 1
-    swapped = ref.planted_share * (2 if ref.hard_swaps else 1)  # swapped copies per candidate (easy, hard)
-    pairs = candidates * (1 + swapped)  # the base model scores every pair, plus each response once generically
-    step("swaps", candidates, pairs, score=(pairs + candidates) * rating_row)
-    pool = kept = candidates
-    for k in range(1, ref.iterations + 1):
-        step(f"iter-{k}/follower", kept, kept, role=ref.follower,
-             train=ref.folds * train_tokens(ref.follower, kept / ref.folds, follower_row))
-        pseudo_seeds = (min(train_seeds, ref.pseudo_ratings.seeds_per_language or train_seeds) + held) * langs
-        step(f"iter-{k}/pseudo_ratings", pseudo_seeds, 3 * pseudo_seeds, generate=pseudo_seeds * ref.response_tokens,
-             score=pseudo_seeds * (FRAME_TOKENS + INSTRUCTION_TOKENS))
-        ev_train = 3 * (pseudo_seeds - held_rows)
-        ev_tokens = 0 if likelihood else train_tokens(ref.evaluator, ev_train, rating_row)
-        base_test = 2 * (3 * held_rows / 2)  # the base model's two passes on the test half of the held-out ratings
-        step(f"iter-{k}/evaluator", ev_train, ev_train, train=ev_tokens,
-             score=(passes * 3 * pseudo_seeds + base_test) * rating_row, role=ref.evaluator)
-        rated = pool * (1 + swapped)
-        step(f"iter-{k}/ratings", pool, pool, score=(rated + (pool if likelihood else 0)) * rating_row)
-        kept = pool * keep_rate
-        step(f"iter-{k}/kept", pool, kept)
-        pool = kept if ref.rate == "kept" else candidates
-    return kept
-
-
 def plan_costs(recipe: Recipe, device: str = "h100-80gb", rates: dict[str, float] | None = None,
                seeds_per_language: int | None = None, params: float | None = None,
                speeds: Throughput | None = None) -> dict[str, Any]:
-    """Rows, tokens, time and GPU-hours of every step of ``recipe`` (see the module doc)."""
+    """Rows, tokens, time and GPU-hours of every declared step of ``recipe``, from each step's own estimate
+    (``StepSpec.cost``), in run order (see the module doc)."""
     rates = {**DEFAULT_RATES, **(rates or {})}
     n_params = model_params(recipe.base_model, params)
     shape = KNOWN_MODELS.get(recipe.base_model, ModelShape(n_params))
@@ -246,39 +210,15 @@ def plan_costs(recipe: Recipe, device: str = "h100-80gb", rates: dict[str, float
     gpus = launch_processes(recipe.launcher)
     devices = getattr(recipe.engine, "devices", 1)
     engines = gpus if devices == "all" else devices  # local engine workers; "all" is taken as the training GPUs
-    langs = len(recipe.languages)
-    web = recipe.data.webtext
-    seeds_cfg = recipe.data.seeds
-    per_lang_web = web.limit_per_language or (28 if web.path == "sample" else None)
-    per_lang_seed = seeds_per_language or seeds_cfg.limit_per_language or (20 if seeds_cfg.path == "sample" else 1000)
-    held = max(seeds_cfg.heldout_min_per_language, math.ceil(seeds_cfg.heldout_fraction * per_lang_seed))
-    train_seeds = per_lang_seed - held
-    text = recipe.candidates.text_tokens or 512
-    ref = recipe.refinement
-    resp = ref.response_tokens
-    costs = _StepCosts(speed, engines, gpus)
-    step, train_tokens, rows = costs.step, costs.train_tokens, costs.rows
-    webtext_in = (per_lang_web or 0) * langs
-    webtext_out = webtext_in * rates["webtext_kept"]
-    step("seed", per_lang_seed * langs, per_lang_seed * langs)
-    step("webtext", webtext_in, webtext_out)
-    held_rows = held * langs
-    step("baseline", held_rows, held_rows, generate=held_rows * (recipe.candidates.decoding.max_new_tokens + resp),
-         score=held_rows * (2 * FRAME_TOKENS + text + INSTRUCTION_TOKENS))
-    gen_row = FRAME_TOKENS + text + INSTRUCTION_TOKENS
-    step("generator", train_seeds * langs, train_seeds * langs,
-         train=train_tokens(recipe.generator, train_seeds * langs, gen_row), role=recipe.generator,
-         generate=held_rows * recipe.candidates.decoding.max_new_tokens, score=held_rows * gen_row)
-    candidates = webtext_out * rates["gate_kept"]
-    step("candidates", webtext_out, candidates, generate=webtext_out * recipe.candidates.decoding.max_new_tokens,
-         score=webtext_out * (FRAME_TOKENS + text))
-    kept = _refinement_costs(recipe, costs, candidates, train_seeds, held, rates["keep_rate"])
-    follower_row = FRAME_TOKENS + INSTRUCTION_TOKENS + 2 * text
-    target = recipe.diversification.target_per_language * langs
-    diversified = min(target, kept)
-    step("diversified", kept, diversified)
-    step("final", diversified, diversified, train=train_tokens(recipe.final, diversified, follower_row),
-         generate=held_rows * resp, role=recipe.final)
+    estimate = _estimate(recipe, rates, seeds_per_language, gpus)
+    rows = []
+    for spec in declared_steps(recipe):
+        if spec.cost is None:
+            raise StageError(f"Step {spec.name} ({spec.stage}) declares no cost estimate: give its StepSpec a cost "
+                             "(a function of xinstruct.steps.Estimate that returns its Work).")
+        estimate.done[spec.name] = spec.cost(estimate)
+        rows.append(_priced(spec.name, estimate.done[spec.name], speed, engines, gpus))
+    ref, per_lang_web = recipe.refinement, estimate.webtexts
     sharded = _sharded(recipe)
     memory = _memory_per_role(recipe, shape, gpus, sharded)
     keep_factor = rates["keep_rate"] ** (ref.iterations if ref.rate == "kept" else 1)

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
@@ -31,6 +33,8 @@ def cpu_flags() -> frozenset[str]:
 def cpu_kind() -> str:
     """A short name of the CPU's vector unit, as reported next to every timing: ``AMX``, ``AVX512-BF16``,
     ``AVX512`` or ``AVX2`` (torch's own capability name where the flags say nothing more)."""
+    import torch  # here, not at the top: recipes read DTYPES without importing torch
+
     flags, capability = cpu_flags(), str(torch.backends.cpu.get_cpu_capability())
     if not capability.startswith(("AVX512", "AMX")):  # torch runs lower kernels (ATEN_CPU_CAPABILITY=avx2): bf16 is
         return capability                             # emulated whatever the flags say
@@ -48,6 +52,8 @@ def cpu_has_native_bf16() -> bool:
 
 def auto_dtype(device: str | torch.device | None = None) -> str:
     """``bfloat16`` where ``device`` (default: CUDA if present, else the CPU) runs it natively, else ``float32``."""
+    import torch
+
     kind = torch.device(device).type if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
     if kind == "cuda":
         return "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "float32"

@@ -26,6 +26,7 @@ from .data import lid
 from .evaluation.fidelity import language_fidelity
 
 LEVELS = (1, 2, 3)
+OPERATING_RECALLS = (0.5, 0.8, 0.9, 0.95)  # keep-rule recall levels of the operating table (besides the recipe's)
 
 
 def _auc(positive: np.ndarray, negative: np.ndarray) -> float:
@@ -61,6 +62,44 @@ def auc_interval(positive: Sequence[float], negative: Sequence[float], paired: b
     low, high = np.quantile(values, [0.025, 0.975])
     return {"auc": round(_auc(pos, neg), 4), "low": round(float(low), 4), "high": round(float(high), 4),
             "positives": len(pos), "negatives": len(neg)}
+
+
+def ratio_interval(planted: Sequence[bool], real: Sequence[bool], rounds: int = 1000,
+                   seed: int = 0) -> dict[str, Any] | None:
+    """Drop-rate ratio planted / real with a bootstrap 95% interval. ``planted[i]`` and ``real[i]`` are the drop
+    flags of one candidate and of its swapped copy, resampled together; ``None`` when no real row was dropped."""
+    pl, re = np.asarray(planted, float), np.asarray(real, float)
+    if len(pl) == 0 or re.sum() == 0:
+        return None
+
+    rng = np.random.default_rng(seed)
+    picks = (rng.integers(0, len(pl), len(pl)) for _ in range(rounds))
+    values = [pl[p].mean() / re[p].mean() for p in picks if re[p].sum()]  # a resample without real drops: left out
+    low, high = np.quantile(values, [0.025, 0.975])
+    return {"ratio": round(float(pl.mean() / re.mean()), 3), "low": round(float(low), 3),
+            "high": round(float(high), 3), "n": len(pl)}
+
+
+def gap_interval(inside: tuple[Sequence[float], Sequence[float], Sequence[float], Sequence[float]],
+                 outside: tuple[Sequence[float], Sequence[float], Sequence[float], Sequence[float]],
+                 rounds: int = 1000, seed: int = 0) -> dict[str, Any] | None:
+    """Excess training gap with a bootstrap 95% interval: (paired AUC of a rater inside its training set - outside)
+    minus (the same gap of a reference on the same pairs). Each group is ``(rater matched, rater swapped, reference
+    matched, reference swapped)``, one entry per pair; pairs are resampled within their group."""
+    groups = [tuple(np.asarray(x, float) for x in g) for g in (inside, outside)]
+    if any(len(g[0]) == 0 for g in groups):
+        return None
+
+    def excess(picks) -> float:
+        (a, b, c, d), (e, f, g, h) = [tuple(x[p] for x in grp) for grp, p in zip(groups, picks)]
+        return (_auc(a, b) - _auc(e, f)) - (_auc(c, d) - _auc(g, h))
+
+    rng = np.random.default_rng(seed)
+    values = [excess([rng.integers(0, len(g[0]), len(g[0])) for g in groups]) for _ in range(rounds)]
+    low, high = np.quantile(values, [0.025, 0.975])
+    whole = excess([np.arange(len(g[0])) for g in groups])
+    return {"excess": round(float(whole), 4), "low": round(float(low), 4), "high": round(float(high), 4),
+            "inside": len(groups[0][0]), "outside": len(groups[1][0])}
 
 
 def strongest_reference(refs: dict[str, Any], key: str) -> dict[str, Any] | None:

@@ -44,7 +44,7 @@ def read_pairs(path: str | Path) -> Dataset:
 def rate_pairs(run_dir: str | Path, pairs: Dataset, iteration: int | None = None) -> tuple[Dataset, dict[str, Any]]:
     """``pairs`` with ``p1``, ``p2``, ``p3``, ``expected_rating`` and ``rating`` from iteration ``iteration``'s
     evaluator (default: the last), and what rated them."""
-    from .config import load_recipe
+    from .config_loader import load_recipe
     from .inference import make_engine
     from .stages.generation import fitter_for
     from .stages.likelihood import LikelihoodHead

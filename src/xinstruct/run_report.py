@@ -22,7 +22,19 @@ from pathlib import Path
 from typing import Any
 
 from .quality import strongest_reference
-from .rundir import RunDir, iteration_step
+from .rundir import (
+    DIVERSIFIED,
+    EVALUATOR,
+    FINAL,
+    FOLLOWER,
+    GENERATOR,
+    ITERATION_STEPS,
+    KEPT,
+    PSEUDO_RATINGS,
+    RATINGS,
+    RunDir,
+    iteration_step,
+)
 
 
 def _get(data: dict[str, Any] | None, *keys: str) -> Any:
@@ -43,19 +55,16 @@ def iteration_report(run_dir: str | Path, iterations: int) -> list[dict[str, Any
     run = RunDir(run_dir)
     report = []
     for k in range(1, iterations + 1):
-        m = {name: run.manifest(iteration_step(k, name))
-             for name in ("follower", "pseudo_ratings", "evaluator", "ratings", "kept")}
+        m = {name: run.manifest(iteration_step(k, name)) for name in ITERATION_STEPS}
         if not all(m.values()):
             continue
-        ev, ps, rt = m["evaluator"], m["pseudo_ratings"], m["ratings"]
+        ev, ps, rt, kept, follower = m[EVALUATOR], m[PSEUDO_RATINGS], m[RATINGS], m[KEPT], m[FOLLOWER]
         planted, swaps, refs = rt.get("planted") or {}, rt.get("swap_test") or {}, ev.get("references") or {}
         strongest = {key: strongest_reference(refs, key) for key in ("auc_3v1", "auc_3v2")}
         report.append({
             "iteration": k,
-            "rows_in": m["kept"]["rows_in"],
-            "kept": m["kept"]["rows_out"],
-            "rows_in_per_language": m["kept"]["rows_in_per_language"],
-            "kept_per_language": m["kept"]["rows_out_per_language"],
+            "rows_in": kept["rows_in"], "kept": kept["rows_out"],
+            "rows_in_per_language": kept["rows_in_per_language"], "kept_per_language": kept["rows_out_per_language"],
             "rating_histogram": rt["rating_histogram"],
             "evaluator_kind": ev.get("kind"),
             "folds": ev.get("folds"),
@@ -90,13 +99,15 @@ def iteration_report(run_dir: str | Path, iterations: int) -> list[dict[str, Any
             "hard_drop_rate": _get(planted, "drop_rate_hard", "rate"),
             "real_drop_rate": _get(planted, "drop_rate_real", "rate"),
             "drop_rates": {kind: planted.get(f"drop_rate_{kind}") for kind in ("easy", "hard", "real")},
+            "drop_ratio": planted.get("ratio_easy_vs_real"),
+            "operating": planted.get("operating") or [],
             "follower_fidelity": _get(ps, "level2_fidelity", "fidelity"),
             "follower_fidelity_per_language": _get(ps, "level2_fidelity", "fidelity_per_language"),
             "base_fidelity": _get(ps, "base_fidelity", "fidelity"),
             "follower_relevance": ps.get("level2_relevance"),
             "base_relevance": ps.get("base_relevance"),
-            "follower_train_loss": _get(m["follower"], "metrics", "train_loss")
-            or _get(m["follower"], "fold_0_metrics", "train_loss"),
+            "follower_train_loss": _get(follower, "metrics", "train_loss")
+            or _get(follower, "fold_0_metrics", "train_loss"),
         })
     return report
 
@@ -104,7 +115,7 @@ def iteration_report(run_dir: str | Path, iterations: int) -> list[dict[str, Any
 def run_summary(run_dir: str | Path) -> dict[str, Any]:
     """The once-per-run figures: generator vs base, the final model vs base, step times, warnings."""
     run = RunDir(run_dir)
-    gen, final, div = run.manifest("generator"), run.manifest("final"), run.manifest("diversified")
+    gen, final, div = run.manifest(GENERATOR), run.manifest(FINAL), run.manifest(DIVERSIFIED)
     manifests = {str(p.parent.relative_to(run.path)): run.manifest(str(p.parent.relative_to(run.path)))
                  for p in run.path.glob("**/manifest.json")}
     times = {step: m.get("seconds") for step, m in sorted(manifests.items(),  # in the order the steps finished
@@ -129,7 +140,7 @@ def _f(value: Any, digits: int = 2) -> str:
     if value is None:
         return "n/a"
     if isinstance(value, dict):
-        centre = value.get("auc", value.get("rate"))
+        centre = next(value[k] for k in ("auc", "rate", "ratio", "excess") if k in value)
         return f"{centre:.{digits}f} [{value['low']:.{digits}f}, {value['high']:.{digits}f}]"
     return f"{value:.{digits}f}"
 
@@ -159,16 +170,18 @@ def format_iteration_report(report: list[dict[str, Any]]) -> str:
         g = r["training_gap"] or {}
         if "gap_p3" not in g:
             return f"n/a ({g.get('rows_inside', 0)} in / {g.get('rows_outside', 0)} out)"
-        excess = g.get("excess_gap_p3", g["gap_p3"] - g["gap_base_pmi"])
-        return (f"{g['gap_p3']:+.2f} - base PMI {g['gap_base_pmi']:+.2f} = {excess:+.2f} ({g['rows_inside']} in / "
+        excess = g.get("excess_gap_p3_interval") or g.get("excess_gap_p3", g["gap_p3"] - g["gap_base_pmi"])
+        return (f"{g['gap_p3']:+.2f} - base PMI {g['gap_base_pmi']:+.2f} = {_f(excess)} ({g['rows_inside']} in / "
                 f"{g['rows_outside']} out)")
 
     swap = _table(
         ["iteration", "pairs", "swap AUC of P(3)", "rater PMI", "base PMI", "hard swap AUC", "hard: base PMI",
-         "gap in - out of training: rater - base = excess", "drop rate swapped / hard / real"],
+         "gap in - out of training: rater - base = excess", "drop rate swapped / hard / real",
+         "drop ratio swapped / real"],
         [[str(r["iteration"]), str(r["swap_pairs"]), _f(r["swap_auc"]), _f(r["swap_auc_rater_pmi"]),
           _f(r["swap_auc_base_pmi"]), _f(r["hard_swap_auc"]), _f(r["hard_swap_auc_base_pmi"]), gap(r),
-          " / ".join(_f(r["drop_rates"].get(kind)) for kind in ("easy", "hard", "real"))] for r in report])
+          " / ".join(_f(r["drop_rates"].get(kind)) for kind in ("easy", "hard", "real")), _f(r["drop_ratio"])]
+         for r in report])
 
     def relevance(r: dict[str, Any], key: str) -> str:
         own, base = r["follower_relevance"] or {}, r["base_relevance"] or {}
@@ -186,7 +199,24 @@ def format_iteration_report(report: list[dict[str, Any]]) -> str:
         evaluator,
         "Swap test on the real pool (each candidate vs itself with another candidate's instruction; every row rated "
         "by a model that did not train on it; paired bootstrap intervals; drop rates with Wilson intervals):",
-        swap, "Follower, greedy answers to the held-out test instructions:", follower])
+        swap, *_operating_table(report), "Follower, greedy answers to the held-out test instructions:", follower])
+
+
+def _operating_table(report: list[dict[str, Any]]) -> list[str]:
+    """What another ``keep_recall`` would trade, on the same ratings: per score (P(3), and the rater's raw PMI
+    alone) and recall level of the calibration half, the threshold, the share of real rows kept, the drop rates
+    and their ratio (empty when not recorded)."""
+    rows = [[str(r["iteration"]), {"p3": "P(3)"}.get(op.get("score"), "rater PMI"), f"{op['recall']:.2f}",
+             f"{op['threshold']:.3f}",
+             _f(1 - op["drop_rate_real"]["rate"]) if op.get("drop_rate_real") else "n/a",
+             " / ".join(_f(op.get(f"drop_rate_{kind}")) for kind in ("easy", "hard", "real")),
+             _f(op.get("ratio_easy_vs_real"))] for r in report for op in r["operating"]]
+    if not rows:
+        return []
+    return ["Keep rule at other recall levels of the calibration half, by P(3) and by the rater's raw PMI alone (same "
+            "ratings; drop ratio with a paired bootstrap interval):",
+            _table(["iteration", "score", "recall", "threshold", "real rows kept", "drop rate swapped / hard / real",
+                    "drop ratio swapped / real"], rows)]
 
 
 def format_run_summary(summary: dict[str, Any]) -> str:

@@ -20,7 +20,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import torch
 from datasets import Dataset, concatenate_datasets, load_from_disk
 from tqdm.auto import tqdm
 
@@ -28,12 +27,25 @@ from .hardware import cpu_kind
 
 logger = logging.getLogger(__name__)
 
+
+def _cuda() -> bool:
+    import torch  # only when a manifest is written: reading a run directory (plan, report) does not load torch
+
+    return torch.cuda.is_available()
+
 MANIFEST = "manifest.json"
 PROGRESS = "progress.json"
 RECIPE = "recipe.yaml"
 MODEL = "model"  # a training step's model folder
+REQUESTS = "requests"  # a step's stored endpoint answers (replayed when a killed step resumes)
 RATING_HEAD = "rating_head.json"  # a likelihood evaluator's head (refinement.evaluator_kind: likelihood)
-ROLES = ("generator", "follower", "evaluator", "final")
+
+# The steps' folders: the stages declare their steps under these names, and whoever reads a run names a step with them.
+SEED, WEBTEXT, BASELINE, GENERATOR, CANDIDATES = "seed", "webtext", "baseline", "generator", "candidates"
+SWAPS, DIVERSIFIED, FINAL = "swaps", "diversified", "final"
+ITERATION_STEPS = ("follower", "pseudo_ratings", "evaluator", "ratings", "kept")  # iter-k/<name>, in run order
+FOLLOWER, PSEUDO_RATINGS, EVALUATOR, RATINGS, KEPT = ITERATION_STEPS
+ROLES = (GENERATOR, FOLLOWER, EVALUATOR, FINAL)  # the trained roles; each is trained by the step of its name
 _VERSIONED = ("x-instruction", "torch", "transformers", "trl", "datasets", "peft", "huggingface_hub")
 
 
@@ -149,6 +161,11 @@ class Step:
         """Where a training step saves its model."""
         return self.path / MODEL
 
+    @property
+    def requests_path(self) -> Path:
+        """Where the step's endpoint answers are stored, so a killed step re-sends nothing."""
+        return self.path / REQUESTS
+
     def data_path(self, name: str = "data") -> Path:
         return self.path / name
 
@@ -175,7 +192,7 @@ class Step:
             "seconds": round(time.time() - self._started, 2),
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "versions": package_versions(),
-            "machine": {"cpu": cpu_kind(), "cuda": torch.cuda.is_available()},
+            "machine": {"cpu": cpu_kind(), "cuda": _cuda()},
             **report,
         }
         tmp = self.manifest_path.with_suffix(".tmp")
@@ -192,10 +209,17 @@ def fold_dir(step_path: Path, fold: int, folds: int) -> Path:
     return Path(step_path) if folds == 1 else Path(step_path) / f"fold-{fold}"
 
 
+def iteration_name(k: int) -> str:
+    """The folder of refinement iteration ``k`` (``iter-k``); publishing names the iteration's branch and dataset
+    config after it."""
+    return f"iter-{k}"
+
+
 def iteration_step(k: int, name: str) -> str:
-    """The folder of step ``name`` (``follower``, ``pseudo_ratings``, ``evaluator``, ``ratings``, ``kept``) of
-    refinement iteration ``k``."""
-    return f"iter-{k}/{name}"
+    """The folder of step ``name`` (one of :data:`ITERATION_STEPS`) of refinement iteration ``k``."""
+    if name not in ITERATION_STEPS:
+        raise ValueError(f"{name!r} is not a step of a refinement iteration; use one of {', '.join(ITERATION_STEPS)}.")
+    return f"{iteration_name(k)}/{name}"
 
 
 class RunDir:
@@ -265,7 +289,7 @@ class RunDir:
 
     def kept(self, k: int) -> Dataset:
         """The rows iteration ``k`` kept."""
-        return self.load(iteration_step(k, "kept"))
+        return self.load(iteration_step(k, KEPT))
 
     # -- models --------------------------------------------------------------------------------
     def role_step(self, role: str, iteration: int | None = None) -> str:
@@ -274,7 +298,7 @@ class RunDir:
 
         if role not in ROLES:
             raise RunDirError(f"Unknown role {role!r}; use one of {', '.join(ROLES)}.")
-        if role in ("follower", "evaluator"):
+        if role in (FOLLOWER, EVALUATOR):
             return iteration_step(iteration or self.iterations, role)
         return role
 
@@ -288,7 +312,7 @@ class RunDir:
 
     def rating_head(self, iteration: int | None = None) -> Path | None:
         """The likelihood evaluator's rating head of an iteration, when the run uses one."""
-        step = self.path / self.role_step("evaluator", iteration)
+        step = self.path / self.role_step(EVALUATOR, iteration)
         for head in (step / RATING_HEAD, fold_dir(step, 0, 2) / RATING_HEAD):
             if head.exists():
                 return head

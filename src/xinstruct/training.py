@@ -9,7 +9,8 @@ loss (``lm_head_on_loss_only``), which leaves the loss and gradients unchanged.
 Nothing is dropped or cut silently: the metrics record the rows given, the rows TRL actually trained on
 after its own filtering, and the rows whose completion ``max_length`` cut, with the reasons. The trained
 model (LoRA merged in) is saved with its tokenizer, a generation config whose EOS is the tokenizer's,
-and ``metrics.json``. A run killed mid-training resumes from its last checkpoint when the recipe saves
+and ``metrics.json``, written last and only once the weights are there (under FSDP and ZeRO-3 too: the sharded
+weights are gathered for that save). A run killed mid-training resumes from its last checkpoint when the recipe saves
 checkpoints (``save_strategy: steps``).
 """
 
@@ -30,6 +31,7 @@ from datasets import Dataset
 from .config import LauncherConfig, Recipe, RoleConfig
 from .errors import StageError
 from .hardware import resolve_dtype
+from .launcher import accelerate_command, check_final_save, launch_processes, launch_type
 from .models import resolve_model
 from .rundir import MODEL
 
@@ -50,6 +52,29 @@ NON_OUTPUT_KEYS = frozenset({
 def output_settings(training: dict[str, Any]) -> dict[str, Any]:
     """The part of a ``training`` block that changes the trained model (for step hashes)."""
     return {k: v for k, v in sorted(training.items()) if k not in NON_OUTPUT_KEYS}
+
+
+# what save_pretrained writes: one weights file, or an index naming its shards
+WEIGHTS_FILES = ("model.safetensors", "pytorch_model.bin")
+WEIGHTS_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+
+
+def weights_complete(folder: str | Path) -> bool:
+    """Whether ``folder`` holds a model's weights: a non-empty ``model.safetensors`` (or ``pytorch_model.bin``), or
+    an index whose every shard is there. Adapter weights alone do not count: the saved model has its LoRA merged."""
+    folder = Path(folder)
+    if any((folder / name).is_file() and (folder / name).stat().st_size > 0 for name in WEIGHTS_FILES):
+        return True
+    for name in WEIGHTS_INDEXES:
+        if (folder / name).is_file():
+            shards = set(json.loads((folder / name).read_text()).get("weight_map", {}).values())
+            return bool(shards) and all((folder / s).is_file() and (folder / s).stat().st_size > 0 for s in shards)
+    return False
+
+
+def is_trained(folder: str | Path) -> bool:
+    """Whether ``folder`` (a step's ``model/``) holds a finished training: ``metrics.json`` and complete weights."""
+    return (Path(folder) / "metrics.json").is_file() and weights_complete(folder)
 
 
 def _last_checkpoint(output_dir: Path) -> str | None:
@@ -215,7 +240,6 @@ def train_sft(
         ``truncated`` (reason -> count), and ``lm_head_restricted`` (plus ``lm_head_restriction_off``, the reason,
         when it was asked for but could not be applied).
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTTrainer
 
     # --- config ---------------------------------------------------------------------------------
@@ -223,24 +247,9 @@ def train_sft(
     sft_config = make_sft_config(training, output_dir / "checkpoints", seed)
 
     # --- model and tokenizer --------------------------------------------------------------------
-    gc.collect()  # an inference engine of the previous step may still hold memory
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
     path = resolve_model(model)
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
     dtype = torch.bfloat16 if sft_config.bf16 else torch.float16 if sft_config.fp16 else torch.float32
-    # LoRA: the frozen base in the training precision. Full fine-tuning: float32 master weights, bf16/fp16 only
-    # through autocast (pure low-precision weights lose small updates)
-    load_dtype = dtype if lora else torch.float32
-    net = AutoModelForCausalLM.from_pretrained(path, dtype=load_dtype, trust_remote_code=trust_remote_code)
-
-    peft_config = None
-    if lora:
-        from peft import LoraConfig
-
-        peft_config = LoraConfig(task_type="CAUSAL_LM", **lora)
+    tokenizer, net, peft_config = _load_for_training(path, dtype, lora, trust_remote_code)
 
     # --- train (resuming from the last checkpoint if any) ---------------------------------------
     rows = train_dataset.select_columns(["prompt", "completion"])
@@ -256,49 +265,109 @@ def train_sft(
                 "Raise the role's training.max_length or shorten the prompts."
             )
         result = trainer.train(resume_from_checkpoint=_last_checkpoint(Path(sft_config.output_dir)))
+    metrics = _training_metrics(trainer, result, len(rows), trained, planned, lm_head_on_loss_only, lm_head_restricted)
+
+    # --- save (metrics.json last, once the weights are there) -----------------------------------
+    save_final_model(trainer, tokenizer, peft_config is not None, path, dtype, output_dir, metrics)
+    return metrics
+
+
+def _load_for_training(path: str, dtype, lora: dict[str, Any] | None, trust_remote_code: bool):
+    """The tokenizer (padding with EOS when it has no pad token), the model to train and the LoRA config (``None``
+    without). LoRA: the frozen base in the training precision. Full fine-tuning: float32 master weights, bf16/fp16
+    only through autocast (pure low-precision weights lose small updates)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gc.collect()  # an inference engine of the previous step may still hold memory
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    load_dtype = dtype if lora else torch.float32
+    net = AutoModelForCausalLM.from_pretrained(path, dtype=load_dtype, trust_remote_code=trust_remote_code)
+    if not lora:
+        return tokenizer, net, None
+    from peft import LoraConfig
+
+    return tokenizer, net, LoraConfig(task_type="CAUSAL_LM", **lora)
+
+
+def _training_metrics(trainer, result, rows_in: int, trained: int, planned: dict[str, int], lm_head_asked: bool,
+                      lm_head_restricted: bool) -> dict[str, Any]:
+    """The metrics :func:`train_sft` returns and saves (see its docstring)."""
     metrics = dict(result.metrics)
-    metrics["rows_in"] = len(rows)
+    metrics["rows_in"] = rows_in
     metrics["train_rows"] = trained
-    metrics["dropped"] = {"fully_masked_by_max_length": len(rows) - trained} if trained < len(rows) else {}
+    metrics["dropped"] = {"fully_masked_by_max_length": rows_in - trained} if trained < rows_in else {}
     metrics["truncated"] = {"completion_cut_at_max_length": planned["truncated"]} if planned["truncated"] else {}
-    metrics["dtype"] = "bfloat16" if sft_config.bf16 else "float16" if sft_config.fp16 else "float32"
-    metrics["lm_head_on_loss_only"] = lm_head_on_loss_only  # asked for
+    args = trainer.args
+    metrics["dtype"] = "bfloat16" if args.bf16 else "float16" if args.fp16 else "float32"
+    metrics["lm_head_on_loss_only"] = lm_head_asked  # asked for
     metrics["lm_head_restricted"] = lm_head_restricted  # applied (see lm_head_restriction_status)
-    if lm_head_on_loss_only and not lm_head_restricted:
+    if lm_head_asked and not lm_head_restricted:
         metrics["lm_head_restriction_off"] = lm_head_restriction_status()[1]
-    metrics["world_size"] = trainer.args.world_size
+    metrics["world_size"] = args.world_size
     # NO, MULTI_CPU, MULTI_GPU, FSDP, DEEPSPEED
     metrics["distributed_type"] = str(trainer.accelerator.distributed_type.value)
-    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    metrics["loss_history"] = losses
+    metrics["loss_history"] = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     seen = [h["num_tokens"] for h in trainer.state.log_history if "num_tokens" in h]
     if seen:
         metrics["num_tokens"] = seen[-1]  # non-padding tokens trained on (TRL's count)
+    return metrics
 
-    # --- save -----------------------------------------------------------------------------------
+
+def save_final_model(trainer, tokenizer, lora: bool, base: str, dtype, output_dir: Path,
+                     metrics: dict[str, Any]) -> None:
+    """Save the trained model (LoRA merged in) with its tokenizer and generation config to ``output_dir/model``,
+    then ``metrics.json``: written last, and only once the weights are there (:func:`weights_complete`), so that a
+    folder with ``metrics.json`` is a finished model."""
+    from transformers import GenerationConfig
+
     save_dir = output_dir / MODEL
     if trainer.args.world_size > 1 or trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled:
-        _save_sharded(trainer, peft_config is not None, path, dtype, output_dir, save_dir)
+        _save_sharded(trainer, lora, base, dtype, output_dir, save_dir)
     elif trainer.is_world_process_zero():
-        final = trainer.model.merge_and_unload() if peft_config is not None else trainer.model
+        final = trainer.model.merge_and_unload() if lora else trainer.model
         final.save_pretrained(save_dir)
-    if trainer.is_world_process_zero():
-        from transformers import GenerationConfig
-
-        saved = (save_dir / "generation_config.json").exists()
-        generation = GenerationConfig.from_pretrained(save_dir) if saved else GenerationConfig()
-        generation.eos_token_id, generation.pad_token_id = tokenizer.eos_token_id, tokenizer.pad_token_id
-        generation.save_pretrained(save_dir)
-        tokenizer.save_pretrained(save_dir)
-        (save_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    if not trainer.is_world_process_zero():
+        return
+    if not weights_complete(save_dir):
+        raise StageError(
+            f"Training finished but {save_dir} holds no complete weights (model.safetensors, or an index with all its "
+            f"shards), so no metrics.json was written and the step will train again. With FSDP, the final save must "
+            f"gather a full state dict; with DeepSpeed ZeRO-3, set zero3_save_16bit_model: true in the accelerate "
+            f"config (distributed type here: {trainer.accelerator.distributed_type.value}).")
+    saved = (save_dir / "generation_config.json").exists()
+    generation = GenerationConfig.from_pretrained(save_dir) if saved else GenerationConfig()
+    generation.eos_token_id, generation.pad_token_id = tokenizer.eos_token_id, tokenizer.pad_token_id
+    generation.save_pretrained(save_dir)
+    tokenizer.save_pretrained(save_dir)
+    (save_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     logger.info("Saved %s (train_loss=%.4f)", save_dir, metrics.get("train_loss", float("nan")))
-    return metrics
+
+
+def gather_full_state_dict(trainer) -> bool:
+    """Make the Trainer's next save gather FSDP's sharded weights into one full state dict (on the main process).
+
+    With ``fsdp_state_dict_type: SHARDED_STATE_DICT`` (the right type for checkpoints during training: every process
+    writes its shard), :meth:`transformers.Trainer.save_model` writes no weights at all; switching the plugin to
+    ``FULL_STATE_DICT`` before the final save is what the transformers and TRL docs recommend. Returns whether it
+    switched (``False`` without FSDP, or when the type is full already)."""
+    if not trainer.is_fsdp_enabled:
+        return False
+    plugin = trainer.accelerator.state.fsdp_plugin
+    if "FULL_STATE_DICT" in str(plugin.state_dict_type):
+        return False
+    plugin.set_state_dict_type("FULL_STATE_DICT")
+    return True
 
 
 def _save_sharded(trainer, lora: bool, base: str, dtype, output_dir: Path, save_dir: Path) -> None:
     """Save under DDP, FSDP or ZeRO-3 through the Trainer's own path, which gathers sharded parameters (every
     process takes part; the main one writes). A LoRA adapter is saved that way, then merged into the base model
-    on the main process."""
+    on the main process. Under FSDP the state dict is gathered whole first (:func:`gather_full_state_dict`)."""
+    gather_full_state_dict(trainer)
     if not lora:
         trainer.save_model(str(save_dir))
         return
@@ -324,51 +393,6 @@ def _save_sharded(trainer, lora: bool, base: str, dtype, output_dir: Path, save_
 # ------------------------------------------------------------------------------------------------
 
 
-def accelerate_command(launcher: LauncherConfig, spec_path: Path) -> list[str]:
-    """The ``accelerate launch`` command line of one training step.
-
-    ``cpu: true`` runs ``num_processes`` processes with torchrun on the CPU (DDP over gloo): accelerate's own
-    ``--cpu`` flag starts a single process unless MPI is set up, so the launch goes through ``--multi_gpu``
-    and the step's ``use_cpu=True`` picks the gloo backend.
-    """
-    cmd = [sys.executable, "-m", "accelerate.commands.launch"]
-    if launcher.config_file:
-        cmd += ["--config_file", launcher.config_file]
-    if launcher.num_processes:
-        cmd += ["--num_processes", str(launcher.num_processes)]
-    if launcher.cpu:
-        # DDP goes through --multi_gpu; a DeepSpeed config keeps its own type (ZeRO-3 runs on CPU over gloo)
-        if launch_type(launcher) in ("MULTI_GPU", "NO"):
-            cmd += ["--multi_gpu"]
-        cmd += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-        if not launcher.num_processes:
-            cmd += ["--num_processes", "2"]
-    cmd += list(launcher.extra_args)
-    cmd += ["--module", "xinstruct.training", str(spec_path)]
-    return cmd
-
-
-def accelerate_config(launcher: LauncherConfig) -> dict[str, Any]:
-    """The accelerate config file a launcher names, as a dict (empty without one)."""
-    if launcher.type != "accelerate" or not launcher.config_file:
-        return {}
-    import yaml
-
-    return yaml.safe_load(Path(launcher.config_file).read_text()) or {}
-
-
-def launch_type(launcher: LauncherConfig) -> str:
-    """The ``distributed_type`` an accelerate launch asks for (``NO`` without a config file)."""
-    return str(accelerate_config(launcher).get("distributed_type", "NO"))
-
-
-def launch_processes(launcher: LauncherConfig) -> int:
-    """How many training processes a launcher starts (``num_processes``, else the config file's, else 1)."""
-    if launcher.type != "accelerate":
-        return 1
-    return int(launcher.num_processes or accelerate_config(launcher).get("num_processes", 1))
-
-
 def train_role(recipe: Recipe, role: RoleConfig, train_dataset: Dataset, output_dir: str | Path) -> dict[str, Any]:
     """Train one role of ``recipe`` (its model, ``training``, ``lora``, LM-head setting, the recipe's seed and
     launcher) on prompt/completion rows; the model goes to ``output_dir/model``. Every stage trains through this."""
@@ -391,16 +415,24 @@ def run_training(launcher: LauncherConfig, train_dataset: Dataset, output_dir: s
     are :func:`train_sft`'s keyword arguments (``model``, ``training``, ``lora``, ``seed``, ``lm_head_on_loss_only``).
 
     A model already saved in ``output_dir`` (the step's folder, cleared whenever its settings change) is
-    reused: a step that stopped after training, before it finished, does not train again.
+    reused: a step that stopped after training, before it finished, does not train again. Saved means
+    :func:`is_trained`: ``metrics.json`` *and* complete weights; a folder with ``metrics.json`` but no weights trains
+    again (resuming from its last checkpoint, if any). A launcher whose final save would write no weights is refused
+    before training (:func:`check_final_save`).
 
     With accelerate, the dataset and the arguments are written to ``output_dir`` (``train_data/`` and
     ``train_spec.json``) and every process runs ``python -m xinstruct.training train_spec.json``.
     """
     output_dir = Path(output_dir)
-    done = output_dir / MODEL / "metrics.json"  # written last, after the model
-    if done.exists():  # the step stopped after training (e.g. its endpoint was not up yet): keep the model
+    done = output_dir / MODEL / "metrics.json"  # written last, once the weights are there
+    if is_trained(done.parent):  # the step stopped after training (e.g. its endpoint was not up yet): keep the model
         logger.info("%s is already trained with these settings; reusing it", done.parent)
         return json.loads(done.read_text())
+    if done.exists():
+        logger.warning("%s has metrics.json but no complete weights: training again (from the last checkpoint, if "
+                       "any)", done.parent)
+        done.unlink()
+    check_final_save(launcher)
     if launcher.type == "python":
         return train_sft(train_dataset=train_dataset, output_dir=output_dir, **sft)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -414,6 +446,9 @@ def run_training(launcher: LauncherConfig, train_dataset: Dataset, output_dir: s
     proc = subprocess.run(cmd)
     if proc.returncode != 0:
         raise StageError(f"accelerate launch failed with exit code {proc.returncode} (its output is above): "
+                         f"{' '.join(cmd)}")
+    if not is_trained(done.parent):
+        raise StageError(f"accelerate launch finished but {done.parent} holds no complete weights and metrics.json: "
                          f"{' '.join(cmd)}")
     metrics = json.loads(done.read_text())
     asked = launch_type(launcher)

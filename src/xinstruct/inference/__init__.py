@@ -1,38 +1,26 @@
 """Inference engines: the :class:`Engine` interface, its kinds, and the one place that builds them.
 
-A kind of engine is an :class:`Engine` subclass and an :class:`EngineConfig` subclass whose ``make`` builds it,
-registered by one line in :data:`ENGINES`. Recipes (``engine:`` blocks), chat and evaluation all build engines
-through :func:`make_engine`.
+A kind of engine is an :class:`Engine` subclass, an :class:`EngineConfig` subclass (the settings of an ``engine:``
+block of its ``type``) and a function that builds the engine from its config, registered by one line in
+:data:`ENGINES`. Recipes (``engine:`` blocks), chat and evaluation all build engines through :func:`make_engine`.
+
+The layers, each importing only the ones before it: :mod:`~xinstruct.inference.base` (the interface, the settings
+every kind has and the registry), the configs (:mod:`~xinstruct.inference.local_config`,
+:mod:`~xinstruct.inference.endpoint_config`: light, so reading a recipe imports no engine), the engines
+(:mod:`~xinstruct.inference.local` and :mod:`~xinstruct.inference.pool`, :mod:`~xinstruct.inference.endpoint`),
+then this module.
 """
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
-from .base import Decoding, Engine, EngineConfig, GenerationParams
-
-# engine type -> "module:config class" (imported when a recipe asks for that type)
-ENGINES: dict[str, str] = {
-    "local": "xinstruct.inference.local:LocalConfig",
-    "endpoint": "xinstruct.inference.endpoint_config:EndpointConfig",
-}
-
-
-def config_class(kind: str, where: str = "engine.type") -> type[EngineConfig]:
-    """The config class registered for engine kind ``kind``."""
-    if kind not in ENGINES:
-        from ..errors import RecipeError
-
-        raise RecipeError(f"{where} is {kind!r}; use one of: {', '.join(ENGINES)}.")
-    module, name = ENGINES[kind].split(":")
-    return getattr(importlib.import_module(module), name)
+from ..schema import build_block
+from .base import ENGINES, Decoding, Engine, EngineConfig, EngineKind, GenerationParams, config_class, engine_builder
 
 
 def engine_config(type: str = "local", **settings) -> EngineConfig:
     """The config of engine kind ``type`` from keyword settings, checked like a recipe's ``engine`` block."""
-    from ..config import build_block
-
     config = build_block(config_class(type), {"type": type, **settings}, "engine")
     config.check("engine")
     return config
@@ -49,8 +37,8 @@ def make_engine(config: EngineConfig, model: str, requests_dir: str | Path | Non
             replay them after a crash (normally ``<step>/requests``).
         progress (`bool`, *optional*, defaults to `True`): show progress bars.
     """
-    return config.make(model, requests_dir=requests_dir, progress=progress)
+    return engine_builder(config.type)(config, model, requests_dir=requests_dir, progress=progress)
 
 
-__all__ = ["ENGINES", "Decoding", "Engine", "EngineConfig", "GenerationParams", "config_class", "engine_config",
-           "make_engine"]
+__all__ = ["ENGINES", "Decoding", "Engine", "EngineConfig", "EngineKind", "GenerationParams", "config_class",
+           "engine_config", "make_engine"]

@@ -1,11 +1,23 @@
-"""The engine interface every stage uses: ``generate`` texts and ``score`` fixed continuations."""
+"""The engine interface every stage uses (``generate`` texts and ``score`` fixed continuations), the settings every
+engine kind has, and the registry of kinds.
+
+This module is the bottom of :mod:`xinstruct.inference`: engine configs and engines build on it, and of the package
+it imports only :mod:`xinstruct.errors`, :mod:`xinstruct.hardware` and :mod:`xinstruct.schema`. The registry names
+each kind's modules as strings; they are imported when a recipe or a call asks for that kind, so reading a recipe
+imports no engine.
+"""
 
 from __future__ import annotations
 
+import importlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
-from pathlib import Path
+from typing import Any, NamedTuple
+
+from ..errors import RecipeError
+from ..hardware import DTYPES
+from ..schema import build_block, check_choice
 
 
 @dataclass(frozen=True)
@@ -45,7 +57,7 @@ class GenerationParams(Decoding):
 @dataclass
 class EngineConfig:
     """The settings every engine kind has: the recipe's ``engine`` block (and a role's ``engine`` keys) are read into
-    the config class of their ``type`` (:data:`xinstruct.inference.ENGINES`). Only ``dtype`` and
+    the config class of their ``type`` (:data:`ENGINES`). Only ``dtype`` and
     ``max_input_tokens`` change a step's rows, so only they enter step hashes; a step can move between kinds and
     resume from what it wrote.
 
@@ -63,26 +75,26 @@ class EngineConfig:
     dtype: str = "auto"
     max_input_tokens: int = 1024
 
+    @classmethod
+    def from_block(cls, raw: Any, where: str) -> EngineConfig:
+        """The config of an ``engine`` block: an instance of the config class registered for its ``type``
+        (``local`` when absent), every key checked (:func:`~xinstruct.schema.build_block` builds recipe fields of
+        this class with it)."""
+        if not isinstance(raw, dict):
+            raise RecipeError(f"{where} must be a mapping, got {raw!r}.")
+        return build_block(config_class(raw.get("type", "local"), f"{where}.type"), raw, where)
+
     def check(self, where: str) -> None:
         """Raise a :class:`~xinstruct.errors.RecipeError` naming ``where`` for a value that cannot work."""
-        from ..config import check_choice
-        from ..errors import RecipeError
-        from ..hardware import DTYPES
-
         check_choice(self.dtype, DTYPES, f"{where}.dtype")
         if self.max_input_tokens < 1:
             raise RecipeError(f"{where}.max_input_tokens must be >= 1.")
 
-    def make(self, model: str, requests_dir: str | Path | None = None, progress: bool = True) -> Engine:
-        """The engine this config describes, serving ``model`` (``requests_dir``: where an engine that talks to
-        servers stores their answers, to replay them after a crash)."""
-        raise NotImplementedError(f"{type(self).__name__} does not build an engine; register a config of a kind.")
-
 
 class Engine(ABC):
-    """Runs a causal LM over prompts (plain text; templates are applied by the caller). A kind of engine is a subclass
-    plus an :class:`EngineConfig` subclass whose :meth:`EngineConfig.make` builds it, registered in
-    :data:`xinstruct.inference.ENGINES`."""
+    """Runs a causal LM over prompts (plain text; templates are applied by the caller). A kind of engine is a subclass,
+    an :class:`EngineConfig` subclass and a function that builds the one from the other, registered in
+    :data:`ENGINES`."""
 
     name: str = "engine"
     stats: dict
@@ -122,3 +134,43 @@ class Engine(ABC):
             f"The {self.name} engine cannot score continuations (log-likelihoods); "
             f"serve this role with a local engine."
         )
+
+
+class EngineKind(NamedTuple):
+    """A kind of engine, as ``"module:name"`` strings imported on first use.
+
+    Args:
+        config (`str`): its :class:`EngineConfig` subclass, the settings of an ``engine`` block of this ``type``.
+        build (`str`): the function ``build(config, model, requests_dir=None, progress=True) -> Engine`` that makes
+            the engine a config describes, serving ``model`` (``requests_dir``: where an engine that talks to servers
+            stores their answers, to replay them after a crash).
+    """
+
+    config: str
+    build: str
+
+
+# engine type -> its kind; adding a kind of engine is one line here
+ENGINES: dict[str, EngineKind] = {
+    "local": EngineKind("xinstruct.inference.local_config:LocalConfig", "xinstruct.inference.pool:build_local_engine"),
+    "endpoint": EngineKind("xinstruct.inference.endpoint_config:EndpointConfig",
+                           "xinstruct.inference.endpoint:build_endpoint_engine"),
+}
+
+
+def _load(kind: str, part: str, where: str) -> Any:
+    """The ``part`` (``config`` or ``build``) of engine kind ``kind``, imported."""
+    if kind not in ENGINES:
+        raise RecipeError(f"{where} is {kind!r}; use one of: {', '.join(ENGINES)}.")
+    module, name = getattr(ENGINES[kind], part).split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def config_class(kind: str, where: str = "engine.type") -> type[EngineConfig]:
+    """The config class registered for engine kind ``kind``."""
+    return _load(kind, "config", where)
+
+
+def engine_builder(kind: str, where: str = "engine.type") -> Callable[..., Engine]:
+    """The function registered to build engines of kind ``kind`` (see :class:`EngineKind`)."""
+    return _load(kind, "build", where)

@@ -35,12 +35,14 @@ can load and loads what a request names. ``model: tgi`` and ``check_model=False`
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
 import random
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx2
@@ -50,6 +52,7 @@ from huggingface_hub.utils import build_hf_headers
 from tqdm.auto import tqdm
 
 from ..errors import EndpointError
+from ..models import resolve_model
 from . import routes
 from .base import Engine, GenerationParams
 from .endpoint_config import EndpointConfig
@@ -357,3 +360,18 @@ class EndpointEngine(Engine):
             "score_route: completions for vLLM/SGLang, generate or chat for TGI; transformers serve ignores "
             "logprobs, so score with a local engine there (e.g. refinement.evaluator.engine: {type: local})."
         )
+
+
+def build_endpoint_engine(config: EndpointConfig, model: str, requests_dir: str | Path | None = None,
+                          progress: bool = True) -> EndpointEngine:
+    """The endpoint engine ``config`` describes (the builder :data:`~xinstruct.inference.ENGINES` registers for
+    ``endpoint``); ``model`` is the default ``model=`` (built-in names are resolved and local paths made absolute, so
+    a ``transformers serve`` on this machine can load it)."""
+    if config.model is None:
+        model = resolve_model(model)  # the built-in names become local folders
+        if Path(model).exists():
+            model = str(Path(model).resolve())
+    store = ReplayStore(requests_dir) if requests_dir is not None else None
+    settings = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
+                if f.name not in ("type", "dtype", "max_input_tokens", "base_urls", "model")}
+    return EndpointEngine(config.base_urls, config.model or model, store=store, progress=progress, **settings)

@@ -3,11 +3,12 @@ vLLM, SGLang, Inference Endpoints and ``transformers serve`` (:mod:`xinstruct.in
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
-from .base import Engine, EngineConfig
+from ..errors import RecipeError
+from ..schema import check_choice
+from .base import EngineConfig
 
 
 @dataclass
@@ -62,9 +63,6 @@ class EndpointConfig(EngineConfig):
     check_model: bool = True
 
     def check(self, where: str) -> None:
-        from ..config import check_choice
-        from ..errors import RecipeError
-
         super().check(where)
         check_choice(self.route, ("completions", "chat"), f"{where}.route")
         check_choice(self.score_route, ("completions", "chat", "generate"), f"{where}.score_route")
@@ -76,20 +74,3 @@ class EndpointConfig(EngineConfig):
         for url in self.base_urls:
             if not url.startswith(("http://", "https://")):
                 raise RecipeError(f"{where}.base_urls: {url!r} is not an http(s) URL.")
-
-    def make(self, model: str, requests_dir: str | Path | None = None, progress: bool = True) -> Engine:
-        """An :class:`~xinstruct.inference.endpoint.EndpointEngine`; ``model`` is the default ``model=``
-        (built-in names are resolved and local paths made absolute, so a ``transformers serve`` on this machine can
-        load it)."""
-        from ..models import resolve_model
-        from .endpoint import EndpointEngine
-        from .replay import ReplayStore
-
-        if self.model is None:
-            model = resolve_model(model)  # the built-in names become local folders
-            if Path(model).exists():
-                model = str(Path(model).resolve())
-        store = ReplayStore(requests_dir) if requests_dir is not None else None
-        settings = {f.name: getattr(self, f.name) for f in fields(self)
-                    if f.name not in ("type", "dtype", "max_input_tokens", "base_urls", "model")}
-        return EndpointEngine(self.base_urls, self.model or model, store=store, progress=progress, **settings)

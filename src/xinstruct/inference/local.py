@@ -6,8 +6,6 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
@@ -25,7 +23,7 @@ from transformers import (
 from ..errors import StageError
 from ..hardware import resolve_dtype
 from ..models import resolve_model
-from .base import Engine, EngineConfig, GenerationParams
+from .base import Engine, GenerationParams
 
 logger = logging.getLogger(__name__)
 
@@ -86,46 +84,6 @@ class TopKSampler(LogitsProcessor):
         probs = probs * ((probs.cumsum(-1) - probs) < self.top_p)  # the nucleus, within the top k (sorted)
         token = index.gather(-1, torch.multinomial(probs, 1))
         return torch.full_like(scores, float("-inf")).scatter_(-1, token, 0.0)
-
-
-@dataclass
-class LocalConfig(EngineConfig):
-    """A model loaded with transformers on this machine (``engine: {type: local, ...}``); see :class:`EngineConfig`
-    for ``dtype`` and ``max_input_tokens``.
-
-    Args:
-        batch_size (`int`, *optional*, defaults to `16`): prompts per forward pass.
-        device (`str`, *optional*): ``cpu``, ``cuda``, ...; default: CUDA when available.
-        devices (`int` or `str`, *optional*, defaults to `1`): worker processes, one per device (``cuda:0`` ..
-            ``cuda:N-1``; ``all``: every visible GPU). Rows are split by whole batches and merged in input order;
-            the rows are the same as with one device (:class:`~xinstruct.inference.pool.DevicePool`). On CPU, ``N``
-            processes share the cores.
-    """
-
-    type: str = "local"
-    batch_size: int = 16
-    device: str | None = None
-    devices: int | str = 1
-
-    def check(self, where: str) -> None:
-        from ..errors import RecipeError
-
-        super().check(where)
-        if self.batch_size < 1:
-            raise RecipeError(f"{where}.batch_size must be >= 1.")
-        if self.devices != "all" and (not isinstance(self.devices, int) or self.devices < 1):
-            raise RecipeError(f"{where}.devices is {self.devices!r}: use a number >= 1 or 'all'.")
-
-    def make(self, model: str, requests_dir: str | Path | None = None, progress: bool = True) -> Engine:
-        """A :class:`LocalEngine`, or a :class:`~xinstruct.inference.pool.DevicePool` of them for ``devices`` > 1."""
-        from .pool import DevicePool, pool_devices
-
-        devices = pool_devices(self.devices, self.device)
-        if len(devices) > 1:
-            return DevicePool(model, devices, batch_size=self.batch_size, dtype=self.dtype,
-                              max_input_tokens=self.max_input_tokens, progress=progress)
-        return LocalEngine(model, batch_size=self.batch_size, dtype=self.dtype, device=self.device,
-                           max_input_tokens=self.max_input_tokens, progress=progress)
 
 
 class LocalEngine(Engine):

@@ -7,6 +7,8 @@ Each batch goes, as a job, to whichever worker is free; a worker runs it through
 batch's own seed (:func:`~xinstruct.inference.local.batch_seed`). A batch's rows are therefore the same whichever
 worker runs it, and the same as with one device. Steps keep writing their shards in the parent, so shards and
 resume keep their guarantees: a killed run leaves no half-written shard, and its workers exit with it.
+
+:func:`build_local_engine` makes the engine of a ``local`` engine block: one ``LocalEngine``, or a pool of them.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import signal
 import time
 import traceback
 import weakref
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -28,7 +31,8 @@ from transformers import AutoTokenizer
 from ..errors import RecipeError, StageError
 from ..models import resolve_model
 from .base import Engine, GenerationParams
-from .local import length_batches
+from .local import LocalEngine, length_batches
+from .local_config import LocalConfig
 
 logger = logging.getLogger(__name__)
 
@@ -56,8 +60,6 @@ def pool_devices(devices: int | str, device: str | None = None) -> list[str]:
 def _worker(model: str, device: str, threads: int | None, settings: dict[str, Any], jobs, results) -> None:
     """A worker process: load the model on ``device``, then run jobs ``(key, method, args)`` until told to stop
     (``None``) or until the parent process is gone."""
-    from .local import LocalEngine
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the parent, which stops the workers
     if threads:
         torch.set_num_threads(threads)
@@ -213,3 +215,16 @@ class DevicePool(Engine):
         batches = length_batches(lengths, self.batch_size, self.max_input_tokens)
         jobs = [(idx, ([prompts[i] for i in idx], [continuations[i] for i in idx])) for idx in batches]
         return self._run("loglik", jobs, len(prompts), "loglik")
+
+
+def build_local_engine(config: LocalConfig, model: str, requests_dir: str | Path | None = None,
+                       progress: bool = True) -> Engine:
+    """The local engine ``config`` describes (the builder :data:`~xinstruct.inference.ENGINES` registers for
+    ``local``): a :class:`~xinstruct.inference.local.LocalEngine`, or a :class:`DevicePool` of them for ``devices``
+    > 1. ``requests_dir`` is not used (nothing to replay)."""
+    devices = pool_devices(config.devices, config.device)
+    if len(devices) > 1:
+        return DevicePool(model, devices, batch_size=config.batch_size, dtype=config.dtype,
+                          max_input_tokens=config.max_input_tokens, progress=progress)
+    return LocalEngine(model, batch_size=config.batch_size, dtype=config.dtype, device=config.device,
+                       max_input_tokens=config.max_input_tokens, progress=progress)

@@ -18,7 +18,7 @@ from huggingface_hub import DatasetCard, DatasetCardData
 from ..errors import PublishError
 from ..languages import get as get_language
 from ..run_report import iteration_report, report_markdown
-from ..rundir import RunDir, iteration_step
+from ..rundir import DIVERSIFIED, EVALUATOR, FINAL, GENERATOR, KEPT, RATINGS, RunDir, iteration_name, iteration_step
 from . import plots
 from .templates import template_path
 
@@ -93,7 +93,7 @@ def build_dataset_repo(
     license: str = "other",
     pretty_name: str = "X-Instruction",
     iterations: bool = True,
-    source: str = "diversified",
+    source: str = DIVERSIFIED,
 ) -> Path:
     """Write the dataset repo folder for a finished run.
 
@@ -124,6 +124,32 @@ def build_dataset_repo(
         shutil.rmtree(out)
     (out / "plots").mkdir(parents=True)
 
+    configs, table = _write_languages(by_lang, out, shard_rows)
+    k_max = (recipe.get("refinement") or {}).get("iterations", 0)
+    iteration_configs, histograms = _write_iterations(run, out, k_max, shard_rows, configs, iterations)
+    # the figures are report_markdown's tables as they are (nothing typed in the template); the per-iteration rows
+    # feed the plots and the kept-per-language table (row counts)
+    quality = {"iterations": iteration_report(run.path, k_max),
+               "markdown": report_markdown(run.path) if recipe else ""}
+    card_data = DatasetCardData(
+        language=list(languages), license=license, task_categories=["text-generation"],
+        size_categories=[_size_category(len(data))], pretty_name=pretty_name,
+        tags=["x-instruction", "cross-lingual", "instruction-tuning", "multilingual", "low-resource", "synthetic"],
+        configs=configs,
+    )
+    card = DatasetCard.from_template(
+        card_data, template_path=str(template_path("dataset_card.md")), pretty_name=pretty_name, total=len(data),
+        table=table, lineage=_lineage(run, recipe), iteration_configs=iteration_configs, quality=quality,
+        plots=_plots(run, out, by_lang, histograms, quality["iterations"]), citation=CITATION,
+    )
+    card.save(out / "README.md")
+    return out
+
+
+def _write_languages(by_lang: dict[str, Dataset], out: Path, shard_rows: int
+                     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Write ``data/<lang>/`` per language; return the configs (``all``, the default, then one per language) and the
+    card's table of languages."""
     configs: list[dict[str, Any]] = [
         {"config_name": "all", "default": True, "data_files": [{"split": "train", "path": "data/*/train-*.parquet"}]}
     ]
@@ -137,61 +163,44 @@ def build_dataset_repo(
             "instruction": _mean_std([len(t) for t in rows["instruction"]]),
             "output": _mean_std([len(t) for t in rows["output"]]),
         })
+    return configs, table
 
-    k_max = (recipe.get("refinement") or {}).get("iterations", 0)
+
+def _write_iterations(run: RunDir, out: Path, k_max: int, shard_rows: int, configs: list[dict[str, Any]],
+                      write: bool) -> tuple[list[dict[str, Any]], dict[int, dict[str, int]]]:
+    """With ``write``, each finished iteration's kept set as ``iterations/iter-k/`` and an ``iter-k`` config (added to
+    ``configs``); returns those configs' names and rows, and the rating histogram of every rated iteration."""
     iteration_configs = []
     histograms: dict[int, dict[str, int]] = {}
     for k in range(1, k_max + 1):
-        ratings = run.manifest(iteration_step(k, "ratings"))
+        ratings = run.manifest(iteration_step(k, RATINGS))
         if ratings:
             histograms[k] = ratings.get("rating_histogram", {})
-        if iterations and run.finished(iteration_step(k, "kept")):
-            kept = to_rows(run.kept(k))
-            _write_parquet(kept, out / "iterations" / f"iter-{k}", shard_rows)
-            files = [{"split": "train", "path": f"iterations/iter-{k}/train-*.parquet"}]
-            configs.append({"config_name": f"iter-{k}", "data_files": files})
-            iteration_configs.append({"name": f"iter-{k}", "rows": len(kept)})
+        if write and run.finished(iteration_step(k, KEPT)):
+            kept, name = to_rows(run.kept(k)), iteration_name(k)
+            _write_parquet(kept, out / "iterations" / name, shard_rows)
+            files = [{"split": "train", "path": f"iterations/{name}/train-*.parquet"}]
+            configs.append({"config_name": name, "data_files": files})
+            iteration_configs.append({"name": name, "rows": len(kept)})
+    return iteration_configs, histograms
 
+
+def _plots(run: RunDir, out: Path, by_lang: dict[str, Dataset], histograms: dict[int, dict[str, int]],
+           report: list[dict[str, Any]]) -> list[str]:
+    """Draw the card's plots under ``plots/``: output lengths, ratings, quality and kept rows per iteration (from the
+    iteration ``report``), cluster sizes; return their file names."""
     lengths = {c: [len(t) for t in r["output"]] for c, r in by_lang.items()}
     plot_files = [plots.output_lengths(lengths, out / "plots" / "output_length.png").name]
     if histograms:
         plot_files.append(plots.rating_distribution(histograms, out / "plots" / "rating_distribution.png").name)
-    # the figures are report_markdown's tables as they are (nothing typed in the template); the per-iteration rows
-    # feed the plots and the kept-per-language table (row counts)
-    quality = {"iterations": iteration_report(run.path, k_max),
-               "markdown": report_markdown(run.path) if recipe else ""}
-    if quality["iterations"]:
+    if report:
         for plot in (plots.quality_per_iteration, plots.kept_per_language):
-            plot_files.append(plot(quality["iterations"], out / "plots" / f"{plot.__name__}.png").name)
-    div = run.manifest("diversified")
+            plot_files.append(plot(report, out / "plots" / f"{plot.__name__}.png").name)
+    div = run.manifest(DIVERSIFIED)
     if div.get("per_language"):
         sizes = {c: v["cluster_sizes"] for c, v in div["per_language"].items()}
         plot_files.append(plots.cluster_sizes(sizes, out / "plots" / "cluster_sizes.png").name)
-
-    card_data = DatasetCardData(
-        language=list(languages),
-        license=license,
-        task_categories=["text-generation"],
-        size_categories=[_size_category(len(data))],
-        pretty_name=pretty_name,
-        tags=["x-instruction", "cross-lingual", "instruction-tuning", "multilingual", "low-resource", "synthetic"],
-        configs=configs,
-    )
-    lineage = _lineage(run, recipe)
-    card = DatasetCard.from_template(
-        card_data,
-        template_path=str(template_path("dataset_card.md")),
-        pretty_name=pretty_name,
-        total=len(data),
-        table=table,
-        lineage=lineage,
-        iteration_configs=iteration_configs,
-        quality=quality,
-        plots=plot_files,
-        citation=CITATION,
-    )
-    card.save(out / "README.md")
-    return out
+    return plot_files
 
 
 def _lineage(run: RunDir, recipe: dict[str, Any]) -> dict[str, Any]:
@@ -200,14 +209,14 @@ def _lineage(run: RunDir, recipe: dict[str, Any]) -> dict[str, Any]:
     ref = recipe.get("refinement") or {}
     k = ref.get("iterations", 0)
     div = recipe.get("diversification") or {}
-    evaluator = iteration_step(k, "evaluator")
-    hashes = {step: run.manifest(step).get("hash") for step in ("generator", evaluator, "final", "diversified")}
+    evaluator = iteration_step(k, EVALUATOR)
+    hashes = {step: run.manifest(step).get("hash") for step in (GENERATOR, evaluator, FINAL)}
     return {
         "recipe_name": recipe.get("name"),
         "base_model": recipe.get("base_model"),
-        "generator": f"{run.path.name}/generator (step {hashes['generator']})",
+        "generator": f"{run.path.name}/{GENERATOR} (step {hashes[GENERATOR]})",
         "evaluator": f"{run.path.name}/{evaluator} (step {hashes[evaluator]})",
-        "final": f"{run.path.name}/final (step {hashes['final']})" if hashes["final"] else "not trained",
+        "final": f"{run.path.name}/{FINAL} (step {hashes[FINAL]})" if hashes[FINAL] else "not trained",
         "refinement": refinement_facts(run, recipe),
         "level_sources": (ref.get("pseudo_ratings") or {}).get("level_sources"),
         "clusters": div.get("clusters"),
@@ -237,11 +246,11 @@ def refinement_facts(run: RunDir, recipe: dict[str, Any]) -> dict[str, Any]:
     kind = ref.get("evaluator_kind", "sft")
     rule = ref.get("keep_rule", "argmax")
     recall, response_tokens = ref.get("keep_recall"), ref.get("response_tokens")
-    measured = [run.manifest(iteration_step(k, "evaluator")).get("folds") for k in range(1, k_max + 1)]
+    measured = [run.manifest(iteration_step(k, EVALUATOR)).get("folds") for k in range(1, k_max + 1)]
     folds = next((int(f) for f in measured if f),
                  2 if kind == "likelihood" and ref.get("cross_fit", True) else 1)
     thresholds = {k: m.get("keep_threshold") for k in range(1, k_max + 1)
-                  if (m := run.manifest(iteration_step(k, "ratings")))}
+                  if (m := run.manifest(iteration_step(k, RATINGS)))}
     applied = {k: t for k, t in thresholds.items() if t is not None}
     per_iteration = ", ".join(f"iteration {k}: {_num(t)}" for k, t in applied.items())
     if rule == "argmax":

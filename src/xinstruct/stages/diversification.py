@@ -21,8 +21,8 @@ from datasets import Dataset
 from ..config import Recipe
 from ..errors import StageError
 from ..models import cache_dir
-from ..rundir import Step, iteration_step
-from ..steps import StepSpec
+from ..rundir import DIVERSIFIED, KEPT, Step, iteration_step
+from ..steps import Estimate, StepSpec, Work
 
 logger = logging.getLogger(__name__)
 
@@ -169,8 +169,13 @@ def diversify(recipe: Recipe, kept: Dataset, step: Step) -> dict[str, Any]:
 
 def steps(recipe: Recipe) -> list[StepSpec]:
     """The ``diversified`` step, over the last iteration's kept set."""
-    kept = iteration_step(recipe.refinement.iterations, "kept")
+    kept = iteration_step(recipe.refinement.iterations, KEPT)
     settings = {k: v for k, v in dataclasses.asdict(recipe.diversification).items() if k != "batch_size"}
-    return [StepSpec("diversified", "diversification", (kept,),
+
+    def cost(est: Estimate) -> Work:  # at most target_per_language rows per language stay
+        rows = est.rows_out(kept)
+        return Work(rows, min(recipe.diversification.target_per_language * est.langs, rows))
+
+    return [StepSpec(DIVERSIFIED, "diversification", (kept,),
                      {**settings, "seed": recipe.seed, "languages": recipe.languages},
-                     lambda ctx: diversify(ctx.recipe, ctx.load(kept), ctx.step))]
+                     lambda ctx: diversify(ctx.recipe, ctx.load(kept), ctx.step), cost=cost)]

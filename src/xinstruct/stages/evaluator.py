@@ -25,6 +25,7 @@ from ..config import Recipe
 from ..errors import StageError
 from ..prompts import FOLLOWER_TEMPLATE
 from ..quality import (
+    OPERATING_RECALLS,
     LengthBaseline,
     TruncationBaseline,
     auc_interval,
@@ -143,6 +144,14 @@ def train_evaluator(recipe: Recipe, pseudo: Dataset, step: Step, make_engine,
         if calib_gold:  # keep_rule recall: the P(3) that keeps keep_recall of the calibration half's gold pairs
             threshold = round(float(np.quantile(calib_gold, 1 - ref.keep_recall)), 6)
             report["keep_threshold_at_recall"] = threshold
+            # the thresholds of other recall levels, for the operating table of the ratings step
+            recalls = sorted({*OPERATING_RECALLS, ref.keep_recall})
+            report["thresholds_at_recall"] = {str(r): round(float(np.quantile(calib_gold, 1 - r)), 6)
+                                              for r in recalls}
+            if features is not None:  # the same for the follower's raw PMI alone, the simplest rule to compare with
+                calib_pmi = [features[i, 2] for i, t in enumerate(is_test) if not t and heldout[i]["level"] == 3]
+                report["pmi_thresholds_at_recall"] = {str(r): round(float(np.quantile(calib_pmi, 1 - r)), 6)
+                                                      for r in recalls}
             gold = [p[2] for p, lv in zip(test_probs, test["level"]) if lv == 3]
             report["realised_recall"] = rate_interval(sum(p >= threshold for p in gold), len(gold))
     for f, head in enumerate(heads):

@@ -34,8 +34,18 @@ from ..inference import Engine
 from ..languages import get as get_language
 from ..prompts import follower_prompt, generator_prompt
 from ..quality import fidelity_figures, generator_figures, relevance_figures
-from ..rundir import Step
-from ..steps import InputHash, StepContext, StepSpec, engine_settings, measured_settings
+from ..rundir import BASELINE, CANDIDATES, GENERATOR, SEED, WEBTEXT, Step
+from ..steps import (
+    FRAME_TOKENS,
+    INSTRUCTION_TOKENS,
+    Estimate,
+    InputHash,
+    StepContext,
+    StepSpec,
+    Work,
+    engine_settings,
+    measured_settings,
+)
 from ..training import role_settings, train_role
 
 logger = logging.getLogger(__name__)
@@ -189,7 +199,7 @@ def train_generator(recipe: Recipe, seeds: Dataset, step: Step, make_engine,
     data, cut = generator_training_set(train, fitter_for(recipe.model_for(role)), recipe.candidates.text_tokens)
     metrics = train_role(recipe, role, data, step.path)
     heldout = split_rows(seeds, "heldout")
-    model = str(step.path / "model")
+    model = str(step.model_path)
     engine = make_engine(model)
     outputs = held_out_outputs(recipe, heldout, engine, fitter_for(model), answer=False)
     step.save(heldout.add_column("generated_instruction", outputs["instruction"]), "heldout")
@@ -280,6 +290,38 @@ def gate_candidates(rows: Dataset, min_chars: int, english_min_confidence: float
     return kept, dropped, runner.report
 
 
+# ------------------------------------------------------------------------------------------------
+# the steps, and the estimate of their work (xinstruct plan)
+# ------------------------------------------------------------------------------------------------
+
+
+def _webtext_cost(est: Estimate) -> Work:
+    """The web texts read; the filters keep ``webtext_kept`` of them."""
+    texts = (est.webtexts or 0) * est.langs
+    return Work(texts, texts * est.rates["webtext_kept"])
+
+
+def _baseline_cost(est: Estimate) -> Work:
+    """The base model writes an instruction and an answer for every held-out pair, and scores them."""
+    held, answer = est.heldout_rows, est.recipe.refinement.response_tokens
+    return Work(held, held, generate=held * (est.recipe.candidates.decoding.max_new_tokens + answer),
+                score=held * (2 * FRAME_TOKENS + est.text + INSTRUCTION_TOKENS))
+
+
+def _generator_cost(est: Estimate) -> Work:
+    """SFT on the training seed pairs, then an instruction for every held-out text."""
+    rows, held, recipe = est.train_seeds * est.langs, est.heldout_rows, est.recipe
+    return Work(rows, rows, train=est.train_tokens(recipe.generator, rows, est.generator_row), role=recipe.generator,
+                generate=held * recipe.candidates.decoding.max_new_tokens, score=held * est.generator_row)
+
+
+def _candidates_cost(est: Estimate) -> Work:
+    """An instruction for every kept web text; the gate keeps ``gate_kept`` of them."""
+    texts = est.rows_out(WEBTEXT)
+    return Work(texts, texts * est.rates["gate_kept"], generate=texts * est.recipe.candidates.decoding.max_new_tokens,
+                score=texts * (FRAME_TOKENS + est.text))
+
+
 def steps(recipe: Recipe) -> list[StepSpec]:
     """The generation stage: seed, webtext, baseline, generator, candidates."""
     data, generator = recipe.data, recipe.generator
@@ -287,27 +329,28 @@ def steps(recipe: Recipe) -> list[StepSpec]:
     webtext = {k: v for k, v in dataclasses.asdict(data.webtext).items() if k != "streaming"}
 
     def candidates(ctx: StepContext) -> dict[str, Any]:
-        model = ctx.model("generator")
-        return generate_candidates(ctx.recipe, ctx.load("webtext"), model, ctx.step, ctx.engine(generator, model))
+        model = ctx.model(GENERATOR)
+        return generate_candidates(ctx.recipe, ctx.load(WEBTEXT), model, ctx.step, ctx.engine(generator, model))
 
     return [
-        StepSpec("seed", "generation", (),
+        StepSpec(SEED, "generation", (),
                  {"seeds": dataclasses.asdict(data.seeds), "languages": recipe.languages, "seed": recipe.seed},
-                 lambda ctx: build_seed(ctx.recipe, ctx.step)),
-        StepSpec("webtext", "generation", ("seed",),
+                 lambda ctx: build_seed(ctx.recipe, ctx.step),
+                 cost=lambda est: Work(est.seeds * est.langs, est.seeds * est.langs)),
+        StepSpec(WEBTEXT, "generation", (SEED,),
                  {"webtext": webtext, "filters": dataclasses.asdict(data.filters), "languages": recipe.languages,
                   "seed": recipe.seed if data.webtext.shuffle_buffer else None},
-                 lambda ctx: build_webtext(ctx.recipe, ctx.step, ctx.load("seed"))),
-        StepSpec("baseline", "generation", ("seed",),
+                 lambda ctx: build_webtext(ctx.recipe, ctx.step, ctx.load(SEED)), cost=_webtext_cost),
+        StepSpec(BASELINE, "generation", (SEED,),
                  {**measured, "base_model": recipe.base_model, "engine": engine_settings(recipe, None)},
-                 lambda ctx: measure_baseline(ctx.recipe, ctx.load("seed"), ctx.step,
-                                              ctx.engine(None, ctx.recipe.base_model))),
-        StepSpec("generator", "generation", ("seed", "baseline"),
+                 lambda ctx: measure_baseline(ctx.recipe, ctx.load(SEED), ctx.step,
+                                              ctx.engine(None, ctx.recipe.base_model)), cost=_baseline_cost),
+        StepSpec(GENERATOR, "generation", (SEED, BASELINE),
                  {**role_settings(recipe, generator), **measured, "engine": engine_settings(recipe, generator)},
-                 lambda ctx: train_generator(ctx.recipe, ctx.load("seed"), ctx.step, ctx.engines(generator),
-                                             ctx.manifest("baseline"))),
-        StepSpec("candidates", "generation", ("webtext", "generator"),
+                 lambda ctx: train_generator(ctx.recipe, ctx.load(SEED), ctx.step, ctx.engines(generator),
+                                             ctx.manifest(BASELINE)), cost=_generator_cost),
+        StepSpec(CANDIDATES, "generation", (WEBTEXT, GENERATOR),
                  {"candidates": dataclasses.asdict(recipe.candidates), "seed": recipe.seed,
-                  "generator_hash": InputHash("generator"), "engine": engine_settings(recipe, generator)},
-                 candidates),
+                  "generator_hash": InputHash(GENERATOR), "engine": engine_settings(recipe, generator)},
+                 candidates, cost=_candidates_cost),
     ]

@@ -15,7 +15,7 @@ from datasets import Dataset
 from ..config import Recipe
 from ..errors import StageError
 from ..inference import Engine
-from ..quality import auc_interval, rate_interval
+from ..quality import auc_interval, gap_interval, rate_interval, ratio_interval
 from ..rundir import MODEL, RATING_HEAD, Step, fold_dir, iteration_step
 from ..steps import StepContext, StepSpec, engine_settings
 from ..training import role_settings
@@ -26,6 +26,8 @@ from .likelihood import LikelihoodHead, likelihood_features
 from .rating_prompts import RATING_COLUMNS, fit_rating_prompts, score_ratings, scores_from_probs
 
 logger = logging.getLogger(__name__)
+# the scores of the operating table, and the evaluator manifest's thresholds for them
+OPERATING_SCORES = {"p3": "thresholds_at_recall", "pmi": "pmi_thresholds_at_recall"}
 
 # ------------------------------------------------------------------------------------------------
 # rating and filtering
@@ -49,7 +51,8 @@ def effective_threshold(recipe: Recipe, evaluator_manifest: dict[str, Any] | Non
 
 def rate_candidates(recipe: Recipe, pool: Dataset, swaps: Dataset, step: Step, engines: list[Engine], iteration: int,
                     raters: list[str], heads: list[str] | None = None, threshold: float | None = None,
-                    trained_ids: set[str] | None = None) -> dict[str, Any]:
+                    trained_ids: set[str] | None = None, thresholds: dict[str, dict[str, float]] | None = None
+                    ) -> dict[str, Any]:
     """Score every row of ``pool`` and its swapped copies (from the ``swaps`` step) with the evaluator, shard by shard
     (resumable). The real rows go to ``data``; the swapped ones (the planted negatives) to ``planted``, never further.
 
@@ -58,6 +61,8 @@ def rate_candidates(recipe: Recipe, pool: Dataset, swaps: Dataset, step: Step, e
     A cross-fitted pool row of fold ``f`` is rated by the other fold, whose follower never trained on it.
     ``trained_ids`` (the rows that trained this iteration's followers) split the swap test into rows inside and
     outside that set: the gap between them is what a rater scoring its own training rows would show.
+    ``thresholds`` (``{score column: {recall: threshold}}``) add the drop rates at other recall levels, by P(3) and
+    by the rater's raw PMI (the operating table).
     """
     ref = recipe.refinement
     base = pool.remove_columns([c for c in RATING_COLUMNS + ("iteration", "planted") if c in pool.column_names])
@@ -103,7 +108,8 @@ def rate_candidates(recipe: Recipe, pool: Dataset, swaps: Dataset, step: Step, e
         "responses_cut": cut_total,
         "keep_threshold": threshold,
         "raters": raters,
-        "planted": planted_figures(rated, swapped, ref.keep_rule, threshold),
+        "planted": planted_figures(rated.add_column("pmi", [scored[i]["pmi"] for i in base["id"]]), swapped,
+                                   ref.keep_rule, threshold, thresholds, recipe.seed),
         "swap_test": swap_test(real_scores, table, swapped, bool(heads), trained_ids, recipe.seed),
         **engines[0].report(),
     }
@@ -124,18 +130,32 @@ def score_rows(recipe: Recipe, rows: Dataset, engine: Engine, fitter, head: Like
     return {**score_ratings(engine, prompts), "likelihood": zeros, "pmi": zeros}
 
 
-def planted_figures(rated: Dataset, swapped: Dataset, rule: str, threshold: float | None) -> dict[str, Any]:
-    """Drop rates of the real rows and of each kind of swapped row under the keep rule, with Wilson intervals."""
-    def drop(rows: Dataset) -> dict[str, Any] | None:
-        mask = keep_mask(rows, rule, threshold)
-        return rate_interval(len(mask) - sum(mask), len(mask))
+def planted_figures(rated: Dataset, swapped: Dataset, rule: str, threshold: float | None,
+                    thresholds: dict[str, dict[str, float]] | None = None, seed: int = 0) -> dict[str, Any]:
+    """Drop rates of the real rows and of each kind of swapped row under the keep rule, with Wilson intervals; the
+    ratio of easy-swap to real drop rates with a paired bootstrap interval; and the same figures at the
+    ``thresholds`` of other recall levels (``{score column: {recall: threshold}}``, calibrated on the evaluator's
+    calibration half): the operating table, which shows what another ``keep_recall`` would trade and what a rule on
+    the rater's raw PMI alone would do."""
+    out = {"rows": len(swapped), **_drop_figures(rated, swapped, rule, threshold, seed)}
+    out["operating"] = [{"score": score, "recall": float(recall), "threshold": value,
+                         **_drop_figures(rated, swapped, "recall", value, seed, score)}
+                        for score, levels in (thresholds or {}).items()
+                        for recall, value in sorted(levels.items(), key=lambda kv: float(kv[0]))]
+    return out
 
-    out = {"rows": len(swapped), "drop_rate_real": drop(rated)}
-    for kind in ("easy", "hard"):
-        out[f"drop_rate_{kind}"] = drop(swapped.filter(lambda k, kind=kind: k == kind, input_columns="kind"))
-    real, planted = out["drop_rate_real"], out["drop_rate_easy"]
-    out["ratio_easy_vs_real"] = (round(planted["rate"] / real["rate"], 3) if real and planted and real["rate"]
-                                 else None)
+
+def _drop_figures(rated: Dataset, swapped: Dataset, rule: str, threshold: float | None, seed: int,
+                  score: str = "p3") -> dict[str, Any]:
+    dropped = {}
+    for kind, rows in (("real", rated), *((k, swapped.filter(lambda x, k=k: x == k, input_columns="kind"))
+                                          for k in ("easy", "hard"))):
+        dropped[kind] = dict(zip(rows["id"], (not keep for keep in keep_mask(rows, rule, threshold, score))))
+    out = {f"drop_rate_{kind}": rate_interval(sum(flags.values()), len(flags)) for kind, flags in dropped.items()}
+    sources = dict(zip(swapped["id"], swapped["source_id"]))
+    real = dropped["real"]
+    pairs = [(flag, real[sources[i]]) for i, flag in dropped["easy"].items() if sources[i] in real]
+    out["ratio_easy_vs_real"] = ratio_interval([a for a, _ in pairs], [b for _, b in pairs], seed=seed)
     return out
 
 
@@ -172,15 +192,19 @@ def swap_test(real: dict[str, dict], table: Dataset, swapped: Dataset, likelihoo
                 # the groups may differ in difficulty: the base model's gap on the same rows is the control, and
                 # what the rater adds over it is what training on the rows would explain
                 gap["excess_gap_p3"] = round(gap["gap_p3"] - gap["gap_base_pmi"], 4)
+                gap["excess_gap_p3_interval"] = gap_interval(*(
+                    tuple([value(n, pair[i]) for pair in group] for n in ("p3", "base_pmi") for i in (0, 1))
+                    for group in (inside, outside)), seed=seed)
             out["training_gap"] = gap
     return out
 
 
-def keep_mask(rated: Dataset, rule: str, threshold: float | None) -> list[bool]:
-    """Which rows survive: ``argmax`` (most likely rating is 3), or ``threshold`` / ``recall`` (P(3) >= threshold)."""
+def keep_mask(rated: Dataset, rule: str, threshold: float | None, score: str = "p3") -> list[bool]:
+    """Which rows survive: ``argmax`` (most likely rating is 3), or ``threshold`` / ``recall`` (``score``, P(3)
+    unless told, at least ``threshold``)."""
     if rule == "argmax":
         return [r == 3 for r in rated["rating"]]
-    return [p >= threshold for p in rated["p3"]]
+    return [p >= threshold for p in rated[score]]
 
 
 def keep_rated(recipe: Recipe, rated: Dataset, step: Step, iteration: int,
@@ -232,9 +256,12 @@ def rating_steps(recipe: Recipe, k: int) -> list[StepSpec]:
         else:
             raters, heads = [ctx.model(evaluator)], None
         trained = set(ctx.load(trained_on)["id"])
+        calibrated = ctx.manifest(evaluator)
         return rate_candidates(ctx.recipe, ctx.load(pool), ctx.load("swaps"), ctx.step,
                                [ctx.engine(role, r) for r in raters], k, raters, heads,
-                               effective_threshold(ctx.recipe, ctx.manifest(evaluator)), trained)
+                               effective_threshold(ctx.recipe, calibrated), trained,
+                               {score: (calibrated or {})[key] for score, key in OPERATING_SCORES.items()
+                                if (calibrated or {}).get(key)})
 
     return [
         StepSpec(evaluator, "refinement", (pseudo, follower) if likelihood else (pseudo,),

@@ -18,18 +18,33 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from typing import Any
 
 from datasets import Dataset, concatenate_datasets
 
-from ..config import Recipe
+from ..config import Recipe, RefinementConfig
 from ..errors import StageError
 from ..inference import Engine
 from ..languages import get as get_language
 from ..prompts import follower_example
 from ..quality import ends_naturally
-from ..rundir import MODEL, Step, fold_dir, iteration_step
-from ..steps import StepContext, StepSpec, engine_settings
+from ..rundir import (
+    BASELINE,
+    CANDIDATES,
+    EVALUATOR,
+    FOLLOWER,
+    KEPT,
+    MODEL,
+    PSEUDO_RATINGS,
+    RATINGS,
+    SEED,
+    SWAPS,
+    Step,
+    fold_dir,
+    iteration_step,
+)
+from ..steps import FRAME_TOKENS, INSTRUCTION_TOKENS, Estimate, StepContext, StepSpec, Work, engine_settings
 from ..training import role_settings, train_role
 from .crossfit import fold_of, other_fold
 from .generation import answer_figures, answer_seed_instructions, fitter_for, split_rows, unit_hash
@@ -221,16 +236,68 @@ def build_pseudo_ratings(recipe: Recipe, seeds: Dataset, step: Step, engine: Eng
 
 
 # ------------------------------------------------------------------------------------------------
-# evaluator
+# the steps, and the estimate of their work (xinstruct plan)
 # ------------------------------------------------------------------------------------------------
+
+
+def _swaps_per_candidate(ref: RefinementConfig) -> float:
+    """Swapped copies per candidate: an easy one for ``planted_share`` of them, a hard one too with ``hard_swaps``."""
+    return ref.planted_share * (2 if ref.hard_swaps else 1)
+
+
+def _swaps_cost(est: Estimate) -> Work:
+    """The base model scores every real and swapped pair, and each response once more with the generic instruction
+    (a candidate and its swapped copies share it)."""
+    candidates = est.rows_out(CANDIDATES)
+    pairs = candidates * (1 + _swaps_per_candidate(est.recipe.refinement))
+    return Work(candidates, pairs, score=(pairs + candidates) * est.rating_row)
+
+
+def _pseudo_ratings_cost(est: Estimate) -> Work:
+    """An answer to every seed instruction used (the training pairs up to ``seeds_per_language``, and the held-out
+    ones); three levels per seed."""
+    ref = est.recipe.refinement
+    seeds = (min(est.train_seeds, ref.pseudo_ratings.seeds_per_language or est.train_seeds) + est.heldout) * est.langs
+    return Work(seeds, 3 * seeds, generate=seeds * ref.response_tokens,
+                score=seeds * (FRAME_TOKENS + INSTRUCTION_TOKENS))
+
+
+def _rating_costs(recipe: Recipe, k: int) -> dict[str, Callable[[Estimate], Work]]:
+    """The estimates of :func:`.rating.rating_steps` of iteration ``k``. The evaluator trains on the training
+    pseudo-ratings (a likelihood head trains no weights) and scores all of them (twice with likelihood features: with
+    the instruction and with the generic one), plus the base model's two passes on the test half of the held-out ones;
+    the ratings score every pair of the pool (and each response once generically); ``keep_rate`` of the pool stays."""
+    ref = recipe.refinement
+    pseudo, ratings = iteration_step(k, PSEUDO_RATINGS), iteration_step(k, RATINGS)
+    pool = iteration_step(k - 1, KEPT) if k > 1 and ref.rate == "kept" else CANDIDATES
+    likelihood = ref.evaluator_kind == "likelihood"
+
+    def evaluator(est: Estimate) -> Work:
+        seeds, held = est.rows_in(pseudo), est.heldout_rows
+        rows = 3 * (seeds - held)
+        tokens = 0 if likelihood else est.train_tokens(ref.evaluator, rows, est.rating_row)
+        base_test = 2 * (3 * held / 2)  # the base model's two passes on the test half of the held-out ratings
+        passes = 2 if likelihood else 1
+        return Work(rows, rows, train=tokens, score=(passes * 3 * seeds + base_test) * est.rating_row,
+                    role=ref.evaluator)
+
+    def rate(est: Estimate) -> Work:
+        rows = est.rows_out(pool)
+        rated = rows * (1 + _swaps_per_candidate(ref))
+        return Work(rows, rows, score=(rated + (rows if likelihood else 0)) * est.rating_row)
+
+    def keep(est: Estimate) -> Work:
+        return Work(est.rows_out(ratings), est.rows_out(ratings) * est.rates["keep_rate"])
+
+    return {iteration_step(k, EVALUATOR): evaluator, ratings: rate, iteration_step(k, KEPT): keep}
 
 
 def iteration_steps(recipe: Recipe, k: int) -> list[StepSpec]:
     """The five steps of refinement iteration ``k``: follower and pseudo-ratings here, then
-    :func:`.rating.rating_steps`."""
+    :func:`.rating.rating_steps` (with their estimates, :func:`_rating_costs`)."""
     ref = recipe.refinement
-    follower = iteration_step(k, "follower")
-    trained_on = "candidates" if k == 1 else iteration_step(k - 1, "kept")
+    follower = iteration_step(k, FOLLOWER)
+    trained_on = CANDIDATES if k == 1 else iteration_step(k - 1, KEPT)
     from_follower = ref.pseudo_ratings.level_sources[2] == "follower"  # level 2: the follower's answers, or the base's
     answerer = ref.follower if from_follower else None
 
@@ -240,32 +307,39 @@ def iteration_steps(recipe: Recipe, k: int) -> list[StepSpec]:
                        for f in range(ref.folds)]
         else:
             engines = [ctx.engine(None, ctx.recipe.base_model)] * ref.folds
-        baseline = ctx.manifest("baseline")
-        return build_pseudo_ratings(ctx.recipe, ctx.load("seed"), ctx.step, engines, baseline.get("fidelity"),
+        baseline = ctx.manifest(BASELINE)
+        return build_pseudo_ratings(ctx.recipe, ctx.load(SEED), ctx.step, engines, baseline.get("fidelity"),
                                     baseline.get("relevance"))
 
+    def follower_cost(est: Estimate) -> Work:  # cross-fitted: one follower per fold, each on its share of the rows
+        rows = est.rows_out(trained_on)
+        return Work(rows, rows, train=ref.folds * est.train_tokens(ref.follower, rows / ref.folds, est.follower_row),
+                    role=ref.follower)
+
+    rating_costs = _rating_costs(recipe, k)
     return [
         StepSpec(follower, "refinement", (trained_on,),
                  {**role_settings(recipe, ref.follower), "assistant_share": recipe.final.assistant_share,
                   "folds": ref.folds, "seed": recipe.seed},
-                 lambda ctx: train_follower(ctx.recipe, ctx.load(trained_on), ctx.step)),
-        StepSpec(iteration_step(k, "pseudo_ratings"), "refinement", ("seed", follower) if from_follower else ("seed",),
+                 lambda ctx: train_follower(ctx.recipe, ctx.load(trained_on), ctx.step), cost=follower_cost),
+        StepSpec(iteration_step(k, PSEUDO_RATINGS), "refinement", (SEED, follower) if from_follower else (SEED,),
                  {"pseudo_ratings": dataclasses.asdict(ref.pseudo_ratings), "seed": recipe.seed,
                   "response_tokens": ref.response_tokens, "evaluator_model": recipe.model_for(ref.evaluator),
                   "base_model": None if from_follower else recipe.base_model,
                   "engine": engine_settings(recipe, answerer)},
-                 pseudo_ratings),
-        *rating_steps(recipe, k),
+                 pseudo_ratings, cost=_pseudo_ratings_cost),
+        *(dataclasses.replace(spec, cost=spec.cost or rating_costs.get(spec.name))
+          for spec in rating_steps(recipe, k)),
     ]
 
 
 def steps(recipe: Recipe) -> list[StepSpec]:
     """The refinement stage: the swapped pairs of the candidates (once), then K iterations."""
     ref = recipe.refinement
-    swaps = StepSpec("swaps", "refinement", ("candidates",),
+    swaps = StepSpec(SWAPS, "refinement", (CANDIDATES,),
                      {"planted_share": ref.planted_share, "hard_swaps": ref.hard_swaps, "folds": ref.folds,
                       "seed": recipe.seed, "response_tokens": ref.response_tokens, "base_model": recipe.base_model,
                       "embedder": recipe.diversification.embedder, "engine": engine_settings(recipe, None)},
-                     lambda ctx: build_swaps(ctx.recipe, ctx.load("candidates"), ctx.step,
-                                             ctx.engine(None, ctx.recipe.base_model)))
+                     lambda ctx: build_swaps(ctx.recipe, ctx.load(CANDIDATES), ctx.step,
+                                             ctx.engine(None, ctx.recipe.base_model)), cost=_swaps_cost)
     return [swaps, *(spec for k in range(1, ref.iterations + 1) for spec in iteration_steps(recipe, k))]

@@ -11,8 +11,8 @@ from typing import Any
 from datasets import Dataset
 
 from ..config import Recipe
-from ..rundir import Step
-from ..steps import StepSpec, engine_settings, measured_settings
+from ..rundir import BASELINE, DIVERSIFIED, FINAL, SEED, Step
+from ..steps import Estimate, StepSpec, Work, engine_settings, measured_settings
 from ..training import role_settings, train_role
 from .generation import answer_figures, answer_seed_instructions, split_rows
 from .refinement import follower_training_set
@@ -43,10 +43,17 @@ def train_final(recipe: Recipe, diversified: Dataset, step: Step, seeds: Dataset
     return report
 
 
+def _final_cost(est: Estimate) -> Work:
+    """SFT on the diversified rows, then an answer to every held-out seed instruction."""
+    rows, final = est.rows_out(DIVERSIFIED), est.recipe.final
+    return Work(rows, rows, train=est.train_tokens(final, rows, est.follower_row),
+                generate=est.heldout_rows * est.recipe.refinement.response_tokens, role=final)
+
+
 def steps(recipe: Recipe) -> list[StepSpec]:
     """The ``final`` step."""
     settings = {**role_settings(recipe, recipe.final), "assistant_share": recipe.final.assistant_share,
                 **measured_settings(recipe), "engine": engine_settings(recipe, recipe.final)}
-    return [StepSpec("final", "tuning", ("diversified", "seed"), settings,
-                     lambda ctx: train_final(ctx.recipe, ctx.load("diversified"), ctx.step, ctx.load("seed"),
-                                             ctx.engines(recipe.final), ctx.manifest("baseline")))]
+    return [StepSpec(FINAL, "tuning", (DIVERSIFIED, SEED), settings,
+                     lambda ctx: train_final(ctx.recipe, ctx.load(DIVERSIFIED), ctx.step, ctx.load(SEED),
+                                             ctx.engines(recipe.final), ctx.manifest(BASELINE)), cost=_final_cost)]
