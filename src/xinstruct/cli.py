@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import logging
 import sys
 from pathlib import Path
@@ -139,22 +141,30 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     from .errors import RecipeError
 
     recipe = load_recipe(args.recipe, args.set)  # a recipe error stops here, before the stages (and torch) load
-    from .costs import DEVICES, Throughput, format_costs, model_params, plan_costs, rates_from_run, throughput
+    from . import costs
 
-    if args.device not in DEVICES:
-        raise RecipeError(f"--device {args.device!r}: use one of {', '.join(DEVICES)}.")
-    rates = rates_from_run(args.run) if args.run else {}
+    if args.device not in costs.DEVICES:
+        raise RecipeError(f"--device {args.device!r}: use one of {', '.join(costs.DEVICES)}.")
+    rates = costs.rates_from_run(args.run) if args.run else {}
     for key in ("webtext_kept", "gate_kept", "keep_rate"):
         if getattr(args, key) is not None:
             rates[key] = getattr(args, key)
     try:
-        params = model_params(recipe.base_model, args.params)
+        params = costs.model_params(recipe.base_model, args.params)
     except ValueError as e:
         raise RecipeError(str(e)) from None
-    speed = throughput(args.device, params)
-    speed = Throughput(args.train_tps or speed.train, args.prefill_tps or speed.prefill,
+    speed = costs.throughput(args.device, params)
+    speed = costs.Throughput(args.train_tps or speed.train, args.prefill_tps or speed.prefill,
                        args.decode_tps or speed.decode)
-    print(format_costs(plan_costs(recipe, args.device, rates, args.seeds_per_language, params, speed)))
+    rates_probed = None
+    if args.probe:
+        from .probe import probe
+
+        with contextlib.redirect_stdout(sys.stderr):  # the trainer prints its logs: stdout is the plan's alone
+            rates_probed = probe(recipe, args.probe_seconds)
+    measured = costs.measured_seconds(args.run) if args.run else None
+    plan = costs.plan_costs(recipe, args.device, rates, args.seeds_per_language, params, speed, rates_probed, measured)
+    print(json.dumps(plan, indent=2, default=str) if args.json else costs.format_costs(plan))
     return 0
 
 
@@ -234,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plan",
                        help="the cost of a recipe before running it: rows, tokens, hours, GPU-hours per step (loads "
-                            "nothing)")
+                            "nothing, unless --probe measures this machine first)")
     p.add_argument("recipe", help="YAML recipe")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe key")
     p.add_argument("--device", default="h100-80gb", help="h100-80gb (default), a100-80gb, a100-40gb, l40s-48gb, "
@@ -253,6 +263,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prefill-tps", type=float, help="scored tokens/s per device (default: 50%% of the bf16 peak)")
     p.add_argument("--decode-tps", type=float,
                    help="generated tokens/s per device (default: memory-bound at batch 64)")
+    p.add_argument("--probe", action="store_true",
+                   help="measure this machine's load, decode, prefill and training rates on the recipe's own model "
+                        "and batch sizes (about 2 minutes; loads the model) and predict every step from them")
+    p.add_argument("--probe-seconds", type=float, default=120.0,
+                   help="time budget of --probe; roles left when it runs out are priced from the datasheet")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON (with --probe: predicted_seconds)")
     p.set_defaults(func=_cmd_plan)
 
     p = sub.add_parser("languages", help="list the built-in languages")

@@ -27,6 +27,7 @@ from .config import Recipe
 from .errors import StageError
 from .launcher import accelerate_config, launch_processes
 from .pipeline import declared_steps
+from .probe import ProbeRates
 from .rundir import CANDIDATES, KEPT, WEBTEXT, RunDir, iteration_step
 from .steps import FRAME_TOKENS, Estimate, Work
 
@@ -169,17 +170,35 @@ def _estimate(recipe: Recipe, rates: dict[str, float], seeds_per_language: int |
     return Estimate(recipe, rates, per_lang_seed, held, per_lang_web, processes)
 
 
-def _priced(name: str, work: Work, speed: Throughput, engines: int, gpus: int) -> dict[str, Any]:
+def _priced(name: str, work: Work, speed: Throughput, engines: int, gpus: int, probe: ProbeRates | None,
+            role: str | None) -> dict[str, Any]:
     """A step's row of :func:`plan_costs`: its work, and the time and GPU-hours of its tokens at ``speed``, inference
-    on ``engines`` devices, training on ``gpus`` processes."""
+    on ``engines`` devices, training on ``gpus`` processes; with ``probe``, also the seconds its measured rates
+    predict (``probe_seconds``; ``role`` names the role it trains)."""
     # LoRA computes no weight gradients of the frozen base: 4 x params FLOP per token instead of 6
     train_speed = speed.train * (1.5 if work.role is not None and work.role.lora else 1.0)
     inference = work.generate / speed.decode + work.score / speed.prefill  # device-seconds
     seconds = inference / engines + work.train / (train_speed * gpus)
     used = inference + work.train / train_speed
-    return {"step": name, "rows_in": round(work.rows_in), "rows_out": round(work.rows_out),
-            "generate_tokens": round(work.generate), "score_tokens": round(work.score),
-            "train_tokens": round(work.train), "hours": seconds / 3600, "gpu_hours": used / 3600}
+    row = {"step": name, "rows_in": round(work.rows_in), "rows_out": round(work.rows_out),
+           "generate_tokens": round(work.generate), "score_tokens": round(work.score),
+           "train_tokens": round(work.train), "hours": seconds / 3600, "gpu_hours": used / 3600}
+    if probe is not None:
+        row["probe_seconds"] = probe.predict(work, role, engines, train_speed * gpus)
+    return row
+
+
+def measured_seconds(run_dir: str | Path) -> dict[str, float]:
+    """Wall seconds of every finished step of a run, from its manifests (what ``plan --run`` sets beside the
+    prediction)."""
+    run = RunDir(run_dir)
+    out = {}
+    for folder in sorted(Path(run_dir).glob("**/manifest.json")):
+        name = str(folder.parent.relative_to(run_dir))
+        manifest = run.manifest(name) or {}
+        if manifest.get("seconds") is not None:
+            out[name] = float(manifest["seconds"])
+    return out
 
 
 def _memory_per_role(recipe: Recipe, shape: ModelShape, processes: int, sharded: bool) -> dict[str, float | None]:
@@ -200,9 +219,12 @@ def _memory_per_role(recipe: Recipe, shape: ModelShape, processes: int, sharded:
 
 def plan_costs(recipe: Recipe, device: str = "h100-80gb", rates: dict[str, float] | None = None,
                seeds_per_language: int | None = None, params: float | None = None,
-               speeds: Throughput | None = None) -> dict[str, Any]:
+               speeds: Throughput | None = None, probe: ProbeRates | None = None,
+               measured: dict[str, float] | None = None) -> dict[str, Any]:
     """Rows, tokens, time and GPU-hours of every declared step of ``recipe``, from each step's own estimate
-    (``StepSpec.cost``), in run order (see the module doc)."""
+    (``StepSpec.cost``), in run order (see the module doc); with ``probe`` (:func:`xinstruct.probe.probe`), the
+    seconds its measured rates predict, and with ``measured`` (:func:`measured_seconds`) a finished run's seconds
+    beside them."""
     rates = {**DEFAULT_RATES, **(rates or {})}
     n_params = model_params(recipe.base_model, params)
     shape = KNOWN_MODELS.get(recipe.base_model, ModelShape(n_params))
@@ -211,14 +233,19 @@ def plan_costs(recipe: Recipe, device: str = "h100-80gb", rates: dict[str, float
     devices = getattr(recipe.engine, "devices", 1)
     engines = gpus if devices == "all" else devices  # local engine workers; "all" is taken as the training GPUs
     estimate = _estimate(recipe, rates, seeds_per_language, gpus)
+    ref = recipe.refinement
+    role_names = {id(role): name for name, role in (("generator", recipe.generator), ("follower", ref.follower),
+                                                    ("evaluator", ref.evaluator), ("final", recipe.final))}
     rows = []
     for spec in declared_steps(recipe):
         if spec.cost is None:
             raise StageError(f"Step {spec.name} ({spec.stage}) declares no cost estimate: give its StepSpec a cost "
                              "(a function of xinstruct.steps.Estimate that returns its Work).")
-        estimate.done[spec.name] = spec.cost(estimate)
-        rows.append(_priced(spec.name, estimate.done[spec.name], speed, engines, gpus))
-    ref, per_lang_web = recipe.refinement, estimate.webtexts
+        work = estimate.done[spec.name] = spec.cost(estimate)
+        rows.append(_priced(spec.name, work, speed, engines, gpus, probe, role_names.get(id(work.role))))
+        if measured and spec.name in measured:
+            rows[-1]["measured_seconds"] = measured[spec.name]
+    per_lang_web = estimate.webtexts
     sharded = _sharded(recipe)
     memory = _memory_per_role(recipe, shape, gpus, sharded)
     keep_factor = rates["keep_rate"] ** (ref.iterations if ref.rate == "kept" else 1)
@@ -233,6 +260,8 @@ def plan_costs(recipe: Recipe, device: str = "h100-80gb", rates: dict[str, float
         "total_hours": sum(r["hours"] for r in rows), "total_gpu_hours": sum(r["gpu_hours"] for r in rows),
         "webtexts_needed_per_language": needed, "webtexts_per_language": per_lang_web,
         "enough": per_lang_web is not None and per_lang_web >= needed,
+        **({"probe": probe.as_dict(), "predicted_seconds": {r["step"]: r["probe_seconds"] for r in rows}}
+           if probe else {}),
     }
 
 
@@ -267,9 +296,40 @@ def format_costs(plan: dict[str, Any]) -> str:
         lines += ["", f"Training memory per device ({'sharded' if plan['sharded'] else 'replicated'} over "
                       f"{plan['processes']} process(es)): " + ", ".join(f"{r} {gb:.1f} GB" for r, gb in known.items())
                   + f"; the peak {fits} in {plan['device']} ({plan['device_memory_gb']:.0f} GB)."]
+    if "probe" in plan:
+        lines += ["", *_probe_table(plan)]
     have = plan["webtexts_per_language"]
     verdict = "enough" if plan["enough"] else "NOT enough"
     lines += ["", f"Web texts needed per language for target_per_language after filtering: "
                   f"{plan['webtexts_needed_per_language']}; "
                   f"the recipe reads {have if have is not None else 'all (no limit)'}: {verdict}."]
     return "\n".join(lines)
+
+
+def _probe_table(plan: dict[str, Any]) -> list[str]:
+    """The probe's rates and, per step, the seconds the datasheet and the probe predict (and a finished run's
+    measured seconds, with the probe's error, where ``plan --run`` gave one)."""
+    p = plan["probe"]
+    trained = ", ".join(f"{role} {_n(r['tokens_per_s'])} tokens/s + {r['setup_s']:.0f} s per training"
+                        for role, r in p["train"].items())
+    lines = [f"Probe on this machine ({p['cpu']}, {p['dtype']}; {p['seconds']:.0f} s): model load "
+             f"{p['load_s']:.1f} s, decode {p['decode_tokens_per_s']:.0f} tokens/s ({p['decode_rows_per_s']:.2f} "
+             f"rows/s), prefill "
+             f"{_n(p['prefill_tokens_per_s'])} tokens/s, training: {trained or 'none probed'}"
+             + (f"; not probed (datasheet): {', '.join(p['skipped'])}" if p["skipped"] else "") + ".",
+             "", "| step | datasheet s | probe s | measured s | probe error |", "|---|---:|---:|---:|---:|"]
+    totals = {"hours": 0.0, "probe": 0.0, "measured": 0.0}
+    for r in plan["steps"]:
+        got = r.get("measured_seconds")
+        error = f"{(r['probe_seconds'] - got) / got:+.0%}" if got else ""
+        lines.append(f"| {r['step']} | {3600 * r['hours']:.0f} | {r['probe_seconds']:.0f} | "
+                     f"{'' if got is None else f'{got:.0f}'} | {error} |")
+        totals["hours"] += 3600 * r["hours"]
+        totals["probe"] += r["probe_seconds"]
+        totals["measured"] += got or 0.0
+    measured = totals["measured"]
+    error = f"{(totals['probe'] - measured) / measured:+.0%}" if measured else ""
+    lines.append(f"| **total** | **{totals['hours']:.0f}** | **{totals['probe']:.0f}** | "
+                 f"**{measured:.0f}** | **{error}** |" if measured else
+                 f"| **total** | **{totals['hours']:.0f}** | **{totals['probe']:.0f}** | | |")
+    return lines

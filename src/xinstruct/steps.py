@@ -31,7 +31,8 @@ INSTRUCTION_TOKENS = 24  # an instruction, as the cost estimates count it
 @dataclass(frozen=True)
 class Work:
     """A step's work, as its cost estimate states it: rows in and out, tokens to generate, to score (prefill) and to
-    train, and the role it trains (LoRA training is cheaper per token)."""
+    train, the role it trains (LoRA training is cheaper per token), the models its engines load (``loads``) and the
+    trainings it starts (``trainings``; each pays loading, wrapping and saving once, as ``plan --probe`` measures)."""
 
     rows_in: float
     rows_out: float
@@ -39,6 +40,8 @@ class Work:
     score: float = 0
     train: float = 0
     role: RoleConfig | None = None
+    loads: int = 0
+    trainings: int = 0
 
 
 @dataclass

@@ -305,21 +305,22 @@ def _baseline_cost(est: Estimate) -> Work:
     """The base model writes an instruction and an answer for every held-out pair, and scores them."""
     held, answer = est.heldout_rows, est.recipe.refinement.response_tokens
     return Work(held, held, generate=held * (est.recipe.candidates.decoding.max_new_tokens + answer),
-                score=held * (2 * FRAME_TOKENS + est.text + INSTRUCTION_TOKENS))
+                score=held * (2 * FRAME_TOKENS + est.text + INSTRUCTION_TOKENS), loads=1)
 
 
 def _generator_cost(est: Estimate) -> Work:
     """SFT on the training seed pairs, then an instruction for every held-out text."""
     rows, held, recipe = est.train_seeds * est.langs, est.heldout_rows, est.recipe
     return Work(rows, rows, train=est.train_tokens(recipe.generator, rows, est.generator_row), role=recipe.generator,
-                generate=held * recipe.candidates.decoding.max_new_tokens, score=held * est.generator_row)
+                generate=held * recipe.candidates.decoding.max_new_tokens, score=held * est.generator_row, loads=1,
+                trainings=1)
 
 
 def _candidates_cost(est: Estimate) -> Work:
     """An instruction for every kept web text; the gate keeps ``gate_kept`` of them."""
     texts = est.rows_out(WEBTEXT)
     return Work(texts, texts * est.rates["gate_kept"], generate=texts * est.recipe.candidates.decoding.max_new_tokens,
-                score=texts * (FRAME_TOKENS + est.text))
+                score=texts * (FRAME_TOKENS + est.text), loads=1)
 
 
 def steps(recipe: Recipe) -> list[StepSpec]:

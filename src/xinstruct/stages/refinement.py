@@ -250,7 +250,7 @@ def _swaps_cost(est: Estimate) -> Work:
     (a candidate and its swapped copies share it)."""
     candidates = est.rows_out(CANDIDATES)
     pairs = candidates * (1 + _swaps_per_candidate(est.recipe.refinement))
-    return Work(candidates, pairs, score=(pairs + candidates) * est.rating_row)
+    return Work(candidates, pairs, score=(pairs + candidates) * est.rating_row, loads=1)
 
 
 def _pseudo_ratings_cost(est: Estimate) -> Work:
@@ -258,8 +258,9 @@ def _pseudo_ratings_cost(est: Estimate) -> Work:
     ones); three levels per seed."""
     ref = est.recipe.refinement
     seeds = (min(est.train_seeds, ref.pseudo_ratings.seeds_per_language or est.train_seeds) + est.heldout) * est.langs
+    from_follower = ref.pseudo_ratings.level_sources[2] == "follower"  # one engine per fold, or the base model's
     return Work(seeds, 3 * seeds, generate=seeds * ref.response_tokens,
-                score=seeds * (FRAME_TOKENS + INSTRUCTION_TOKENS))
+                score=seeds * (FRAME_TOKENS + INSTRUCTION_TOKENS), loads=ref.folds if from_follower else 1)
 
 
 def _rating_costs(recipe: Recipe, k: int) -> dict[str, Callable[[Estimate], Work]]:
@@ -279,12 +280,13 @@ def _rating_costs(recipe: Recipe, k: int) -> dict[str, Callable[[Estimate], Work
         base_test = 2 * (3 * held / 2)  # the base model's two passes on the test half of the held-out ratings
         passes = 2 if likelihood else 1
         return Work(rows, rows, train=tokens, score=(passes * 3 * seeds + base_test) * est.rating_row,
-                    role=ref.evaluator)
+                    role=ref.evaluator, loads=ref.folds + 1 if likelihood else 2, trainings=0 if likelihood else 1)
 
     def rate(est: Estimate) -> Work:
         rows = est.rows_out(pool)
         rated = rows * (1 + _swaps_per_candidate(ref))
-        return Work(rows, rows, score=(rated + (rows if likelihood else 0)) * est.rating_row)
+        return Work(rows, rows, score=(rated + (rows if likelihood else 0)) * est.rating_row,
+                    loads=ref.folds if likelihood else 1)
 
     def keep(est: Estimate) -> Work:
         return Work(est.rows_out(ratings), est.rows_out(ratings) * est.rates["keep_rate"])
@@ -314,7 +316,7 @@ def iteration_steps(recipe: Recipe, k: int) -> list[StepSpec]:
     def follower_cost(est: Estimate) -> Work:  # cross-fitted: one follower per fold, each on its share of the rows
         rows = est.rows_out(trained_on)
         return Work(rows, rows, train=ref.folds * est.train_tokens(ref.follower, rows / ref.folds, est.follower_row),
-                    role=ref.follower)
+                    role=ref.follower, trainings=ref.folds)
 
     rating_costs = _rating_costs(recipe, k)
     return [

@@ -47,7 +47,7 @@ def _final_cost(est: Estimate) -> Work:
     """SFT on the diversified rows, then an answer to every held-out seed instruction."""
     rows, final = est.rows_out(DIVERSIFIED), est.recipe.final
     return Work(rows, rows, train=est.train_tokens(final, rows, est.follower_row),
-                generate=est.heldout_rows * est.recipe.refinement.response_tokens, role=final)
+                generate=est.heldout_rows * est.recipe.refinement.response_tokens, role=final, loads=1, trainings=1)
 
 
 def steps(recipe: Recipe) -> list[StepSpec]:

@@ -1,0 +1,165 @@
+"""``xinstruct plan RECIPE --probe``: measure this machine's rates on the recipe's own model and shapes, for a bounded
+time, so the plan predicts from measurements rather than from a datasheet.
+
+What is measured (each on rows built to the shapes the cost estimates count, :class:`~xinstruct.steps.Estimate`):
+
+- ``load``: seconds to build the recipe's engine for the base model (every engine a step builds loads a model);
+- ``decode``: generated tokens/s of one batch of ``engine.batch_size`` generator prompts (the frame and a web text of
+  ``candidates.text_tokens``), decoding ``candidates.decoding`` to exactly its ``max_new_tokens``;
+- ``prefill``: scored tokens/s of the engine's likelihood pass over two batches of rating rows (frame, instruction
+  and a response of ``refinement.response_tokens``), the LM head at the response only, as the rating steps run it;
+- ``train``, per trained role (generator, follower, final, and the evaluator with ``evaluator_kind: sft``): a short
+  real :func:`~xinstruct.training.train_sft` of the role's own training settings and LoRA on rows of the longest
+  length the role trains on, ``max_steps`` cut to :data:`TRAIN_STEPS`: trained tokens/s of the loop, and the seconds
+  around it (loading, LoRA wrapping, tokenising, merging and saving), which every training of that role pays once.
+
+A role that shares its training settings with one already probed reuses its rates. When the budget runs out, the
+roles left are not probed and :func:`xinstruct.costs.plan_costs` prices them from the datasheet (listed in
+``skipped``).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from .config import Recipe, RoleConfig
+from .steps import FRAME_TOKENS, INSTRUCTION_TOKENS, Estimate, Work
+
+TRAIN_STEPS = 4  # optimizer steps of each role's probe training
+# a text the probe cuts to any token count (the languages of the embedded default, so the tokenizer splits it as it
+# splits their web texts)
+_FILLER = ("Kila mtu ana haki ya kuishi, uhuru na usalama wa nafsi yake. Jokaisella on oikeus elämään, vapauteen ja "
+           "henkilökohtaiseen turvallisuuteen. Setiap orang berhak atas kehidupan, kebebasan dan keselamatan. "
+           "Herkes yaşamak, özgürlük ve kişi güvenliği hakkına sahiptir. Mọi người đều có quyền sống, tự do và an "
+           "toàn cá nhân. ")
+
+
+@dataclass
+class TrainRate:
+    """A role's measured training: trained tokens/s of the loop, and the seconds every training pays around it."""
+
+    tokens_per_s: float
+    setup_s: float
+
+
+@dataclass
+class ProbeRates:
+    """What :func:`probe` measured on this machine (``cpu``: the CPU kind, or the CUDA device name)."""
+
+    cpu: str
+    dtype: str
+    load_s: float
+    decode_tokens_per_s: float
+    decode_rows_per_s: float
+    prefill_tokens_per_s: float
+    train: dict[str, TrainRate] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def predict(self, work: Work, role: str | None, engines: int, fallback_train_tps: float) -> float:
+        """Seconds of a step's ``work`` at these rates: its model loads, its tokens, and each training's fixed cost;
+        a role that was not probed trains at ``fallback_train_tps`` (the datasheet) with no fixed cost."""
+        inference = work.loads * self.load_s + work.generate / self.decode_tokens_per_s \
+            + work.score / self.prefill_tokens_per_s
+        rate = self.train.get(role) if role else None
+        training = work.trainings * rate.setup_s + work.train / rate.tokens_per_s if rate \
+            else work.train / fallback_train_tps
+        return inference / max(1, engines) + training
+
+
+def _text(tokenizer, tokens: int) -> str:
+    """A text of exactly ``tokens`` tokens (without special tokens) of :data:`_FILLER`."""
+    ids = tokenizer(_FILLER, add_special_tokens=False)["input_ids"]
+    ids = (ids * (tokens // len(ids) + 1))[:tokens]
+    return tokenizer.decode(ids)
+
+
+def _role_rows(recipe: Recipe) -> dict[str, tuple[RoleConfig, int]]:
+    """The trained roles and the longest row each trains on (as :class:`~xinstruct.steps.Estimate` counts it)."""
+    est = Estimate(recipe, {}, 0, 0, None, 1)
+    ref = recipe.refinement
+    roles = {"generator": (recipe.generator, est.generator_row), "follower": (ref.follower, est.follower_row),
+             "final": (recipe.final, est.follower_row)}
+    if ref.evaluator_kind == "sft":
+        roles["evaluator"] = (ref.evaluator, est.rating_row)
+    return roles
+
+
+def _probe_training(recipe: Recipe, role: RoleConfig, row_tokens: int, tokenizer) -> TrainRate:
+    """A :data:`TRAIN_STEPS`-step training of ``role`` (its own settings) on rows of ``row_tokens`` tokens."""
+    from datasets import Dataset
+
+    from .training import train_sft
+
+    training = {**role.training, "max_steps": TRAIN_STEPS, "logging_steps": TRAIN_STEPS}
+    batch = training.get("per_device_train_batch_size", 8) * training.get("gradient_accumulation_steps", 1)
+    tokens = min(training.get("max_length") or row_tokens, row_tokens)
+    prompt = _text(tokenizer, max(1, tokens // 2))
+    rows = Dataset.from_dict({"prompt": [prompt] * batch * TRAIN_STEPS,
+                              "completion": [" " + _text(tokenizer, tokens)] * batch * TRAIN_STEPS})
+    with tempfile.TemporaryDirectory(prefix="xinstruct-probe-") as out:
+        start = time.perf_counter()
+        metrics = train_sft(recipe.model_for(role), rows, out, training=training, lora=role.lora, seed=recipe.seed,
+                            lm_head_on_loss_only=role.lm_head_on_loss_only)
+        wall = time.perf_counter() - start
+    loop = float(metrics["train_runtime"])
+    return TrainRate(tokens_per_s=TRAIN_STEPS * batch * tokens / loop, setup_s=max(0.0, wall - loop))
+
+
+def probe(recipe: Recipe, budget_s: float = 120.0) -> ProbeRates:
+    """Measure load, decode, prefill and per-role training rates of ``recipe`` on this machine (see the module doc);
+    stops probing roles once ``budget_s`` seconds are spent."""
+    from transformers import AutoTokenizer
+
+    from .hardware import cpu_kind, resolve_dtype
+    from .inference import make_engine
+    from .models import resolve_model
+    from .prompts import generator_prompt
+
+    began = time.perf_counter()
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(recipe.base_model))
+    cfg = recipe.engine_for(None)
+    device = getattr(cfg, "device", None)
+    batch = getattr(cfg, "batch_size", 16)
+    start = time.perf_counter()
+    engine = make_engine(cfg, recipe.base_model, progress=False)
+    load_s = time.perf_counter() - start
+    try:
+        decoding = recipe.candidates.decoding
+        prompts = [generator_prompt(_text(tokenizer, recipe.candidates.text_tokens or 512))] * batch
+        params = replace(decoding, min_new_tokens=decoding.max_new_tokens).with_seed(0)  # every row decodes to the end
+        start = time.perf_counter()
+        engine.generate(prompts, params)
+        decode_s = time.perf_counter() - start
+        ref = recipe.refinement
+        rating_prompt = _text(tokenizer, FRAME_TOKENS + INSTRUCTION_TOKENS)
+        response = " " + _text(tokenizer, ref.response_tokens)
+        start = time.perf_counter()
+        engine.loglik([rating_prompt] * 2 * batch, [response] * 2 * batch)
+        prefill_s = time.perf_counter() - start
+    finally:
+        engine.close()
+    import torch
+
+    rates = ProbeRates(
+        cpu=torch.cuda.get_device_name() if torch.cuda.is_available() else cpu_kind(),
+        dtype=resolve_dtype(cfg.dtype, device), load_s=load_s,
+        decode_tokens_per_s=batch * decoding.max_new_tokens / decode_s, decode_rows_per_s=batch / decode_s,
+        prefill_tokens_per_s=2 * batch * (FRAME_TOKENS + INSTRUCTION_TOKENS + ref.response_tokens) / prefill_s)
+    seen: dict[str, TrainRate] = {}
+    for name, (role, row_tokens) in _role_rows(recipe).items():
+        key = repr((recipe.model_for(role), role.lora, sorted(role.training.items()), row_tokens))
+        if key in seen:
+            rates.train[name] = seen[key]
+        elif time.perf_counter() - began > budget_s:
+            rates.skipped.append(name)
+        else:
+            rates.train[name] = seen[key] = _probe_training(recipe, role, row_tokens, tokenizer)
+    rates.seconds = time.perf_counter() - began
+    return rates
