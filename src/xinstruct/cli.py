@@ -9,6 +9,8 @@ import logging
 import sys
 from pathlib import Path
 
+from .cli_parser import build_parser
+
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from .config_loader import load_recipe
@@ -127,6 +129,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if any("=" not in item for item in args.harness_data):
         raise UsageError("--harness-data takes TASK=DIR, e.g. xcopa=../shared/data/xcopa.")
     data_dirs = dict(item.split("=", 1) for item in args.harness_data)
+    for task, folder in data_dirs.items():
+        if task != "xcopa":
+            raise UsageError(f"--harness-data {task}=...: local data is supported for xcopa only.")
+        if not Path(folder).is_dir():
+            raise UsageError(f"--harness-data {task}={folder}: no such folder.")
     cfg = EvalConfig(candidate=model, baseline=baseline, questions=args.questions, limit=args.limit,
                      modes=modes, max_new_tokens=args.max_new_tokens, engine=engine, judge=judge,
                      harness=tasks, harness_data=data_dirs,
@@ -136,15 +143,16 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_plan(args: argparse.Namespace) -> int:
+def _plan_one(path: str, args: argparse.Namespace) -> dict:
+    """:func:`xinstruct.costs.plan_costs` of one recipe with the command's options (probing it with ``--probe``)."""
+    from . import costs
     from .config_loader import load_recipe
     from .errors import RecipeError
 
-    recipe = load_recipe(args.recipe, args.set)  # a recipe error stops here, before the stages (and torch) load
-    from . import costs
-
-    if args.device not in costs.DEVICES:
-        raise RecipeError(f"--device {args.device!r}: use one of {', '.join(costs.DEVICES)}.")
+    recipe = load_recipe(path, args.set)  # a recipe error stops here, before the stages (and torch) load
+    device = args.device or (costs.hardware_line(path) or (1, "h100-80gb"))[1]
+    if device not in costs.DEVICES:
+        raise RecipeError(f"--device {device!r}: use one of {', '.join(costs.DEVICES)}.")
     rates = costs.rates_from_run(args.run) if args.run else {}
     for key in ("webtext_kept", "gate_kept", "keep_rate"):
         if getattr(args, key) is not None:
@@ -153,9 +161,9 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         params = costs.model_params(recipe.base_model, args.params)
     except ValueError as e:
         raise RecipeError(str(e)) from None
-    speed = costs.throughput(args.device, params)
+    speed = costs.throughput(device, params)
     speed = costs.Throughput(args.train_tps or speed.train, args.prefill_tps or speed.prefill,
-                       args.decode_tps or speed.decode)
+                             args.decode_tps or speed.decode)
     rates_probed = None
     if args.probe:
         from .probe import probe
@@ -163,8 +171,31 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         with contextlib.redirect_stdout(sys.stderr):  # the trainer prints its logs: stdout is the plan's alone
             rates_probed = probe(recipe, args.probe_seconds)
     measured = costs.measured_seconds(args.run) if args.run else None
-    plan = costs.plan_costs(recipe, args.device, rates, args.seeds_per_language, params, speed, rates_probed, measured)
-    print(json.dumps(plan, indent=2, default=str) if args.json else costs.format_costs(plan))
+    return costs.plan_costs(recipe, device, rates, args.seeds_per_language, params, speed, rates_probed, measured)
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from . import costs
+    from .errors import UsageError
+
+    if args.readme and not Path(args.readme).exists():
+        raise UsageError(f"--readme {args.readme}: no such file.")
+    plans = [_plan_one(path, args) for path in args.recipe]
+    if args.readme:
+        from .readme_blocks import fill_block
+
+        if args.probe:  # the measured prediction, in the block of that name
+            name, body = "probe", "\n\n".join(costs.format_costs(plan) for plan in plans)
+        else:
+            name, body = "plan", costs.plans_markdown(args.recipe, plans)
+        options = " --probe" * args.probe + (f" --run {args.run}" if args.run else "") + \
+            (f" --device {args.device}" if args.device else "")
+        fill_block(args.readme, name, body, f"xinstruct plan {' '.join(args.recipe)}{options} --readme {args.readme}")
+        print(f"updated the generated {name} block of {args.readme}")
+    elif args.json:  # one recipe: its plan; several: a list
+        print(json.dumps(plans[0] if len(plans) == 1 else plans, indent=2, default=str))
+    else:
+        print("\n\n".join(costs.format_costs(plan) for plan in plans))
     return 0
 
 
@@ -195,157 +226,15 @@ def _cmd_rate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_quality_commands(sub) -> None:
-    """``report`` and ``rate``: read a finished run's figures, or apply its evaluator to any pairs."""
-    p = sub.add_parser("report", help="the quality report of a finished run (every figure next to its reference)")
-    p.add_argument("run", help="run directory")
-    p.add_argument("--markdown", action="store_true", help="Markdown tables (the default output format)")
-    p.add_argument("--readme", metavar="FILE",
-                   help="write the tables into FILE between '<!-- report:begin -->' and '<!-- report:end -->'")
-    p.set_defaults(func=_cmd_report)
-    p = sub.add_parser("rate", help="rate (instruction, output, language) pairs with a run's evaluator",
-                       description="Writes p1, p2, p3, expected_rating and rating per row, with the same code as "
-                                   "the ratings step.")
-    p.add_argument("run", help="a finished run directory")
-    p.add_argument("pairs", help="JSONL file, one object per line with instruction, output, language")
-    p.add_argument("--iteration", type=int, help="the iteration whose evaluator rates (default: the last)")
-    p.add_argument("--out", required=True, help="output JSONL file")
-    p.set_defaults(func=_cmd_rate)
-
-
 def _cmd_bench(args: argparse.Namespace) -> int:
     from .bench import main as bench_main
 
     return bench_main(args.out, args.gemma_rows, args.skip_gemma)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``xinstruct`` (also used for ``--help``)."""
-    parser = argparse.ArgumentParser(
-        prog="xinstruct",
-        description="X-Instruction: cross-lingual instruction data (English instruction, native response) "
-        "for low-resource languages.",
-    )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    parser.add_argument("--debug", action="store_true", help="show the traceback of an error instead of one line")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("run", help="run (or resume) a recipe",
-                       description="Run or resume a recipe; finished steps are skipped.")
-    p.add_argument("recipe", help="YAML recipe, e.g. recipes/tiny.yaml")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a recipe key, e.g. --set candidates.shard_size=32")
-    p.add_argument("--run-dir", help="run directory (default: runs/<recipe name>)")
-    p.add_argument("--until",
-                   help="stop after this stage (generation, refinement, diversification, tuning) or step (e.g. "
-                        "candidates, iter-1/kept)")
-    p.add_argument("--from", dest="start", help="run again from this stage or step; earlier steps must be finished")
-    p.set_defaults(func=_cmd_run)
-
-    p = sub.add_parser("plan",
-                       help="the cost of a recipe before running it: rows, tokens, hours, GPU-hours per step (loads "
-                            "nothing, unless --probe measures this machine first)")
-    p.add_argument("recipe", help="YAML recipe")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe key")
-    p.add_argument("--device", default="h100-80gb", help="h100-80gb (default), a100-80gb, a100-40gb, l40s-48gb, "
-                   "l4-24gb or cpu-2core (peak bf16 FLOP/s, memory bandwidth and memory of each: xinstruct.costs)")
-    p.add_argument("--run", help="a finished run whose measured keep rates replace the defaults")
-    p.add_argument("--webtext-kept", dest="webtext_kept", type=float,
-                   help="share of web texts passing the filters (default 0.8)")
-    p.add_argument("--gate-kept", dest="gate_kept", type=float,
-                   help="share of candidates passing the gate (default 0.95)")
-    p.add_argument("--keep-rate", dest="keep_rate", type=float,
-                   help="share of rated rows kept per iteration (default 0.5)")
-    p.add_argument("--seeds-per-language", type=int,
-                   help="seed pairs per language (default: the limit, or 1000 for files)")
-    p.add_argument("--params", type=float, help="model parameters (default: read from the model name)")
-    p.add_argument("--train-tps", type=float, help="trained tokens/s per device (default: 40%% MFU of the bf16 peak)")
-    p.add_argument("--prefill-tps", type=float, help="scored tokens/s per device (default: 50%% of the bf16 peak)")
-    p.add_argument("--decode-tps", type=float,
-                   help="generated tokens/s per device (default: memory-bound at batch 64)")
-    p.add_argument("--probe", action="store_true",
-                   help="measure this machine's load, decode, prefill and training rates on the recipe's own model "
-                        "and batch sizes (about 2 minutes; loads the model) and predict every step from them")
-    p.add_argument("--probe-seconds", type=float, default=120.0,
-                   help="time budget of --probe; roles left when it runs out are priced from the datasheet")
-    p.add_argument("--json", action="store_true", help="print the plan as JSON (with --probe: predicted_seconds)")
-    p.set_defaults(func=_cmd_plan)
-
-    p = sub.add_parser("languages", help="list the built-in languages")
-    p.set_defaults(func=_cmd_languages)
-
-    p = sub.add_parser("seed-build",
-                       help="make seed pairs by machine-translating an English instruction set's responses")
-    p.add_argument("instructions",
-                   help="JSONL/Parquet file or Hub dataset with instruction and output columns (English)")
-    p.add_argument("--languages", required=True, help="comma-separated codes, e.g. sw,ta")
-    p.add_argument("--model", default="facebook/nllb-200-distilled-600M",
-                   help="seq2seq translation model (NLLB-style language codes)")
-    p.add_argument("--out", required=True, help="output folder (one <code>.jsonl per language)")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--limit", type=int, help="translate at most this many pairs")
-    p.add_argument("--max-new-tokens", type=int, default=512)
-    p.set_defaults(func=_cmd_seed_build)
-
-    p = sub.add_parser("publish", help="write the dataset repo folder (Parquet + card) of a finished run")
-    p.add_argument("run_dir", help="run directory, e.g. runs/default")
-    p.add_argument("--out", default="x-instruction",
-                   help="output folder; load_dataset takes its name (default: x-instruction)")
-    p.add_argument("--license", default="other", help="licence in the card (that of the web corpus)")
-    p.add_argument("--pretty-name", default="X-Instruction")
-    p.set_defaults(func=_cmd_publish)
-
-    p = sub.add_parser("push",
-                       help="push a finished run to the Hub (a revision per iteration; token from HF_TOKEN or login)")
-    p.add_argument("run_dir", help="run directory, e.g. runs/default")
-    p.add_argument("--repo", required=True, help="dataset repo id, USER/x-instruction")
-    p.add_argument("--iteration", type=int, help="push only this iteration's revisions (the last one also updates "
-                   "main): after growing a run by one iteration, push just that")
-    p.add_argument("--models", action="store_true", help="also push the models with cards: the follower and "
-                   "evaluator of each iteration (branch iter-k), the generator and the final model")
-    p.add_argument("--private", action="store_true")
-    p.set_defaults(func=_cmd_push)
-
-    p = sub.add_parser("push-space", help="deploy the Gradio chat Space (space/ + the xinstruct package) to the Hub")
-    p.add_argument("--repo", required=True, help="Space repo id, USER/x-instruction-chat")
-    p.add_argument("--private", action="store_true")
-    p.set_defaults(func=_cmd_push_space)
-
-    p = sub.add_parser("evaluate",
-                       help="pairwise judging, zero-shot retention, language fidelity, lm-eval benchmarks; writes a "
-                            "report")
-    p.add_argument("--run",
-                   help="a run directory: evaluate RUN/final/model against the recipe's base model, write RUN/eval")
-    p.add_argument("--model", help="candidate model (path or Hub id)")
-    p.add_argument("--baseline", help="baseline model (path or Hub id); needed for pairwise judging")
-    p.add_argument("--languages", help="comma-separated codes (default: the run's, or the ten paper languages)")
-    p.add_argument("--questions", default="builtin",
-                   help="question set folder with <code>.jsonl files (default: the built-in 42 questions)")
-    p.add_argument("--limit", type=int, help="at most this many questions per language")
-    p.add_argument("--modes", default="cross-lingual,zero-shot", help="answer modes")
-    p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--engine-url",
-                   help="answer through this OpenAI-compatible server instead of loading the models here "
-                   "(it must load models by name, like transformers serve or a vLLM serving both; TGI ignores the "
-                   "name)")
-    p.add_argument("--judge-url", help="OpenAI-compatible judge, e.g. https://api.openai.com or http://127.0.0.1:8000")
-    p.add_argument("--judge-model", help="judge model name, e.g. gpt-4o")
-    p.add_argument("--judge-token-env",
-                   help="environment variable with the judge's key, e.g. OPENAI_API_KEY (default: send no token)")
-    p.add_argument("--harness", help="lm-eval benchmarks: any of xcopa,xnli,xstorycloze")
-    p.add_argument("--harness-data", action="append", default=[], metavar="TASK=DIR",
-                   help="local data for a benchmark, e.g. xcopa=../shared/data/xcopa")
-    p.add_argument("--harness-limit", type=int, help="at most this many documents per benchmark task")
-    p.add_argument("--out", help="output folder (default: RUN/eval or ./eval)")
-    p.set_defaults(func=_cmd_evaluate)
-
-    p = sub.add_parser("bench", help="side-by-side benchmarks; prints ratios and writes JSON")
-    p.add_argument("--out", default="bench.json", help="JSON results file")
-    p.add_argument("--gemma-rows", type=int, default=16, help="rows for the Gemma-3-270M comparison")
-    p.add_argument("--skip-gemma", action="store_true", help="only the tiny model")
-    p.set_defaults(func=_cmd_bench)
-    _add_quality_commands(sub)
-    return parser
+COMMANDS = {"run": _cmd_run, "plan": _cmd_plan, "languages": _cmd_languages, "seed-build": _cmd_seed_build,
+            "publish": _cmd_publish, "push": _cmd_push, "push-space": _cmd_push_space, "evaluate": _cmd_evaluate,
+            "bench": _cmd_bench, "report": _cmd_report, "rate": _cmd_rate}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -359,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     from .errors import XInstructError
 
     try:
-        return args.func(args)
+        return COMMANDS[args.command](args)
     except XInstructError as e:
         if args.debug:
             raise

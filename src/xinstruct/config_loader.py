@@ -111,7 +111,9 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
         raise RecipeError(f"Override {item!r}: the value is not valid YAML ({problem}).") from None
 
 
-def _check_recipe(recipe: Recipe) -> None:
+def _check_languages(recipe: Recipe) -> None:
+    """Extra languages are complete and registered, every language is known, and language ID covers every language
+    beyond the paper's ten while ``data.filters.lid`` is on."""
     for code, spec in recipe.extra_languages.items():
         unknown = set(spec) - {"name", "script", "resource", "flores"}
         if unknown or "name" not in spec or "script" not in spec:
@@ -126,15 +128,19 @@ def _check_recipe(recipe: Recipe) -> None:
             lang_registry.get(code)
         except lang_registry.UnknownLanguageError as e:
             raise RecipeError(str(e)) from None
-    roles = {
-        "generator": recipe.generator,
-        "refinement.follower": recipe.refinement.follower,
-        "refinement.evaluator": recipe.refinement.evaluator,
-        "final": recipe.final,
-    }
-    for where, role in roles.items():
-        check_block_keys(role.training, passed_keys("training"), f"{where}.training")
-        check_block_keys(role.lora, passed_keys("lora"), f"{where}.lora")
+    paper = {lang.code for lang in lang_registry.PAPER_LANGUAGES}  # all known to the detector
+    extra = [code for code in recipe.languages if code not in paper]
+    if extra and recipe.data.filters.lid:
+        from .data.lid import is_supported  # lingua, only for added languages
+
+        unsupported = [code for code in extra if not is_supported(code)]
+        if unsupported:
+            raise RecipeError(f"language ID (lingua) does not know {', '.join(unsupported)}: set data.filters.lid: "
+                              "false, or drop the language(s).")
+
+
+def _check_refinement(recipe: Recipe) -> None:
+    """Refinement's choices, shares and pseudo-rating sources."""
     ref = recipe.refinement
     if min(recipe.candidates.shard_size, ref.shard_size, ref.pseudo_ratings.shard_size) < 1:
         raise RecipeError("shard sizes must be >= 1.")
@@ -157,16 +163,12 @@ def _check_recipe(recipe: Recipe) -> None:
     check_choice(sources[2], ("follower", "base"), "level_sources[2]")
     check_choice(sources[1], ("mismatched", "other_language"), "level_sources[1]")
     ref.pseudo_ratings.level_sources = sources
-    seeds = recipe.data.seeds
-    if not 0.0 < seeds.heldout_fraction < 1.0 or seeds.heldout_min_per_language < 1:
-        raise RecipeError("data.seeds.heldout_fraction must be between 0 and 1 and heldout_min_per_language >= 1.")
     if not 0.0 <= ref.planted_share <= 1.0 or ref.response_tokens < 1:
         raise RecipeError("refinement.planted_share must be in [0, 1] and refinement.response_tokens >= 1.")
-    div = recipe.diversification
-    if div.clusters < 1 or div.target_per_language < 1:
-        raise RecipeError("diversification.clusters and diversification.target_per_language must be >= 1.")
-    if not 0.0 <= recipe.final.assistant_share <= 1.0:
-        raise RecipeError("final.assistant_share is a share: 0 <= value <= 1.")
+
+
+def _check_launcher(recipe: Recipe) -> None:
+    """The launcher's type, its accelerate config file, and a final save that writes weights."""
     check_choice(recipe.launcher.type, ("python", "accelerate"), "launcher.type")
     config_file = recipe.launcher.config_file
     if recipe.launcher.type == "accelerate" and config_file and not Path(config_file).is_file():
@@ -174,6 +176,31 @@ def _check_recipe(recipe: Recipe) -> None:
                           "the recipe file, then to the working directory).")
     if recipe.launcher.type == "accelerate" and config_file:
         check_final_save(recipe.launcher)  # a launch whose final save would write no weights
+
+
+def _check_recipe(recipe: Recipe) -> None:
+    """Every check of a loaded recipe: languages, roles' blocks and engines, refinement, seeds, diversification,
+    final, launcher."""
+    _check_languages(recipe)
+    roles = {
+        "generator": recipe.generator,
+        "refinement.follower": recipe.refinement.follower,
+        "refinement.evaluator": recipe.refinement.evaluator,
+        "final": recipe.final,
+    }
+    for where, role in roles.items():
+        check_block_keys(role.training, passed_keys("training"), f"{where}.training")
+        check_block_keys(role.lora, passed_keys("lora"), f"{where}.lora")
+    _check_refinement(recipe)
+    seeds = recipe.data.seeds
+    if not 0.0 < seeds.heldout_fraction < 1.0 or seeds.heldout_min_per_language < 1:
+        raise RecipeError("data.seeds.heldout_fraction must be between 0 and 1 and heldout_min_per_language >= 1.")
+    div = recipe.diversification
+    if div.clusters < 1 or div.target_per_language < 1:
+        raise RecipeError("diversification.clusters and diversification.target_per_language must be >= 1.")
+    if not 0.0 <= recipe.final.assistant_share <= 1.0:
+        raise RecipeError("final.assistant_share is a share: 0 <= value <= 1.")
+    _check_launcher(recipe)
     recipe.engine.check("engine")
     for where, role in roles.items():
         recipe.engine_for(role, f"{where}.engine").check(f"{where}.engine")

@@ -265,6 +265,30 @@ def plan_costs(recipe: Recipe, device: str = "h100-80gb", rates: dict[str, float
     }
 
 
+def hardware_line(path: str | Path) -> tuple[int, str] | None:
+    """The GPU count and device of a recipe's ``# Hardware: Nx DEVICE ...`` line (``None`` without one)."""
+    line = re.search(r"^# Hardware: (\d+)x ([a-z0-9-]+)", Path(path).read_text(encoding="utf-8"), re.M)
+    return (int(line.group(1)), line.group(2)) if line else None
+
+
+def plans_markdown(paths: list[str], plans: list[dict[str, Any]]) -> str:
+    """A table of several recipes' plans (hardware, hours, GPU-hours, peak memory, web texts), then each plan in a
+    folded block (``xinstruct plan ... --readme``)."""
+    lines = ["| recipe | hardware | hours | GPU-hours | peak training memory per GPU | web texts needed per language "
+             "(reads) |", "|---|---|---:|---:|---:|---:|"]
+    for path, plan in zip(paths, plans):
+        known = [gb for gb in plan["memory_gb"].values() if gb is not None]
+        peak = f"{max(known):.1f} GB" if known else "unknown"
+        reads = plan["webtexts_per_language"]
+        lines.append(f"| `{path}` | {plan['processes']}x {plan['device']} | {plan['total_hours']:.1f} | "
+                     f"{plan['total_gpu_hours']:.1f} | {peak} | {plan['webtexts_needed_per_language']} "
+                     f"({'all' if reads is None else reads}) |")
+    for path, plan in zip(paths, plans):
+        lines += ["", f"<details><summary><code>xinstruct plan {path} --device {plan['device']}</code></summary>", "",
+                  "```", format_costs(plan), "```", "", "</details>"]
+    return "\n".join(lines)
+
+
 def _n(x: float) -> str:
     for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if abs(x) >= size:

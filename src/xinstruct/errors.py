@@ -40,6 +40,6 @@ class EndpointError(XInstructError, RuntimeError):
     """An endpoint call cannot complete; the message says what the server answered and what to change."""
 
 
-class RunDirError(DataError, PublishError):
-    """A run directory without the recipe or the finished step a command reads (a :class:`DataError` and, for the
-    publishing code that raised it before :class:`~xinstruct.rundir.RunDir` existed, a :class:`PublishError`)."""
+class RunDirError(DataError):
+    """A run directory without the recipe or the finished step a command reads (every command that reads a run,
+    publishing included, raises this one class)."""

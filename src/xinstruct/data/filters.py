@@ -1,4 +1,4 @@
-"""The filters of the web-text step and of the candidate gate, as blocks (:mod:`xinstruct.data.blocks`).
+"""The filters of the web-text step and of the candidate gate, on the runner of :mod:`xinstruct.data.filtering`.
 
 Each filter has a ``name`` (the skip reason counted in the manifest) and decides keep or drop per row. Dropped
 rows are kept, with their reason, in the step's ``dropped`` dataset. A step's filters are listed in one place:
@@ -15,8 +15,9 @@ from itertools import groupby
 from datasketch import MinHash, MinHashLSH
 
 from ..config import FilterConfig
+from ..errors import DataError
 from . import lid
-from .blocks import BatchFilter, Decision, Filter, FilterReport, FilterRunner, Row, RowFilter, Verdict
+from .filtering import BatchFilter, Decision, Filter, FilterReport, FilterRunner, Row, RowFilter, Verdict
 
 _SPACES = re.compile(r"\s+")
 
@@ -127,6 +128,9 @@ class NearDuplicate(RowFilter):
         mh = minhash(row[self.column], self.ngram)
         if self.lsh.query(mh):
             return self.name
+        if row["id"] in self.lsh.keys:
+            raise DataError(f"Row id {row['id']!r} names two different texts ({self.column!r}): ids must be unique "
+                            "within a language (or leave the 'id' field out to let the project number the rows).")
         self.lsh.insert(row["id"], mh)
         return None
 

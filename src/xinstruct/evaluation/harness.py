@@ -37,7 +37,10 @@ def local_xcopa_task(data_dir: str | Path, lang: str) -> dict[str, Any]:
     files = {"validation": str(folder / f"val.{lang}.jsonl"), "test": str(folder / f"test.{lang}.jsonl")}
     for split, path in files.items():
         if not Path(path).exists():
-            raise FileNotFoundError(f"XCOPA {split} file for {lang} not found: {path}")
+            from ..errors import DataError
+
+            raise DataError(f"XCOPA {split} file for {lang} not found: {path} (--harness-data xcopa=DIR needs "
+                            f"DIR/{lang}/val.{lang}.jsonl and test.{lang}.jsonl).")
     return {
         "task": f"xcopa_local_{lang}",
         "dataset_path": "json",

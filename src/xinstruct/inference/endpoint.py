@@ -55,9 +55,11 @@ from ..errors import EndpointError
 from ..models import resolve_model
 from . import routes
 from .base import Engine, GenerationParams
+from .dispatch import Dispatcher, Retryable, RowRefused, classify
 from .endpoint_config import EndpointConfig
 from .replay import ReplayStore, request_key
-from .routes import Dispatcher, NoLogprobs, Retryable, Route, RowRefused, Served
+from .routes import NoLogprobs, Route
+from .served import Served, check_served, served_models
 
 logger = logging.getLogger(__name__)
 
@@ -199,11 +201,11 @@ class EndpointEngine(Engine):
             if url in self.served:
                 continue
             try:
-                served = routes.served_models(url, self._headers(), self.timeout)
+                served = served_models(url, self._headers(), self.timeout)
             except httpx2.TransportError as error:
                 logger.debug("cannot ask %s which model it serves (%s: %s)", url, type(error).__name__, error)
                 continue
-            routes.check_served(url, self.model, served)
+            check_served(url, self.model, served)
             self.served[url] = served
 
     def _request(self, url: str, request: dict[str, Any]) -> RequestParameters:
@@ -342,7 +344,7 @@ class EndpointEngine(Engine):
 
     def _classify(self, url: str, error: Exception) -> Exception:
         """Map a client exception to :class:`Retryable` (retry it) or :class:`EndpointError` (stop)."""
-        return routes.classify(url, error, self.timeout, self.token_env, self.model)
+        return classify(url, error, self.timeout, self.token_env, self.model)
 
     def _parse(self, url: str, route: Route, scoring: bool, data: Any) -> tuple[Any, dict[str, int]]:
         try:
@@ -368,7 +370,7 @@ def build_endpoint_engine(config: EndpointConfig, model: str, requests_dir: str 
     ``endpoint``); ``model`` is the default ``model=`` (built-in names are resolved and local paths made absolute, so
     a ``transformers serve`` on this machine can load it)."""
     if config.model is None:
-        model = resolve_model(model)  # the built-in names become local folders
+        model = resolve_model(model, loads_here=False)  # the built-in names become local folders
         if Path(model).exists():
             model = str(Path(model).resolve())
     store = ReplayStore(requests_dir) if requests_dir is not None else None

@@ -20,7 +20,7 @@ from transformers import (
     TextIteratorStreamer,
 )
 
-from ..errors import StageError
+from ..errors import ModelError, StageError
 from ..hardware import resolve_dtype
 from ..models import resolve_model
 from .base import Engine, GenerationParams
@@ -252,17 +252,17 @@ class LocalEngine(Engine):
         for option in options:
             toks = self.tokenizer(option, add_special_tokens=False)["input_ids"]
             if len(toks) != 1:
-                raise ValueError(f"Score option {option!r} is {len(toks)} tokens for this tokenizer; "
-                                 f"options must be single tokens.")
+                raise ModelError(f"{self.model_name}: the rating option {option!r} is {len(toks)} tokens for its "
+                                 "tokenizer; rating options must be single tokens: rate with another model.")
             if context is not None:
                 base = self.tokenizer(context)["input_ids"]
                 joined = self.tokenizer(context + option)["input_ids"]
                 if joined != base + toks:
-                    raise ValueError(f"After the prompt, {option!r} does not tokenise as one separate token; "
-                                     f"end the prompt with a separator such as a newline.")
+                    raise ModelError(f"{self.model_name}: after the prompt, {option!r} does not tokenise as one "
+                                     "separate token; end the prompt with a separator such as a newline.")
             ids.append(toks[0])
         if len(set(ids)) != len(ids):
-            raise ValueError(f"Score options {options} map to the same token.")
+            raise ModelError(f"{self.model_name}: the rating options {options} map to the same token.")
         return ids
 
     @torch.inference_mode()

@@ -11,7 +11,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from ..prompts import FOLLOWER_TEMPLATE, GENERATOR_TEMPLATE, RATING_TEMPLATE
 from ..run_report import iteration_report
-from ..rundir import RunDir
+from ..rundir import RunDir, iteration_name
 from .dataset_repo import CITATION, PublishError, refinement_facts
 from .templates import template_path
 
@@ -104,22 +104,43 @@ def iteration_figures(run: RunDir, role: str, k: int) -> tuple[dict[str, dict[st
     return table, results
 
 
-def render_model_card(
-    run_dir: str | Path,
-    role: str,
-    repo_id: str,
-    dataset: str | None = None,
-    dataset_revision: str | None = None,
-    evaluation: dict[str, Any] | None = None,
-    iteration: int | None = None,
-) -> ModelCard:
+def _lineage(run: RunDir, role: str, k: int, step_hash: str | None) -> dict[str, Any]:
+    """Where iteration ``k``'s follower or evaluator sits: the revisions it trained on, rated, and the previous and
+    next iterations' revisions (each named after its iteration, :func:`~xinstruct.rundir.iteration_name`)."""
+    return {
+        "iteration": k, "iterations": run.iterations, "step_hash": step_hash,
+        "trained_on": iteration_name(k - 1) if role == "follower" and k > 1 else None,
+        "rated": iteration_name(k) if role == "evaluator" else None,
+        "previous": iteration_name(k - 1) if k > 1 else None,
+        "next": iteration_name(k + 1) if run.finished(run.role_step(role, k + 1)) else None,
+    }
+
+
+def _role_training(run: RunDir, recipe: dict[str, Any], role: str, k: int | None, manifest: dict[str, Any]
+                   ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None]:
+    """The recipe block of the weights a role's card describes, the manifest of their training and (likelihood
+    evaluator) the rating head's pushed settings: a likelihood evaluator is the follower's weights plus a head."""
+    likelihood = recipe["refinement"].get("evaluator_kind") == "likelihood"
+    blocks = {"final": recipe["final"], "generator": recipe["generator"], "follower": recipe["refinement"]["follower"],
+              "evaluator": recipe["refinement"]["follower" if likelihood else "evaluator"]}
+    head = None
+    if role == "evaluator" and likelihood:
+        manifest = run.manifest(run.role_step("follower", k))  # the training behind the weights
+        if (path := run.rating_head(k)) is not None:
+            head = {key: value for key, value in json.loads(path.read_text(encoding="utf-8")).items()
+                    if key not in ("follower", "mean", "std", "weight", "bias")}  # what the pushed JSON carries
+    return blocks[role], manifest, head
+
+
+def render_model_card(run_dir: str | Path, role: str, repo_id: str, dataset: str | None = None,
+                      dataset_revision: str | None = None, evaluation: dict[str, Any] | None = None,
+                      iteration: int | None = None) -> ModelCard:
     """The model card of ``role`` (``generator``, ``follower``, ``evaluator`` or ``final``) of a finished run.
 
-    The cards of the follower, the evaluator and the final model state how the run rated and kept its data
-    (:func:`.dataset_repo.refinement_facts`: K, evaluator kind and folds, keep rule with the threshold applied,
-    response window); the generator's does not (it precedes refinement, so growing a run leaves its card
-    unchanged). The evaluator's card says how to rate pairs with it (``xinstruct rate``, or by hand from
-    ``rating_head.json``).
+    The follower's, evaluator's and final model's cards state how the run rated and kept its data
+    (:func:`.dataset_repo.refinement_facts`); the generator's does not (it precedes refinement, so growing a run
+    leaves its card unchanged). The evaluator's card says how to rate pairs with it (``xinstruct rate``, or by hand
+    from ``rating_head.json``).
 
     Args:
         repo_id: the model repo the card is for.
@@ -136,87 +157,60 @@ def render_model_card(
     if role not in ROLES:
         raise PublishError(f"Unknown role {role!r}; use one of {', '.join(ROLES)}.")
     run = RunDir(run_dir)
-    recipe = run.recipe()
-    k_max = run.iterations
+    recipe, k_max = run.recipe(), run.iterations
     k = (iteration or k_max) if role in PER_ITERATION else None
-    step = run.role_step(role, k)
-    manifest = run.manifest(step)
+    manifest = run.manifest(step := run.role_step(role, k))
     if not manifest:
         raise PublishError(f"{run.path} has no trained {role} (no finished {step} step); run the recipe first.")
-    eval_results: list[Any] = []
-    eval_file = run.eval_results()
-    if role == "final" and evaluation is None and eval_file.exists():  # written by `xinstruct evaluate --run`
-        from ..evaluation.report import card_eval_results
-
-        eval_results, evaluation = card_eval_results(json.loads(eval_file.read_text(encoding="utf-8")))
-    lineage, figures = None, None
-    if k is not None:
-        if evaluation is None:  # the iteration's figures, each next to its references
-            figures, eval_results = iteration_figures(run, role, k)
-        lineage = {
-            "iteration": k, "iterations": k_max, "step_hash": manifest.get("hash"),
-            "trained_on": (f"iter-{k - 1}" if role == "follower" and k > 1 else None),
-            "rated": f"iter-{k}" if role == "evaluator" else None,
-            "previous": f"iter-{k - 1}" if k > 1 else None,
-            "next": f"iter-{k + 1}" if run.finished(run.role_step(role, k + 1)) else None,
-        }
+    eval_results, evaluation, figures = _card_figures(run, role, k, evaluation)
+    lineage = _lineage(run, role, k, manifest.get("hash")) if k is not None else None
     likelihood = recipe["refinement"].get("evaluator_kind") == "likelihood"
-    blocks = {"final": recipe["final"], "generator": recipe["generator"], "follower": recipe["refinement"]["follower"],
-              # a likelihood evaluator is the follower's weights plus a rating head
-              "evaluator": recipe["refinement"]["follower" if likelihood else "evaluator"]}
-    block = blocks[role]
-    if role == "evaluator" and likelihood:
-        manifest = run.manifest(run.role_step("follower", k))  # the training behind the weights
-    refinement = refinement_facts(run, recipe)
+    block, manifest, head = _role_training(run, recipe, role, k, manifest)
+    refinement = refinement_facts(run, recipe)  # K, evaluator kind and folds, keep rule and threshold, window
     # a cross-fitted follower (and the likelihood evaluator on its weights) is pushed as fold 0's model
     fold = ({"folds": refinement["folds"], "rows": manifest.get("fold_0_rows"), "rows_in": manifest.get("rows_in")}
             if role in PER_ITERATION and refinement["folds"] > 1 else None)
-    head = None
-    if role == "evaluator" and likelihood and (path := run.rating_head(k)) is not None:
-        head = {key: value for key, value in json.loads(path.read_text(encoding="utf-8")).items()
-                if key not in ("follower", "mean", "std", "weight", "bias")}  # what the pushed JSON carries
     # the data a model trained on: the final model on the published set; follower k on the kept set of k - 1
     trained_on = (dataset_revision if role == "final" else
                   lineage["trained_on"] if lineage and lineage["trained_on"] else None)
     trained_on_dataset = dataset if role == "final" or trained_on else None
     base = block.get("model") or recipe["base_model"]
     card_data = ModelCardData(
-        base_model=base,
-        datasets=[trained_on_dataset] if trained_on_dataset else None,
-        language=list(recipe["languages"]),
-        library_name="transformers",
-        pipeline_tag="text-generation",
-        license="other",
-        tags=["x-instruction", "trl", "sft", "cross-lingual", role] + (["lora"] if block.get("lora") else []),
-        dataset_revision=trained_on,
-        model_name=repo_id.split("/")[-1],
-        eval_results=eval_results or None,
-    )
+        base_model=base, datasets=[trained_on_dataset] if trained_on_dataset else None,
+        language=list(recipe["languages"]), library_name="transformers", pipeline_tag="text-generation",
+        license="other", tags=_tags(role, block), dataset_revision=trained_on, model_name=repo_id.split("/")[-1],
+        eval_results=eval_results or None)
     return ModelCard.from_template(
-        card_data,
-        template_path=str(template_path("model_card.md")),
-        model_name=repo_id.split("/")[-1],
-        repo_id=repo_id,
-        role=role,
-        base_model=base,
-        iteration=k or k_max,
-        lineage=lineage,
-        languages=recipe["languages"],
-        dataset=dataset,
-        trained_on_dataset=trained_on_dataset,
+        card_data, template_path=str(template_path("model_card.md")), model_name=repo_id.split("/")[-1],
+        repo_id=repo_id, role=role, base_model=base, iteration=k or k_max, lineage=lineage,
+        languages=recipe["languages"], dataset=dataset, trained_on_dataset=trained_on_dataset,
         dataset_revision=trained_on,
         # a likelihood evaluator scores the response after the follower's prompt (the head's template)
         template=(head or {}).get("template", FOLLOWER_TEMPLATE) if role == "evaluator" and likelihood
         else ROLES[role],
-        lora=block.get("lora"),
-        training=block.get("training") or {},
-        metrics=manifest.get("metrics") or manifest.get("fold_0_metrics"),
-        evaluation=evaluation,
-        figures=figures,
-        refinement=refinement,
-        applied_threshold=refinement["thresholds"].get(k) if k else None,
-        fold=fold,
-        head=head,
-        likelihood=likelihood,
-        citation=CITATION,
-    )
+        lora=block.get("lora"), training=block.get("training") or {},
+        metrics=manifest.get("metrics") or manifest.get("fold_0_metrics"), evaluation=evaluation, figures=figures,
+        refinement=refinement, applied_threshold=refinement["thresholds"].get(k) if k else None, fold=fold,
+        head=head, likelihood=likelihood, citation=CITATION)
+
+
+def _tags(role: str, block: dict[str, Any]) -> list[str]:
+    """A model card's tags: the project, the method, the role, and ``lora`` when the role trained an adapter."""
+    return ["x-instruction", "trl", "sft", "cross-lingual", role] + (["lora"] if block.get("lora") else [])
+
+
+def _card_figures(run: RunDir, role: str, k: int | None, evaluation: dict[str, Any] | None
+                  ) -> tuple[list[Any], dict[str, Any] | None, dict[str, Any] | None]:
+    """A card's ``model-index`` results, its evaluation table and its figures next to their references: the final
+    model's from ``xinstruct evaluate --run`` (when run), a follower's or evaluator's from its iteration's report;
+    an ``evaluation`` passed in is shown as given."""
+    eval_results: list[Any] = []
+    figures = None
+    eval_file = run.eval_results()
+    if role == "final" and evaluation is None and eval_file.exists():  # written by `xinstruct evaluate --run`
+        from ..evaluation.report import card_eval_results
+
+        eval_results, evaluation = card_eval_results(json.loads(eval_file.read_text(encoding="utf-8")))
+    if k is not None and evaluation is None:  # the iteration's figures, each next to its references
+        figures, eval_results = iteration_figures(run, role, k)
+    return eval_results, evaluation, figures

@@ -21,7 +21,7 @@ from huggingface_hub import HfApi, get_token
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
-from ..rundir import RunDir, iteration_step
+from ..rundir import RunDir, iteration_name, iteration_step
 from .cards import render_model_card
 from .dataset_repo import PublishError, build_dataset_repo
 
@@ -108,11 +108,12 @@ def push(
     with tempfile.TemporaryDirectory() as tmp:
         for k in todo:
             step = iteration_step(k, "kept")
-            folder = build_dataset_repo(run.path, Path(tmp) / f"iter-{k}" / "x-instruction", source=step,
+            folder = build_dataset_repo(run.path, Path(tmp) / iteration_name(k) / "x-instruction", source=step,
                                         iterations=False)
-            result = _upload(api, folder, repo_id, "dataset", f"iter-{k}", f"X-Instruction: kept set of iteration {k}")
-            tag = f"iter-{k}-{run.manifest(step)['hash']}"
-            api.create_tag(repo_id, repo_type="dataset", tag=tag, revision=f"iter-{k}", exist_ok=True)
+            result = _upload(api, folder, repo_id, "dataset", iteration_name(k),
+                             f"X-Instruction: kept set of iteration {k}")
+            tag = f"{iteration_name(k)}-{run.manifest(step)['hash']}"
+            api.create_tag(repo_id, repo_type="dataset", tag=tag, revision=iteration_name(k), exist_ok=True)
             summary["revisions"].append(result)
             summary["tags"].append(tag)
         if with_main:
@@ -137,15 +138,15 @@ def _push_models(api: HfApi, run: RunDir, repo_id: str, todo: list[int], with_ma
         api.create_repo(model_repo, repo_type="model", private=private, exist_ok=True)
         for k in todo:
             folder = _model_folder(run, role, k, tmp / f"{role}-{k}")
-            render_model_card(run.path, role, model_repo, dataset=repo_id, dataset_revision=f"iter-{k}",
+            render_model_card(run.path, role, model_repo, dataset=repo_id, dataset_revision=iteration_name(k),
                               iteration=k).save(folder / "README.md")
-            branches = [f"iter-{k}"] + (["main"] if with_main and k == run.iterations else [])
+            branches = [iteration_name(k)] + (["main"] if with_main and k == run.iterations else [])
             for branch in branches:
                 result = _upload(api, folder, model_repo, "model", branch, f"X-Instruction {role}, iteration {k}")
                 pushed.append({"repo_id": model_repo, "iteration": k, **result})
             shutil.rmtree(folder)  # one model copy on disk at a time
-            tag = f"iter-{k}-{run.manifest(run.role_step(role, k))['hash']}"
-            api.create_tag(model_repo, repo_type="model", tag=tag, revision=f"iter-{k}", exist_ok=True)
+            tag = f"{iteration_name(k)}-{run.manifest(run.role_step(role, k))['hash']}"
+            api.create_tag(model_repo, repo_type="model", tag=tag, revision=iteration_name(k), exist_ok=True)
     if with_main:
         for role, suffix in (("generator", "generator"), ("final", "model")):
             model_repo = f"{repo_id}-{suffix}"

@@ -73,20 +73,10 @@ def rate_candidates(recipe: Recipe, pool: Dataset, swaps: Dataset, step: Step, e
     fitter = fitter_for(raters[0])
     rating_heads = [LikelihoodHead.load(Path(h)) for h in heads] if heads else None
 
-    def shard(part: Dataset, index: int) -> Dataset:
-        columns = {col: [0.0] * len(part) for col in (*RATING_COLUMNS, "likelihood", "pmi")}
-        for r in sorted(set(part["rater"])):
-            idx = [i for i, x in enumerate(part["rater"]) if x == r]
-            scores = score_rows(recipe, part.select(idx), engines[r], fitter,
-                                rating_heads[r] if rating_heads else None)
-            for col, values in scores.items():
-                for i, value in zip(idx, values):
-                    columns[col][i] = value
-        columns["rating"] = [int(v) for v in columns["rating"]]
-        return Dataset.from_dict({"id": part["id"], **columns})
-
     scored = step.map_shards(table.select_columns(["id", "language", "instruction", "output", "rater"]),
-                             ref.shard_size, shard, desc=f"rating (iteration {iteration})")
+                             ref.shard_size, lambda part, _: _score_by_rater(recipe, part, engines, fitter,
+                                                                             rating_heads),
+                             desc=f"rating (iteration {iteration})")
     scored = {row["id"]: row for row in scored}
     _, cut_total = fit_rating_prompts(recipe, fitter, table["instruction"], table["output"], table["language"])
     rated = base
@@ -113,6 +103,20 @@ def rate_candidates(recipe: Recipe, pool: Dataset, swaps: Dataset, step: Step, e
         "swap_test": swap_test(real_scores, table, swapped, bool(heads), trained_ids, recipe.seed),
         **engines[0].report(),
     }
+
+
+def _score_by_rater(recipe: Recipe, part: Dataset, engines: list[Engine], fitter,
+                    heads: list[LikelihoodHead] | None) -> Dataset:
+    """:func:`score_rows` of one shard, each row by its ``rater`` (engine and head)."""
+    columns = {col: [0.0] * len(part) for col in (*RATING_COLUMNS, "likelihood", "pmi")}
+    for r in sorted(set(part["rater"])):
+        idx = [i for i, x in enumerate(part["rater"]) if x == r]
+        scores = score_rows(recipe, part.select(idx), engines[r], fitter, heads[r] if heads else None)
+        for col, values in scores.items():
+            for i, value in zip(idx, values):
+                columns[col][i] = value
+    columns["rating"] = [int(v) for v in columns["rating"]]
+    return Dataset.from_dict({"id": part["id"], **columns})
 
 
 def score_rows(recipe: Recipe, rows: Dataset, engine: Engine, fitter, head: LikelihoodHead | None = None

@@ -171,7 +171,6 @@ def build_pseudo_ratings(recipe: Recipe, seeds: Dataset, step: Step, engine: Eng
     folds = len(engines)
     groups = seeds["group"] if "group" in seeds.column_names else seeds["id"]
     seeds = seeds.add_column("fold", [fold_of(g, recipe.seed, folds) for g in groups])
-    langs = [get_language(code).name for code in seeds["language"]]
 
     def answer(rows: Dataset, index: int) -> Dataset:
         responses = [""] * len(rows)
@@ -185,8 +184,32 @@ def build_pseudo_ratings(recipe: Recipe, seeds: Dataset, step: Step, engine: Eng
 
     level2 = step.map_shards(seeds, cfg.shard_size, answer, desc=f"level-2 answers ({sources[2]})")
     level2_by_id = dict(zip(level2["id"], level2["response"]))
+    rows, lengths_before, skipped = _level_rows(recipe, seeds, groups, level2_by_id)
+    pseudo = Dataset.from_list(rows)
+    step.save(pseudo)
+    splits = Counter(pseudo["split"])
+    held_answers = [level2_by_id[i] for i in heldout["id"]]
+    step.save(heldout.add_column("answer", held_answers), "heldout")
+    return {"rows_in": len(seeds), "rows_out": len(pseudo),
+            "seed_pairs_per_language": dict(Counter(seeds["language"])),
+            "level_sources": {str(k): v for k, v in sources.items()}, "train_rows": splits["train"],
+            "heldout_rows": splits["heldout"], "skipped": dict(skipped),
+            **_length_figures(rows, lengths_before),
+            **({f"level2_{k}": v for k, v in answer_figures(recipe, heldout, held_answers).items()}
+               if len(heldout) else {}),
+            "base_fidelity": base_fidelity, "base_relevance": base_relevance, **engines[0].report()}
+
+
+def _level_rows(recipe: Recipe, seeds: Dataset, groups: list, level2_by_id: dict[str, str]
+                ) -> tuple[list[dict[str, Any]], dict[int, list[int]], Counter]:
+    """The three rated rows of every seed (level 3: its response, 2: the level-2 answer, 1: its partner's
+    response), every level cut to the same token count; the token counts before the cut, and the seeds whose level-2
+    answer was empty (their level 2 is skipped, counted)."""
+    ref = recipe.refinement
+    sources = ref.pseudo_ratings.level_sources
     partner = _level1_partner(seeds, sources[1], recipe.seed)
     fitter = fitter_for(recipe.model_for(ref.evaluator))
+    langs = [get_language(code).name for code in seeds["language"]]
     rows: list[dict[str, Any]] = []
     lengths_before: dict[int, list[int]] = defaultdict(list)
     skipped: Counter = Counter()
@@ -208,30 +231,18 @@ def build_pseudo_ratings(recipe: Recipe, seeds: Dataset, step: Step, engine: Eng
                          "language_name": langs[n], "instruction": seed_row["instruction"], "response": response,
                          "response_tokens": fitter.length(response),
                          "level": level, "source": source, "split": seed_row["split"]})
-    pseudo = Dataset.from_list(rows)
-    step.save(pseudo)
-    splits = Counter(pseudo["split"])
-    held_answers = [level2_by_id[i] for i in heldout["id"]]
-    step.save(heldout.add_column("answer", held_answers), "heldout")
+    return rows, lengths_before, skipped
+
+
+def _length_figures(rows: list[dict[str, Any]], lengths_before: dict[int, list[int]]) -> dict[str, Any]:
+    """Mean response tokens per level before and after the cut, and the share of each level that ends naturally."""
     mean = lambda xs: round(sum(xs) / len(xs), 1) if xs else None  # noqa: E731
     return {
-        "rows_in": len(seeds),
-        "rows_out": len(pseudo),
-        "seed_pairs_per_language": dict(Counter(seeds["language"])),
-        "level_sources": {str(k): v for k, v in sources.items()},
-        "train_rows": splits["train"],
-        "heldout_rows": splits["heldout"],
-        "skipped": dict(skipped),
         "response_tokens_before_cut": {str(k): mean(v) for k, v in sorted(lengths_before.items())},
         "response_tokens": {str(lv): mean([r["response_tokens"] for r in rows if r["level"] == lv])
                             for lv in (1, 2, 3)},
-        **({f"level2_{k}": v for k, v in answer_figures(recipe, heldout, held_answers).items()}
-           if len(heldout) else {}),
-        "base_fidelity": base_fidelity,
-        "base_relevance": base_relevance,
         "ends_naturally": {str(lv): round(sum(ends_naturally(r["response"]) for r in rows if r["level"] == lv)
                                           / max(1, sum(r["level"] == lv for r in rows)), 4) for lv in (1, 2, 3)},
-        **engines[0].report(),
     }
 
 

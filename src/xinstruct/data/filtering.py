@@ -1,4 +1,4 @@
-"""Filter blocks: keep/drop decisions as small classes, applied in order by one runner.
+"""Filtering: keep/drop decisions as small classes (filters), applied in order by one runner.
 
 A filter has a ``name`` (the reason counted when it drops) and decides, for each row, keep (``None``) or drop
 (a reason string, usually its ``name``). A decision may also be a :class:`Decision` carrying columns the
