@@ -39,6 +39,12 @@ def test_plan_probe_predicts_every_declared_step_next_to_a_finished_run(tiny_run
     probe = plan["probe"]
     assert probe["load_s"] > 0 and probe["decode_tokens_per_s"] > 0 and probe["prefill_tokens_per_s"] > 0
     assert set(probe["train"]) | set(probe["skipped"]) >= {"generator", "follower", "final"}
+    # token counts of the recipe's own rows: a rated pair is longer than its response window alone, a web text in a
+    # generator prompt never longer than the recipe's cut
+    tokens = probe["tokens"]
+    assert set(tokens) == {"text", "rating_row", "follower_row", "generator_row"}
+    window = load_recipe(TINY_RECIPE, FAST).refinement.response_tokens
+    assert 0 < tokens["text"] <= 512 and tokens["rating_row"] > window
     for step in plan["steps"]:
         assert step["measured_seconds"] >= 0  # every step of the finished run has its wall time beside the prediction
     trained = {s["step"]: s for s in plan["steps"] if s["train_tokens"]}

@@ -152,3 +152,26 @@ def test_a_reference_that_ranks_the_wrong_way_up_counts_reversed():
 
     refs = {"length_only": {"auc_3v2": 0.5}, "likelihood": {"auc_3v2": {"auc": 0.03}}, "pmi": {"auc_3v2": 0.6}}
     assert strongest_reference(refs, "auc_3v2") == {"name": "likelihood (reversed)", "auc": 0.97}
+
+
+def test_keep_score_pmi_keeps_by_the_raters_pmi_at_its_calibrated_threshold(tmp_path):
+    """``keep_score: pmi`` thresholds the rater's PMI at the calibration half's recall level, whatever P(3) says; the
+    recipe refuses it where no PMI exists (SFT evaluator) or no recall is calibrated."""
+    from xinstruct.errors import RecipeError
+    from xinstruct.stages.rating import effective_threshold, keep_rated
+
+    sets = ["languages=[sw]", "base_model=tiny", "refinement.evaluator_kind=likelihood", "refinement.keep_rule=recall",
+            "refinement.keep_recall=0.8", "refinement.keep_score=pmi"]
+    recipe = load_recipe(None, sets)
+    calibrated = {"keep_threshold_at_recall": 0.7, "pmi_thresholds_at_recall": {"0.5": 0.3, "0.8": 0.1}}
+    assert effective_threshold(recipe, calibrated) == 0.1
+    assert effective_threshold(load_recipe(None, sets[:-1]), calibrated) == 0.7
+    rated = Dataset.from_dict({"id": ["a", "b", "c"], "language": ["sw"] * 3, "rating": [3, 3, 1],
+                               "p3": [0.9, 0.2, 0.9], "pmi": [0.05, 0.4, 0.2]})
+    step = Step(tmp_path, "iter-1/kept", {})
+    step.begin()
+    report = keep_rated(recipe, rated, step, 1, 0.1)
+    assert step.load()["id"] == ["b", "c"] and report["keep_rule"] == "rater PMI >= 0.1000 (recall)"
+    for wrong in (["refinement.evaluator_kind=sft"], ["refinement.keep_rule=argmax"]):
+        with pytest.raises(RecipeError, match="keep_score: pmi"):
+            load_recipe(None, sets + wrong)

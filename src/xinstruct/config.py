@@ -215,6 +215,10 @@ class RefinementConfig:
             iteration's evaluator.
         keep_threshold (`float`, *optional*, defaults to `0.5`): threshold of the ``threshold`` rule.
         keep_recall (`float`, *optional*, defaults to `0.9`): share of held-out gold pairs the ``recall`` rule keeps.
+        keep_score (`str`, *optional*, defaults to `"p3"`): the score the ``recall`` rule thresholds: ``p3`` (the
+            evaluator's P(3)) or ``pmi`` (with ``evaluator_kind: likelihood``: the rater's raw PMI, log P(response |
+            instruction) - log P(response | generic instruction) per token, the rating head's own strongest input;
+            its threshold is calibrated on the same calibration half). The report's operating table shows both.
         shard_size (`int`, *optional*, defaults to `256`): rows per rating shard (resume granularity).
         response_tokens (`int`, *optional*, defaults to `128`): the response inside a rating prompt is cut to this
             many tokens, for the evaluator's training rows and for every rated candidate alike. The three levels of
@@ -241,6 +245,7 @@ class RefinementConfig:
     keep_rule: str = "argmax"
     keep_threshold: float = 0.5
     keep_recall: float = 0.9
+    keep_score: str = "p3"
     shard_size: int = 256
     response_tokens: int = 128
     planted_share: float = 1.0

@@ -152,6 +152,10 @@ def _check_refinement(recipe: Recipe) -> None:
     check_choice(ref.rate, ("candidates", "kept"), "refinement.rate")
     check_choice(ref.evaluator_kind, ("sft", "likelihood"), "refinement.evaluator_kind")
     check_choice(ref.keep_rule, ("argmax", "threshold", "recall"), "refinement.keep_rule")
+    check_choice(ref.keep_score, ("p3", "pmi"), "refinement.keep_score")
+    if ref.keep_score == "pmi" and (ref.evaluator_kind != "likelihood" or ref.keep_rule != "recall"):
+        raise RecipeError("refinement.keep_score: pmi thresholds the rater's PMI, which only the likelihood evaluator "
+                          "computes, at a calibrated recall: set evaluator_kind: likelihood and keep_rule: recall.")
     if not 0.0 < ref.keep_recall <= 1.0:
         raise RecipeError("refinement.keep_recall is a share: 0 < value <= 1.")
     if not 0.0 <= ref.keep_threshold <= 1.0:

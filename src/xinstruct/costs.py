@@ -160,14 +160,16 @@ def training_memory_gb(shape: ModelShape, role, row_tokens: int, processes: int,
     return 1.2 * (state + logits + activations) / 1e9
 
 
-def _estimate(recipe: Recipe, rates: dict[str, float], seeds_per_language: int | None, processes: int) -> Estimate:
+def _estimate(recipe: Recipe, rates: dict[str, float], seeds_per_language: int | None, processes: int,
+              tokens: dict[str, float] | None = None) -> Estimate:
     """What the steps' estimates read: the seed pairs per language (``--seeds-per-language``, the recipe's limit, 20
-    for the sample, else 1000) and their held-out share, and the web texts read per language (28 for the sample)."""
+    for the sample, else 1000) and their held-out share, the web texts read per language (28 for the sample), and
+    token counts measured by a probe (``tokens``)."""
     web, seeds = recipe.data.webtext, recipe.data.seeds
     per_lang_web = web.limit_per_language or (28 if web.path == "sample" else None)
     per_lang_seed = seeds_per_language or seeds.limit_per_language or (20 if seeds.path == "sample" else 1000)
     held = max(seeds.heldout_min_per_language, math.ceil(seeds.heldout_fraction * per_lang_seed))
-    return Estimate(recipe, rates, per_lang_seed, held, per_lang_web, processes)
+    return Estimate(recipe, rates, per_lang_seed, held, per_lang_web, processes, tokens=dict(tokens or {}))
 
 
 def _priced(name: str, work: Work, speed: Throughput, engines: int, gpus: int, probe: ProbeRates | None,
@@ -232,7 +234,7 @@ def plan_costs(recipe: Recipe, device: str = "h100-80gb", rates: dict[str, float
     gpus = launch_processes(recipe.launcher)
     devices = getattr(recipe.engine, "devices", 1)
     engines = gpus if devices == "all" else devices  # local engine workers; "all" is taken as the training GPUs
-    estimate = _estimate(recipe, rates, seeds_per_language, gpus)
+    estimate = _estimate(recipe, rates, seeds_per_language, gpus, probe.tokens if probe else None)
     ref = recipe.refinement
     role_names = {id(role): name for name, role in (("generator", recipe.generator), ("follower", ref.follower),
                                                     ("evaluator", ref.evaluator), ("final", recipe.final))}

@@ -58,6 +58,7 @@ class ProbeRates:
     train: dict[str, TrainRate] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    tokens: dict[str, float] = field(default_factory=dict)  # measured on the recipe's data (:func:`measure_tokens`)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -135,8 +136,11 @@ def probe(recipe: Recipe, budget_s: float = 120.0) -> ProbeRates:
         prompts = [generator_prompt(_text(tokenizer, recipe.candidates.text_tokens or 512))] * batch
         params = replace(decoding, min_new_tokens=decoding.max_new_tokens).with_seed(0)  # every row decodes to the end
         start = time.perf_counter()
+        engine.generate(prompts, replace(params, max_new_tokens=1, min_new_tokens=1))  # the prompts' prefill
+        prefill_only = time.perf_counter() - start
+        start = time.perf_counter()
         engine.generate(prompts, params)
-        decode_s = time.perf_counter() - start
+        decode_s = max(1e-6, time.perf_counter() - start - prefill_only)  # the decoding steps alone
         ref = recipe.refinement
         rating_prompt = _text(tokenizer, FRAME_TOKENS + INSTRUCTION_TOKENS)
         response = " " + _text(tokenizer, ref.response_tokens)
@@ -150,8 +154,10 @@ def probe(recipe: Recipe, budget_s: float = 120.0) -> ProbeRates:
     rates = ProbeRates(
         cpu=torch.cuda.get_device_name() if torch.cuda.is_available() else cpu_kind(),
         dtype=resolve_dtype(cfg.dtype, device), load_s=load_s,
-        decode_tokens_per_s=batch * decoding.max_new_tokens / decode_s, decode_rows_per_s=batch / decode_s,
+        decode_tokens_per_s=batch * max(1, decoding.max_new_tokens - 1) / decode_s,
+        decode_rows_per_s=batch / (decode_s + prefill_only),
         prefill_tokens_per_s=2 * batch * (FRAME_TOKENS + INSTRUCTION_TOKENS + ref.response_tokens) / prefill_s)
+    rates.tokens = measure_tokens(recipe, tokenizer)
     seen: dict[str, TrainRate] = {}
     for name, (role, row_tokens) in _role_rows(recipe).items():
         key = repr((recipe.model_for(role), role.lora, sorted(role.training.items()), row_tokens))
@@ -163,3 +169,53 @@ def probe(recipe: Recipe, budget_s: float = 120.0) -> ProbeRates:
             rates.train[name] = seen[key] = _probe_training(recipe, role, row_tokens, tokenizer)
     rates.seconds = time.perf_counter() - began
     return rates
+
+
+def measure_tokens(recipe: Recipe, tokenizer, per_language: int = 16, draws: int = 200) -> dict[str, float]:
+    """Token counts of the recipe's own rows, from up to ``per_language`` seed pairs and web texts per language
+    (read as the seed and web-text steps read them, unfiltered): the web text in a generator prompt (cut to
+    ``candidates.text_tokens``); a rated pair (the follower frame, an instruction and a response cut to
+    ``refinement.response_tokens``); and the padded length of a training batch of the generator (frame, seed response,
+    instruction) and of the follower (frame, instruction, web text): the longest of ``per_device_train_batch_size``
+    rows drawn at random, averaged over ``draws`` batches (TRL pads each batch to its longest row; the cap at
+    ``max_length`` is applied by the estimate). Instructions are counted from the seed pairs (the candidates' are
+    written later)."""
+    import random
+
+    from .data.readers import iter_rows
+    from .languages import get as get_language
+    from .prompts import follower_prompt, generator_prompt
+
+    data, text_max = recipe.data, recipe.candidates.text_tokens or 512
+    count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+    generator, follower, web, rated = [], [], [], []
+    generator_frame = count(generator_prompt(""))
+    for code in recipe.languages:
+        lang = get_language(code)
+        seeds = list(iter_rows(data.seeds.path, "seeds", lang, data.seeds.output_field, data.seeds.config,
+                               data.seeds.split, per_language))
+        texts = list(iter_rows(data.webtext.path, "webtext", lang, data.webtext.text_field, data.webtext.config,
+                               data.webtext.split, per_language))
+        instructions = [count(str(r.get(data.seeds.instruction_field, ""))) for r in seeds] or [INSTRUCTION_TOKENS]
+        for r, instruction in zip(seeds, instructions):
+            response = min(count(str(r.get(data.seeds.output_field, ""))), text_max)
+            generator.append(generator_frame + response + instruction + 2)
+        frame = count(follower_prompt("", lang.name))
+        for n, r in enumerate(texts):
+            length, instruction = count(str(r.get(data.webtext.text_field, ""))), instructions[n % len(instructions)]
+            web.append(min(length, text_max))
+            follower.append(frame + instruction + length + 2)
+            rated.append(frame + instruction + min(length, recipe.refinement.response_tokens))
+    rng = random.Random(recipe.seed)
+
+    def padded(lengths: list[int], role: RoleConfig) -> float:
+        batch = role.training.get("per_device_train_batch_size", 8)
+        return sum(max(rng.choices(lengths, k=batch)) for _ in range(draws)) / draws
+
+    out: dict[str, float] = {}
+    if web:
+        out.update(text=sum(web) / len(web), rating_row=sum(rated) / len(rated),
+                   follower_row=padded(follower, recipe.refinement.follower))
+    if generator:
+        out["generator_row"] = padded(generator, recipe.generator)
+    return out

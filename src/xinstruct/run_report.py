@@ -66,8 +66,7 @@ def iteration_report(run_dir: str | Path, iterations: int) -> list[dict[str, Any
             "rows_in": kept["rows_in"], "kept": kept["rows_out"],
             "rows_in_per_language": kept["rows_in_per_language"], "kept_per_language": kept["rows_out_per_language"],
             "rating_histogram": rt["rating_histogram"],
-            "evaluator_kind": ev.get("kind"),
-            "folds": ev.get("folds"),
+            "evaluator_kind": ev.get("kind"), "folds": ev.get("folds"),
             "evaluator_test_rows": _get(ev, "heldout", "rows"),
             "evaluator_heldout_accuracy": ev.get("heldout_accuracy"),
             "evaluator_accuracy_per_language": _get(ev, "heldout", "accuracy_per_language"),
@@ -101,6 +100,7 @@ def iteration_report(run_dir: str | Path, iterations: int) -> list[dict[str, Any
             "drop_rates": {kind: planted.get(f"drop_rate_{kind}") for kind in ("easy", "hard", "real")},
             "drop_ratio": planted.get("ratio_easy_vs_real"),
             "operating": planted.get("operating") or [],
+            "keep_score": {"p3": "P(3)", "pmi": "rater PMI"}[planted.get("score", "p3")],
             "follower_fidelity": _get(ps, "level2_fidelity", "fidelity"),
             "follower_fidelity_per_language": _get(ps, "level2_fidelity", "fidelity_per_language"),
             "base_fidelity": _get(ps, "base_fidelity", "fidelity"),
@@ -180,7 +180,8 @@ def format_iteration_report(report: list[dict[str, Any]]) -> str:
          "drop ratio swapped / real"],
         [[str(r["iteration"]), str(r["swap_pairs"]), _f(r["swap_auc"]), _f(r["swap_auc_rater_pmi"]),
           _f(r["swap_auc_base_pmi"]), _f(r["hard_swap_auc"]), _f(r["hard_swap_auc_base_pmi"]), gap(r),
-          " / ".join(_f(r["drop_rates"].get(kind)) for kind in ("easy", "hard", "real")), _f(r["drop_ratio"])]
+          " / ".join(_f(r["drop_rates"].get(kind)) for kind in ("easy", "hard", "real"))
+          + f" (keep rule on {r['keep_score']})", _f(r["drop_ratio"])]
          for r in report])
 
     def relevance(r: dict[str, Any], key: str) -> str:

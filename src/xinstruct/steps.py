@@ -57,6 +57,9 @@ class Estimate:
         webtexts (`int`, *optional*): web texts read per language (``None``: no limit, counted as none).
         processes (`int`): training processes (a ``max_steps`` training sees more rows with more of them).
         done (`dict[str, Work]`): the work of the steps estimated so far, by name.
+        tokens (`dict[str, float]`): token counts measured on the recipe's own data (``plan --probe``,
+            :func:`xinstruct.probe.measure_tokens`) that replace the stated ones: ``text``, ``generator_row``,
+            ``follower_row``, ``rating_row``.
     """
 
     recipe: Recipe
@@ -66,6 +69,7 @@ class Estimate:
     webtexts: int | None
     processes: int
     done: dict[str, Work] = field(default_factory=dict)
+    tokens: dict[str, float] = field(default_factory=dict)
 
     @property
     def langs(self) -> int:
@@ -83,23 +87,24 @@ class Estimate:
 
     @property
     def text(self) -> int:
-        """Tokens of a web text (``candidates.text_tokens``, 512 when unset)."""
-        return self.recipe.candidates.text_tokens or 512
+        """Tokens of a web text in a generator prompt (``candidates.text_tokens``, 512 when unset)."""
+        return self.tokens.get("text", self.recipe.candidates.text_tokens or 512)
 
     @property
     def generator_row(self) -> int:
         """Tokens of a generator row: the frame, a web text and its instruction."""
-        return FRAME_TOKENS + self.text + INSTRUCTION_TOKENS
+        return self.tokens.get("generator_row", FRAME_TOKENS + self.text + INSTRUCTION_TOKENS)
 
     @property
     def follower_row(self) -> int:
         """Tokens of a follower (and final) training row, counted with twice the text budget."""
-        return FRAME_TOKENS + INSTRUCTION_TOKENS + 2 * self.text
+        return self.tokens.get("follower_row", FRAME_TOKENS + INSTRUCTION_TOKENS + 2 * self.text)
 
     @property
     def rating_row(self) -> int:
         """Tokens of a rated pair: the frame, the instruction and the response window."""
-        return FRAME_TOKENS + INSTRUCTION_TOKENS + self.recipe.refinement.response_tokens
+        return self.tokens.get("rating_row",
+                               FRAME_TOKENS + INSTRUCTION_TOKENS + self.recipe.refinement.response_tokens)
 
     def rows_in(self, step: str) -> float:
         return self.done[step].rows_in

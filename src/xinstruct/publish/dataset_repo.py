@@ -260,7 +260,10 @@ def refinement_facts(run: RunDir, recipe: dict[str, Any]) -> dict[str, Any]:
         rule_text = "`threshold`: a row is kept when P(3) >= " + (
             f"{_num(values.pop())} (`refinement.keep_threshold`)" if len(values) == 1 else f"({per_iteration})")
     else:
-        rule_text = (f"`recall`: a row is kept when P(3) reaches the threshold that keeps {_num(recall)} "
+        score = ("P(3)" if ref.get("keep_score", "p3") == "p3" else
+                 "the rater's PMI (log-likelihood of the response with the instruction minus without, per token; "
+                 "`refinement.keep_score: pmi`)")
+        rule_text = (f"`recall`: a row is kept when {score} reaches the threshold that keeps {_num(recall)} "
                      "(`refinement.keep_recall`) of the held-out gold pairs of the calibration half, set by each "
                      "iteration's evaluator" + (f" ({per_iteration})" if per_iteration else ""))
     if kind == "likelihood":
@@ -279,4 +282,6 @@ def refinement_facts(run: RunDir, recipe: dict[str, Any]) -> dict[str, Any]:
         "iterations": k_max, "evaluator_kind": kind, "folds": folds, "keep_rule": rule, "keep_recall": recall,
         "thresholds": thresholds, "response_tokens": response_tokens, "evaluator_text": evaluator_text,
         "folds_text": folds_text, "keep_rule_text": rule_text, "response_text": response_text,
+        "keep_score": ref.get("keep_score", "p3"),
+        "keep_score_name": "P(3)" if ref.get("keep_score", "p3") == "p3" else "rater PMI",
     }

@@ -28,6 +28,7 @@ from .rating_prompts import RATING_COLUMNS, fit_rating_prompts, score_ratings, s
 logger = logging.getLogger(__name__)
 # the scores of the operating table, and the evaluator manifest's thresholds for them
 OPERATING_SCORES = {"p3": "thresholds_at_recall", "pmi": "pmi_thresholds_at_recall"}
+SCORE_NAMES = {"p3": "P(3)", "pmi": "rater PMI"}  # refinement.keep_score -> how reports name it
 
 # ------------------------------------------------------------------------------------------------
 # rating and filtering
@@ -35,13 +36,16 @@ OPERATING_SCORES = {"p3": "thresholds_at_recall", "pmi": "pmi_thresholds_at_reca
 
 
 def effective_threshold(recipe: Recipe, evaluator_manifest: dict[str, Any] | None) -> float | None:
-    """The P(3) threshold of the keep rule: ``keep_threshold`` (``threshold``), the evaluator's calibrated one
-    (``recall``: keeps ``keep_recall`` of the held-out gold pairs), or ``None`` (``argmax``)."""
+    """The threshold of the keep rule on its score (``keep_score``): ``keep_threshold`` (``threshold``), the
+    evaluator's calibrated one (``recall``: keeps ``keep_recall`` of the held-out gold pairs of the calibration half,
+    on P(3) or on the rater's PMI), or ``None`` (``argmax``)."""
     ref = recipe.refinement
     if ref.keep_rule == "threshold":
         return ref.keep_threshold
     if ref.keep_rule == "recall":
-        value = (evaluator_manifest or {}).get("keep_threshold_at_recall")
+        manifest = evaluator_manifest or {}
+        value = (manifest.get("keep_threshold_at_recall") if ref.keep_score == "p3" else
+                 (manifest.get("pmi_thresholds_at_recall") or {}).get(str(ref.keep_recall)))
         if value is None:
             raise StageError("keep_rule: recall needs held-out level-3 pseudo-ratings to calibrate on; "
                              "hold out seed pairs (data.seeds.heldout_fraction) or use keep_rule: argmax / threshold.")
@@ -82,6 +86,8 @@ def rate_candidates(recipe: Recipe, pool: Dataset, swaps: Dataset, step: Step, e
     rated = base
     for col in RATING_COLUMNS:
         rated = rated.add_column(col, [scored[i][col] for i in base["id"]])
+    if ref.keep_score == "pmi":  # the kept step thresholds it
+        rated = rated.add_column("pmi", [scored[i]["pmi"] for i in base["id"]])
     rated = rated.add_column("iteration", [iteration] * len(base))
     swapped = table.filter(lambda k: k != "real", input_columns="kind")
     for col in (*RATING_COLUMNS, "likelihood", "pmi"):
@@ -98,8 +104,10 @@ def rate_candidates(recipe: Recipe, pool: Dataset, swaps: Dataset, step: Step, e
         "responses_cut": cut_total,
         "keep_threshold": threshold,
         "raters": raters,
-        "planted": planted_figures(rated.add_column("pmi", [scored[i]["pmi"] for i in base["id"]]), swapped,
-                                   ref.keep_rule, threshold, thresholds, recipe.seed),
+        "keep_score": ref.keep_score,
+        "planted": planted_figures(rated if "pmi" in rated.column_names else
+                                   rated.add_column("pmi", [scored[i]["pmi"] for i in base["id"]]), swapped,
+                                   ref.keep_rule, threshold, thresholds, recipe.seed, ref.keep_score),
         "swap_test": swap_test(real_scores, table, swapped, bool(heads), trained_ids, recipe.seed),
         **engines[0].report(),
     }
@@ -135,13 +143,15 @@ def score_rows(recipe: Recipe, rows: Dataset, engine: Engine, fitter, head: Like
 
 
 def planted_figures(rated: Dataset, swapped: Dataset, rule: str, threshold: float | None,
-                    thresholds: dict[str, dict[str, float]] | None = None, seed: int = 0) -> dict[str, Any]:
-    """Drop rates of the real rows and of each kind of swapped row under the keep rule, with Wilson intervals; the
+                    thresholds: dict[str, dict[str, float]] | None = None, seed: int = 0,
+                    score: str = "p3") -> dict[str, Any]:
+    """Drop rates of the real rows and of each kind of swapped row under the keep rule (on ``score``), with Wilson
+    intervals; the
     ratio of easy-swap to real drop rates with a paired bootstrap interval; and the same figures at the
     ``thresholds`` of other recall levels (``{score column: {recall: threshold}}``, calibrated on the evaluator's
     calibration half): the operating table, which shows what another ``keep_recall`` would trade and what a rule on
     the rater's raw PMI alone would do."""
-    out = {"rows": len(swapped), **_drop_figures(rated, swapped, rule, threshold, seed)}
+    out = {"rows": len(swapped), "score": score, **_drop_figures(rated, swapped, rule, threshold, seed, score)}
     out["operating"] = [{"score": score, "recall": float(recall), "threshold": value,
                          **_drop_figures(rated, swapped, "recall", value, seed, score)}
                         for score, levels in (thresholds or {}).items()
@@ -217,14 +227,15 @@ def keep_rated(recipe: Recipe, rated: Dataset, step: Step, iteration: int,
     error that says what to change."""
     ref = recipe.refinement
     threshold = ref.keep_threshold if threshold is None and ref.keep_rule == "threshold" else threshold
-    mask = keep_mask(rated, ref.keep_rule, threshold)
+    mask = keep_mask(rated, ref.keep_rule, threshold, ref.keep_score)
     kept = rated.select([i for i, keep in enumerate(mask) if keep])
     per_in = Counter(rated["language"])
     per_kept = Counter(kept["language"])
     report = {
         "rows_in": len(rated),
         "rows_out": len(kept),
-        "keep_rule": ref.keep_rule if ref.keep_rule == "argmax" else f"P(3) >= {threshold:.4f} ({ref.keep_rule})",
+        "keep_rule": ref.keep_rule if ref.keep_rule == "argmax" else
+        f"{SCORE_NAMES[ref.keep_score]} >= {threshold:.4f} ({ref.keep_rule})",
         "rows_in_per_language": dict(per_in),
         "rows_out_per_language": {code: per_kept.get(code, 0) for code in per_in},
         "skipped": {"below_keep_rule": len(rated) - len(kept)},
@@ -250,7 +261,8 @@ def rating_steps(recipe: Recipe, k: int) -> list[StepSpec]:
     role = ref.follower if likelihood else ref.evaluator  # the role whose engine rates
     shared = {"response_tokens": ref.response_tokens, "max_length": ref.evaluator.training.get("max_length"),
               "evaluator_kind": ref.evaluator_kind, "folds": ref.folds}
-    rule = {"keep_rule": ref.keep_rule, "keep_threshold": ref.keep_threshold, "keep_recall": ref.keep_recall}
+    rule = {"keep_rule": ref.keep_rule, "keep_threshold": ref.keep_threshold, "keep_recall": ref.keep_recall,
+            **({"keep_score": ref.keep_score} if ref.keep_score != "p3" else {})}  # P(3) recipes keep their hashes
 
     def rate(ctx: StepContext) -> dict[str, Any]:
         if likelihood:
