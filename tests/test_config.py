@@ -168,7 +168,7 @@ def test_plan_costs_follow_swaps_and_cross_fitting():
     _, single = steps("refinement.cross_fit=false")
     assert default["iter-1/follower"]["train_tokens"] == 2 * single["iter-1/follower"]["train_tokens"] > 0
     assert default["iter-1/pseudo_ratings"]["generate_tokens"] == single["iter-1/pseudo_ratings"]["generate_tokens"]
-    _, sft = steps("refinement.evaluator_kind=sft")
+    _, sft = steps("refinement.evaluator_kind=sft", "refinement.keep_score=p3")  # the SFT evaluator has no PMI
     assert sft["iter-1/ratings"]["score_tokens"] == 3 * candidates * rating_row  # no generic pass
 
 

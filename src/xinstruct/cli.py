@@ -145,11 +145,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _plan_one(path: str, args: argparse.Namespace) -> dict:
     """:func:`xinstruct.costs.plan_costs` of one recipe with the command's options (probing it with ``--probe``)."""
-    from . import costs
     from .config_loader import load_recipe
     from .errors import RecipeError
 
     recipe = load_recipe(path, args.set)  # a recipe error stops here, before the stages (and torch) load
+    from . import costs
+
     device = args.device or (costs.hardware_line(path) or (1, "h100-80gb"))[1]
     if device not in costs.DEVICES:
         raise RecipeError(f"--device {device!r}: use one of {', '.join(costs.DEVICES)}.")
@@ -175,12 +176,13 @@ def _plan_one(path: str, args: argparse.Namespace) -> dict:
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
-    from . import costs
     from .errors import UsageError
 
     if args.readme and not Path(args.readme).exists():
         raise UsageError(f"--readme {args.readme}: no such file.")
     plans = [_plan_one(path, args) for path in args.recipe]
+    from . import costs  # after the recipes: a recipe error stops before the stages (and torch) load
+
     if args.readme:
         from .readme_blocks import fill_block
 
