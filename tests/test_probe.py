@@ -42,7 +42,9 @@ def test_plan_probe_predicts_every_declared_step_next_to_a_finished_run(tiny_run
     # token counts of the recipe's own rows: a rated pair is longer than its response window alone, a web text in a
     # generator prompt never longer than the recipe's cut
     tokens = probe["tokens"]
-    assert set(tokens) == {"text", "rating_row", "follower_row", "generator_row"}
+    assert set(tokens) == {"text", "rating_row", "follower_row", "generator_row", "follower_prompt",
+                           "generator_prompt"}
+    assert tokens["follower_prompt"] < tokens["follower_row"] and tokens["generator_prompt"] < tokens["generator_row"]
     window = load_recipe(TINY_RECIPE, FAST).refinement.response_tokens
     assert 0 < tokens["text"] <= 512 and tokens["rating_row"] > window
     for step in plan["steps"]:

@@ -85,36 +85,45 @@ def _text(tokenizer, tokens: int) -> str:
     return tokenizer.decode(ids)
 
 
-def _role_rows(recipe: Recipe) -> dict[str, tuple[RoleConfig, int]]:
-    """The trained roles and the longest row each trains on (as :class:`~xinstruct.steps.Estimate` counts it)."""
-    est = Estimate(recipe, {}, 0, 0, None, 1)
+def _role_rows(recipe: Recipe, tokens: dict[str, float]) -> dict[str, tuple[RoleConfig, int, int]]:
+    """The trained roles, the length of a row each trains on and of its prompt: measured on the recipe's data
+    (``tokens``, :func:`measure_tokens`) where it could be, else as :class:`~xinstruct.steps.Estimate` states it. The
+    prompt's share matters: only the completion carries loss, and the LM head runs there only."""
+    est = Estimate(recipe, {}, 0, 0, None, 1, tokens=tokens)
     ref = recipe.refinement
-    roles = {"generator": (recipe.generator, est.generator_row), "follower": (ref.follower, est.follower_row),
-             "final": (recipe.final, est.follower_row)}
+    generator_prompt = tokens.get("generator_prompt", FRAME_TOKENS + est.text)
+    follower_prompt = tokens.get("follower_prompt", FRAME_TOKENS + INSTRUCTION_TOKENS)
+    roles = {"generator": (recipe.generator, est.generator_row, generator_prompt),
+             "follower": (ref.follower, est.follower_row, follower_prompt),
+             "final": (recipe.final, est.follower_row, follower_prompt)}
     if ref.evaluator_kind == "sft":
-        roles["evaluator"] = (ref.evaluator, est.rating_row)
+        roles["evaluator"] = (ref.evaluator, est.rating_row, follower_prompt)
     return roles
 
 
-def _probe_training(recipe: Recipe, role: RoleConfig, row_tokens: int, tokenizer) -> TrainRate:
-    """A :data:`TRAIN_STEPS`-step training of ``role`` (its own settings) on rows of ``row_tokens`` tokens."""
+def _probe_training(recipe: Recipe, role: RoleConfig, row_tokens: float, prompt_tokens: float,
+                    tokenizer) -> TrainRate:
+    """A :data:`TRAIN_STEPS`-step training of ``role`` (its own settings) on rows of ``row_tokens`` tokens (cut at
+    ``max_length``), of which ``prompt_tokens`` are prompt."""
     from datasets import Dataset
 
     from .training import train_sft
 
     training = {**role.training, "max_steps": TRAIN_STEPS, "logging_steps": TRAIN_STEPS}
     batch = training.get("per_device_train_batch_size", 8) * training.get("gradient_accumulation_steps", 1)
-    tokens = min(training.get("max_length") or row_tokens, row_tokens)
-    prompt = _text(tokenizer, max(1, tokens // 2))
-    rows = Dataset.from_dict({"prompt": [prompt] * batch * TRAIN_STEPS,
-                              "completion": [" " + _text(tokenizer, tokens)] * batch * TRAIN_STEPS})
+    tokens = int(min(training.get("max_length") or row_tokens, row_tokens))
+    prompt_len = int(min(prompt_tokens, tokens - 1))
+    prompt, completion = _text(tokenizer, max(1, prompt_len)), " " + _text(tokenizer, max(1, tokens - prompt_len))
+    n = batch * TRAIN_STEPS
+    rows = Dataset.from_dict({"prompt": [prompt] * n, "completion": [completion] * n})
     with tempfile.TemporaryDirectory(prefix="xinstruct-probe-") as out:
         start = time.perf_counter()
         metrics = train_sft(recipe.model_for(role), rows, out, training=training, lora=role.lora, seed=recipe.seed,
                             lm_head_on_loss_only=role.lm_head_on_loss_only)
         wall = time.perf_counter() - start
     loop = float(metrics["train_runtime"])
-    return TrainRate(tokens_per_s=TRAIN_STEPS * batch * tokens / loop, setup_s=max(0.0, wall - loop))
+    trained = float(metrics.get("num_tokens") or TRAIN_STEPS * batch * tokens)  # TRL's count, padding included
+    return TrainRate(tokens_per_s=trained / loop, setup_s=max(0.0, wall - loop))
 
 
 def probe(recipe: Recipe, budget_s: float = 120.0) -> ProbeRates:
@@ -163,14 +172,14 @@ def probe(recipe: Recipe, budget_s: float = 120.0) -> ProbeRates:
         prefill_tokens_per_s=2 * batch * (FRAME_TOKENS + INSTRUCTION_TOKENS + ref.response_tokens) / prefill_s)
     rates.tokens = measure_tokens(recipe, tokenizer)
     seen: dict[str, TrainRate] = {}
-    for name, (role, row_tokens) in _role_rows(recipe).items():
-        key = repr((recipe.model_for(role), role.lora, sorted(role.training.items()), row_tokens))
+    for name, (role, row_tokens, prompt_tokens) in _role_rows(recipe, rates.tokens).items():
+        key = repr((recipe.model_for(role), role.lora, sorted(role.training.items()), row_tokens, prompt_tokens))
         if key in seen:
             rates.train[name] = seen[key]
         elif time.perf_counter() - began > budget_s:
             rates.skipped.append(name)
         else:
-            rates.train[name] = seen[key] = _probe_training(recipe, role, row_tokens, tokenizer)
+            rates.train[name] = seen[key] = _probe_training(recipe, role, row_tokens, prompt_tokens, tokenizer)
     rates.seconds = time.perf_counter() - began
     return rates
 
@@ -182,8 +191,8 @@ def measure_tokens(recipe: Recipe, tokenizer, per_language: int = 16, draws: int
     ``refinement.response_tokens``); and the padded length of a training batch of the generator (frame, seed response,
     instruction) and of the follower (frame, instruction, web text): the longest of ``per_device_train_batch_size``
     rows drawn at random, averaged over ``draws`` batches (TRL pads each batch to its longest row; the cap at
-    ``max_length`` is applied by the estimate). Instructions are counted from the seed pairs (the candidates' are
-    written later)."""
+    ``max_length`` is applied by the estimate), and the mean prompt of each (what carries no loss). Instructions are
+    counted from the seed pairs (the candidates' are written later)."""
     import random
 
     from .data.readers import iter_rows
@@ -192,7 +201,7 @@ def measure_tokens(recipe: Recipe, tokenizer, per_language: int = 16, draws: int
 
     data, text_max = recipe.data, recipe.candidates.text_tokens or 512
     count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
-    generator, follower, web, rated = [], [], [], []
+    generator, follower, web, rated, generator_prompts, follower_prompts = [], [], [], [], [], []
     generator_frame = count(generator_prompt(""))
     for code in recipe.languages:
         lang = get_language(code)
@@ -204,11 +213,13 @@ def measure_tokens(recipe: Recipe, tokenizer, per_language: int = 16, draws: int
         for r, instruction in zip(seeds, instructions):
             response = min(count(str(r.get(data.seeds.output_field, ""))), text_max)
             generator.append(generator_frame + response + instruction + 2)
+            generator_prompts.append(generator_frame + response)
         frame = count(follower_prompt("", lang.name))
         for n, r in enumerate(texts):
             length, instruction = count(str(r.get(data.webtext.text_field, ""))), instructions[n % len(instructions)]
             web.append(min(length, text_max))
             follower.append(frame + instruction + length + 2)
+            follower_prompts.append(frame + instruction)
             rated.append(frame + instruction + min(length, recipe.refinement.response_tokens))
     rng = random.Random(recipe.seed)
 
@@ -219,7 +230,9 @@ def measure_tokens(recipe: Recipe, tokenizer, per_language: int = 16, draws: int
     out: dict[str, float] = {}
     if web:
         out.update(text=sum(web) / len(web), rating_row=sum(rated) / len(rated),
-                   follower_row=padded(follower, recipe.refinement.follower))
+                   follower_row=padded(follower, recipe.refinement.follower),
+                   follower_prompt=sum(follower_prompts) / len(follower_prompts))
     if generator:
-        out["generator_row"] = padded(generator, recipe.generator)
+        out.update(generator_row=padded(generator, recipe.generator),
+                   generator_prompt=sum(generator_prompts) / len(generator_prompts))
     return out
