@@ -262,6 +262,14 @@ def test_rating_stores_probabilities_and_swapped_rows_never_leave_it(tmp_path, t
     kept_step.begin()
     keep_rated(recipe, rated, kept_step, 1)
     assert not set(kept_step.load()["id"]) & set(planted["id"])  # swapped rows never reach the kept set
+    # rate: kept: the next iteration rates a kept set, which carries the last ratings (and the PMI of keep_score pmi)
+    again = Step(tmp_path, "iter-2/ratings", {})
+    again.begin()
+    pool = kept_step.load().add_column("pmi", [0.0] * len(kept_step.load()))
+    recipe.refinement.keep_score = "pmi"  # the ratings then store the PMI again (the recipe check is not the point)
+    rate_candidates(recipe, pool, swaps.load(), again, [tiny_engine], 2, ["tiny"])
+    assert again.load()["id"] == pool["id"] and set(again.load()["iteration"]) == {2}
+    assert "pmi" in again.load().column_names
 
 
 @pytest.mark.parametrize("kind", ["sft", "likelihood"])

@@ -69,7 +69,7 @@ def rate_candidates(recipe: Recipe, pool: Dataset, swaps: Dataset, step: Step, e
     by the rater's raw PMI (the operating table).
     """
     ref = recipe.refinement
-    base = pool.remove_columns([c for c in RATING_COLUMNS + ("iteration", "planted") if c in pool.column_names])
+    base = pool.remove_columns([c for c in RATING_COLUMNS + ("iteration", "planted", "pmi") if c in pool.column_names])
     in_pool = set(base["id"])
     table = swaps.filter(lambda s: s in in_pool, input_columns="source_id")
     folds = len(engines)
