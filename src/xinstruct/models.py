@@ -14,6 +14,7 @@ Neither built-in name needs the network. The cache lives in ``$XINSTRUCT_CACHE``
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
@@ -59,9 +60,11 @@ def resolve_model(name: str, loads_here: bool = True) -> str:
     return name
 
 
+@functools.cache
 def _check_hub_model(name: str) -> None:
     """A Hub id must be in the cache or downloadable: its ``config.json`` is fetched (from the cache when it is
-    there), or a :class:`~xinstruct.errors.ModelError` says why it cannot be."""
+    there), or a :class:`~xinstruct.errors.ModelError` says why it cannot be. Once per id and process: every engine a
+    run builds resolves its model again."""
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import (
         EntryNotFoundError,

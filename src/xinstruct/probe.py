@@ -9,13 +9,12 @@ What is measured (each on rows built to the shapes the cost estimates count, :cl
   ``max_new_tokens``, less the time of a one-token generation of the same prompts (their prefill, priced as prefill);
 - ``prefill``: scored tokens/s of the engine's likelihood pass over two batches of rating rows (frame, instruction
   and a response of ``refinement.response_tokens``), the LM head at the response only, as the rating steps run it;
-- ``train``, per trained role (generator, follower, final, and the evaluator with ``evaluator_kind: sft``): a short
-  real :func:`~xinstruct.training.train_sft` of the role's own training settings and LoRA on rows of the longest
-  length the role trains on, ``max_steps`` cut to :data:`TRAIN_STEPS`: trained tokens/s of the loop, and the seconds
-  around it (loading, LoRA wrapping, tokenising, merging and saving), which every training of that role pays once.
-
 - ``tokens``: the token counts of the recipe's own rows (:func:`measure_tokens`), which replace the estimate's
-  stated ones (a web text, a rated pair, a training batch's padded length per role).
+  stated ones (a web text, a rated pair, a training batch's padded length and prompt per role);
+- ``train``, per trained role (generator, follower, final, and the evaluator with ``evaluator_kind: sft``): a short
+  real :func:`~xinstruct.training.train_sft` of the role's own training settings and LoRA on rows of that padded
+  length and prompt share, ``max_steps`` cut to :data:`TRAIN_STEPS`: trained tokens/s of the loop, and the seconds
+  around it (loading, LoRA wrapping, tokenising, merging and saving), which every training of that role pays once.
 
 A role that shares its training settings with one already probed reuses its rates. When the budget runs out, the
 roles left are not probed and :func:`xinstruct.costs.plan_costs` prices them from the datasheet (listed in

@@ -27,6 +27,7 @@ from .evaluation.fidelity import language_fidelity
 
 LEVELS = (1, 2, 3)
 OPERATING_RECALLS = (0.5, 0.8, 0.9, 0.95)  # keep-rule recall levels of the operating table (besides the recipe's)
+SCORE_NAMES = {"p3": "P(3)", "pmi": "rater PMI"}  # the scores a keep rule can threshold, as reports name them
 
 
 def _auc(positive: np.ndarray, negative: np.ndarray) -> float:

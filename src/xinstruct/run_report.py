@@ -21,7 +21,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .quality import strongest_reference
+from .quality import SCORE_NAMES, strongest_reference
 from .rundir import (
     DIVERSIFIED,
     EVALUATOR,
@@ -100,7 +100,7 @@ def iteration_report(run_dir: str | Path, iterations: int) -> list[dict[str, Any
             "drop_rates": {kind: planted.get(f"drop_rate_{kind}") for kind in ("easy", "hard", "real")},
             "drop_ratio": planted.get("ratio_easy_vs_real"),
             "operating": planted.get("operating") or [],
-            "keep_score": {"p3": "P(3)", "pmi": "rater PMI"}[planted.get("score", "p3")],
+            "keep_score": SCORE_NAMES[planted.get("score", "p3")],
             "follower_fidelity": _get(ps, "level2_fidelity", "fidelity"),
             "follower_fidelity_per_language": _get(ps, "level2_fidelity", "fidelity_per_language"),
             "base_fidelity": _get(ps, "base_fidelity", "fidelity"),
@@ -207,7 +207,7 @@ def _operating_table(report: list[dict[str, Any]]) -> list[str]:
     """What another ``keep_recall`` would trade, on the same ratings: per score (P(3), and the rater's raw PMI
     alone) and recall level of the calibration half, the threshold, the share of real rows kept, the drop rates
     and their ratio (empty when not recorded)."""
-    rows = [[str(r["iteration"]), {"p3": "P(3)"}.get(op.get("score"), "rater PMI"), f"{op['recall']:.2f}",
+    rows = [[str(r["iteration"]), SCORE_NAMES[op.get("score", "p3")], f"{op['recall']:.2f}",
              f"{op['threshold']:.3f}",
              _f(1 - op["drop_rate_real"]["rate"]) if op.get("drop_rate_real") else "n/a",
              " / ".join(_f(op.get(f"drop_rate_{kind}")) for kind in ("easy", "hard", "real")),

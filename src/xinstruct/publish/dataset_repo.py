@@ -17,6 +17,7 @@ from huggingface_hub import DatasetCard, DatasetCardData
 
 from ..errors import PublishError
 from ..languages import get as get_language
+from ..quality import SCORE_NAMES
 from ..run_report import iteration_report, report_markdown
 from ..rundir import DIVERSIFIED, EVALUATOR, FINAL, GENERATOR, KEPT, RATINGS, RunDir, iteration_name, iteration_step
 from . import plots
@@ -283,5 +284,5 @@ def refinement_facts(run: RunDir, recipe: dict[str, Any]) -> dict[str, Any]:
         "thresholds": thresholds, "response_tokens": response_tokens, "evaluator_text": evaluator_text,
         "folds_text": folds_text, "keep_rule_text": rule_text, "response_text": response_text,
         "keep_score": ref.get("keep_score", "p3"),
-        "keep_score_name": "P(3)" if ref.get("keep_score", "p3") == "p3" else "rater PMI",
+        "keep_score_name": SCORE_NAMES[ref.get("keep_score", "p3")],
     }

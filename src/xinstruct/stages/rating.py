@@ -15,7 +15,7 @@ from datasets import Dataset
 from ..config import Recipe
 from ..errors import StageError
 from ..inference import Engine
-from ..quality import auc_interval, gap_interval, rate_interval, ratio_interval
+from ..quality import SCORE_NAMES, auc_interval, gap_interval, rate_interval, ratio_interval
 from ..rundir import MODEL, RATING_HEAD, Step, fold_dir, iteration_step
 from ..steps import StepContext, StepSpec, engine_settings
 from ..training import role_settings
@@ -28,7 +28,6 @@ from .rating_prompts import RATING_COLUMNS, fit_rating_prompts, score_ratings, s
 logger = logging.getLogger(__name__)
 # the scores of the operating table, and the evaluator manifest's thresholds for them
 OPERATING_SCORES = {"p3": "thresholds_at_recall", "pmi": "pmi_thresholds_at_recall"}
-SCORE_NAMES = {"p3": "P(3)", "pmi": "rater PMI"}  # refinement.keep_score -> how reports name it
 
 # ------------------------------------------------------------------------------------------------
 # rating and filtering
