@@ -44,7 +44,7 @@ space: install  ## run the Gradio chat Space on http://127.0.0.1:7860 (XINSTRUCT
 	$(BIN)/python space/app.py
 
 lint: install
-	$(BIN)/python -m ruff check src tests
+	$(BIN)/python -m ruff check src tests space
 
 clean:  ## remove runs and caches of this checkout (not the venv)
 	rm -rf runs bench.json .pytest_cache test-artifacts

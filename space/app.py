@@ -1,18 +1,23 @@
-"""X-Instruction chat: cross-lingual and zero-shot, streaming token by token.
+"""X-Instruction chat: cross-lingual and zero-shot, streaming token by token, and a blind pairwise arena.
 
-Backend from the environment (see ``xinstruct.chat.session_from_env``): ``XINSTRUCT_ENDPOINT`` (a TGI / vLLM
+Chat backend from the environment (see ``xinstruct.chat.session_from_env``): ``XINSTRUCT_ENDPOINT`` (a TGI / vLLM
 URL; token from ``HF_TOKEN``, never shown) or ``XINSTRUCT_MODEL`` (Hub id or local path); by default the final
-model of the last local run, else Gemma-3-270M offline. Run locally with ``make space``.
+model of the last local run, else Gemma-3-270M offline. Arena backends and votes: see
+``xinstruct.arena.arena_from_env`` and ``xinstruct.vote_store.store_from_env``. Run locally with ``make space``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import random
 
 import gradio as gr
 
-from xinstruct.chat import ChatSession, InputTooLong, session_from_env
+from xinstruct.arena import Arena, ArenaError, arena_from_env
+from xinstruct.chat import ChatSession, InputTooLong, session_from_env, source_from_env
+from xinstruct.evaluation.questions import paired_questions
 from xinstruct.languages import PAPER_LANGUAGES
 
 logger = logging.getLogger("xinstruct.space")
@@ -64,8 +69,114 @@ def _history(history: list) -> list[tuple[str, str]]:
     return pairs
 
 
-def build_app(session: ChatSession, backend: str = "") -> gr.Blocks:
-    """The two-tab chat app over ``session``."""
+ARENA_ABOUT = """
+**Judge two answers, blind.** Pick your language, draw a question (or write your own) and get two answers, **A**
+and **B**, from two different models; which model is A changes at random every time. Say which answer is better
+(or that they tie, or that both are bad), and whether each is in your language. The model names are shown after
+your vote. Votes are saved as data for research: the instruction, both answers, your verdict and a random session
+id, nothing about you.
+"""
+VERDICT_BUTTONS = (("A", "A is better"), ("B", "B is better"), ("tie", "Tie"), ("both_bad", "Both are bad"))
+LANGUAGE_CHECK = {"yes": True, "no": False, "not sure": None}
+
+
+def session_id(request: gr.Request | None) -> str:
+    """A voter's anonymous id: a hash of Gradio's random session hash (no personal data)."""
+    raw = getattr(request, "session_hash", None) or "anonymous"
+    return hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+
+def arena_tab(arena: Arena | None, problem: str, questions: str) -> None:
+    """The *Arena* tab: two anonymous answers streamed side by side, a vote, then the names."""
+    with gr.Tab("Arena"):
+        gr.Markdown(ARENA_ABOUT)
+        if arena is None:
+            gr.Markdown(problem, elem_id="arena-status")
+            return
+        pair_id, drawn = gr.State(None), gr.State((None, ""))
+        with gr.Row():
+            language = gr.Dropdown(LANGUAGES, value="Swahili", label="language", elem_id="arena-language")
+            mode = gr.Radio(["cross-lingual", "zero-shot"], value="cross-lingual", label="mode",
+                            info="cross-lingual: an English instruction, answers in your language; zero-shot: the "
+                                 "instruction in your language", elem_id="arena-mode")
+        hint = f"Draw a question or write one (at most {arena.max_input_chars} characters)"
+        instruction = gr.Textbox(label="instruction", lines=3, max_lines=8, elem_id="arena-instruction",
+                                 placeholder=hint)
+        with gr.Row():
+            draw = gr.Button("Draw a question", elem_id="arena-draw")
+            go = gr.Button("Get two answers", variant="primary", elem_id="arena-go")
+        with gr.Row():
+            answers = [gr.Textbox(label=f"Answer {side}", lines=8, max_lines=20, interactive=False,
+                                  elem_id=f"arena-answer-{side.lower()}") for side in ("A", "B")]
+        with gr.Row():
+            checks = [gr.Radio(list(LANGUAGE_CHECK), value="not sure", label=f"Is answer {side} in that language?",
+                               elem_id=f"arena-lang-{side.lower()}") for side in ("A", "B")]
+        with gr.Row():
+            buttons = [gr.Button(label, interactive=False, elem_id=f"arena-vote-{key.replace('_', '-').lower()}")
+                       for key, label in VERDICT_BUTTONS]
+        status = gr.Markdown(elem_id="arena-status")
+
+        def draw_question(language_name, mode_name):
+            """A random question of the set in the voter's language: English (cross-lingual) or its own version."""
+            code = _code(language_name)
+            if code is None:
+                return gr.update(), (None, ""), "Pick a language from the list first."
+            question = random.choice(paired_questions(questions, code))
+            text = question["english"] if mode_name == "cross-lingual" else question["text"]
+            return text, (str(question["question_id"]), text), ""
+
+        def get_answers(text, language_name, mode_name, drawn_question, request: gr.Request):
+            off = [gr.update(interactive=False)] * len(buttons)
+            qid, drawn_text = drawn_question or (None, "")
+            try:
+                pair = arena.new_pair(session_id(request), language_name, mode_name, text,
+                                      qid if (text or "").strip() == drawn_text.strip() else None)
+            except ArenaError as error:
+                yield None, "", "", "not sure", "not sure", str(error), *off
+                return
+            yield pair.pair_id, "", "", "not sure", "not sure", "Both models are answering...", *off
+            for state in arena.answers(pair):
+                shown = [state.errors[side] or state.answers[side] for side in ("A", "B")]
+                message = "Both models are answering..."
+                if all(state.finished.values()) and not state.ready:
+                    message = " ".join(e for e in state.errors.values() if e) + " This pair cannot be judged."
+                elif state.ready:
+                    message = "Both answers are complete: which is better?"
+                yield (state.pair_id, *shown, gr.update(), gr.update(), message,
+                       *[gr.update(interactive=state.ready)] * len(buttons))
+
+        def cast(verdict, pair, check_a, check_b, request: gr.Request):
+            try:
+                row = arena.vote(pair, session_id(request), verdict, LANGUAGE_CHECK.get(check_a),
+                                 LANGUAGE_CHECK.get(check_b))
+            except ArenaError as error:
+                return (str(error), *[gr.update()] * len(buttons))
+            except Exception as error:  # noqa: BLE001 - a vote that could not be saved is said, not lost silently
+                logger.exception("vote not saved")
+                return (f"Your vote could not be saved ({error}); please vote again.", *[gr.update()] * len(buttons))
+            return (f"Thank you, your vote is saved. **A** was **{row['model_a']}**, **B** was **{row['model_b']}**. "
+                    "Draw or write a new instruction to vote again.", *[gr.update(interactive=False)] * len(buttons))
+
+        def vote_with(verdict):
+            def vote(pair, check_a, check_b, request: gr.Request):
+                return cast(verdict, pair, check_a, check_b, request)
+            return vote
+
+        draw.click(draw_question, [language, mode], [instruction, drawn, status], api_name="arena_draw")
+        go.click(get_answers, [instruction, language, mode, drawn],
+                 [pair_id, *answers, *checks, status, *buttons], api_name="arena_answers")
+        for (key, _), button in zip(VERDICT_BUTTONS, buttons):
+            button.click(vote_with(key), [pair_id, *checks], [status, *buttons],
+                         api_name=f"arena_vote_{key.lower()}")
+
+
+def _code(language_name: str | None) -> str | None:
+    return next((lang.code for lang in PAPER_LANGUAGES if lang.name == language_name), None)
+
+
+def build_app(session: ChatSession, backend: str = "", arena: Arena | None = None, arena_problem: str = "",
+              questions: str = "builtin") -> gr.Blocks:
+    """The chat tabs over ``session`` and, with ``arena``, the arena tab (``arena_problem`` says why there is none)."""
 
     def respond(mode: str, message: str, history: list, language: str, assistant_style: bool,
                 temperature: float, top_p: float, max_new_tokens: int):
@@ -79,7 +190,8 @@ def build_app(session: ChatSession, backend: str = "") -> gr.Blocks:
             raise gr.Error(f"Generation failed: {error}", print_exception=False) from None
 
     def cross_lingual(message, history, language, assistant_style, temperature, top_p, max_new_tokens):
-        yield from respond("cross-lingual", message, history, language, assistant_style, temperature, top_p, max_new_tokens)
+        yield from respond("cross-lingual", message, history, language, assistant_style, temperature, top_p,
+                           max_new_tokens)
 
     def zero_shot(message, history, temperature, top_p, max_new_tokens):
         yield from respond("zero-shot", message, history, "", False, temperature, top_p, max_new_tokens)
@@ -111,15 +223,29 @@ def build_app(session: ChatSession, backend: str = "") -> gr.Blocks:
             gr.ChatInterface(
                 zero_shot, additional_inputs=sliders(), examples=ZERO_SHOT_EXAMPLES, api_name="zero_shot",
                 concurrency_limit=limits.concurrency_limit, cache_examples=False,
-                textbox=gr.Textbox(placeholder="An instruction in your language", max_lines=8, elem_id="zero-shot-input"),
+                textbox=gr.Textbox(placeholder="An instruction in your language", max_lines=8,
+                                   elem_id="zero-shot-input"),
             )
+        if arena is not None or arena_problem:
+            arena_tab(arena, arena_problem, questions)
     demo.queue(max_size=limits.queue_size, default_concurrency_limit=limits.concurrency_limit)
     return demo
 
 
-if __name__ == "__main__":
+def main() -> None:
+    """Serve the app as the environment configures it (chat backend, arena backends, vote store)."""
+    from xinstruct.vote_store import store_from_env
+
     logging.basicConfig(level=logging.INFO)
     chat_session, description = session_from_env()
-    build_app(chat_session, description).launch(
-        server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"), show_error=True
-    )
+    store = store_from_env()
+    arena, about = arena_from_env(store.append, shared={source_from_env(): chat_session})
+    logger.info("arena: %s; votes in %s%s", about if arena else "off", store.folder,
+                f", pushed to {store.repo_id}" if store.repo_id else " (local only)")
+    demo = build_app(chat_session, description, arena, "" if arena else about,
+                     os.environ.get("XINSTRUCT_ARENA_QUESTIONS", "builtin"))
+    demo.launch(server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"), show_error=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -187,27 +187,44 @@ def default_model(runs_dir: str | Path = "runs") -> str:
     return "gemma-3-270m"
 
 
-def session_from_env() -> tuple[ChatSession, str]:
-    """The chat backend the environment asks for, and a one-line description of it.
+def session_for(source: str, endpoint_model: str = "tgi", max_retries: int = 3,
+                timeout: float = 120.0) -> tuple[ChatSession, str]:
+    """A chat session over ``source``, and a one-line description of it.
+
+    Args:
+        source: an ``http(s)://`` URL of a TGI / vLLM / OpenAI-compatible server (the token comes from ``HF_TOKEN``
+            and is never shown), or a Hub id or local path loaded here.
+        endpoint_model: the model name sent to an endpoint (TGI ignores it; vLLM checks it).
+        max_retries, timeout: of an endpoint's requests.
+    """
+    from .inference import engine_config, make_engine
+
+    if source.startswith(("http://", "https://")):
+        config = engine_config("endpoint", base_urls=[source], model=endpoint_model, max_retries=max_retries,
+                               timeout=timeout)
+        engine = make_engine(config, endpoint_model, progress=False)
+        return ChatSession(engine, settings_from_env(local=False)), f"an inference endpoint (model {endpoint_model})"
+    engine = make_engine(engine_config("local", batch_size=1), source, progress=False)
+    context = getattr(engine.model.config, "max_position_embeddings", None) or 2048
+    settings = settings_from_env(local=True)
+    settings.context_tokens = min(settings.context_tokens, int(context))
+    engine.max_input_tokens = settings.context_tokens  # the history is fitted to this, so nothing is cut off
+    counter = lambda text: len(engine.tokenizer(text)["input_ids"])  # noqa: E731
+    return ChatSession(engine, settings, counter), f"local model {source}"
+
+
+def source_from_env() -> str:
+    """The chat backend the environment asks for (what :func:`session_for` takes).
 
     - ``XINSTRUCT_ENDPOINT``: a TGI / vLLM / OpenAI-compatible URL (``XINSTRUCT_ENDPOINT_MODEL`` names the
       model, default ``tgi``; the token comes from ``HF_TOKEN`` and is never shown);
     - else ``XINSTRUCT_MODEL``: a Hub id or local path loaded here;
     - else the final model of the last local run, else Gemma-3-270M (offline).
     """
-    from .inference import engine_config, make_engine
+    return (os.environ.get("XINSTRUCT_ENDPOINT") or os.environ.get("XINSTRUCT_MODEL")
+            or default_model(os.environ.get("XINSTRUCT_RUNS", "runs")))
 
-    endpoint = os.environ.get("XINSTRUCT_ENDPOINT")
-    if endpoint:
-        model = os.environ.get("XINSTRUCT_ENDPOINT_MODEL", "tgi")
-        config = engine_config("endpoint", base_urls=[endpoint], model=model, max_retries=3, timeout=120.0)
-        engine = make_engine(config, model, progress=False)
-        return ChatSession(engine, settings_from_env(local=False)), f"an inference endpoint (model {model})"
-    model = os.environ.get("XINSTRUCT_MODEL") or default_model(os.environ.get("XINSTRUCT_RUNS", "runs"))
-    engine = make_engine(engine_config("local", batch_size=1), model, progress=False)
-    context = getattr(engine.model.config, "max_position_embeddings", None) or 2048
-    settings = settings_from_env(local=True)
-    settings.context_tokens = min(settings.context_tokens, int(context))
-    engine.max_input_tokens = settings.context_tokens  # the history is fitted to this, so nothing is cut off
-    counter = lambda text: len(engine.tokenizer(text)["input_ids"])  # noqa: E731
-    return ChatSession(engine, settings, counter), f"local model {model}"
+
+def session_from_env() -> tuple[ChatSession, str]:
+    """The chat session over :func:`source_from_env`, and a one-line description of it."""
+    return session_for(source_from_env(), os.environ.get("XINSTRUCT_ENDPOINT_MODEL", "tgi"))

@@ -101,6 +101,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .prompts import MODES
     from .rundir import RunDir
 
+    if args.votes:
+        return _evaluate_votes(args)
     model, baseline, langs, out = args.model, args.baseline, None, args.out
     if args.run:
         run = RunDir(args.run)
@@ -140,6 +142,30 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                      harness_limit=args.harness_limit, **({"languages": langs} if langs else {}))
     evaluate_models(cfg, out or "eval")
     print(f"report: {Path(out or 'eval') / 'report.md'}")
+    return 0
+
+
+def _evaluate_votes(args: argparse.Namespace) -> int:
+    """``evaluate --votes``: win rates of arena votes (and a model judge's agreement on the same pairs)."""
+    from .errors import UsageError
+    from .evaluation.run import JudgeConfig, judge_generator
+    from .evaluation.votes import judge_votes, load_votes, table_markdown, votes_table, write_votes_report
+
+    if args.model or args.run or args.harness:
+        raise UsageError("--votes reads arena votes; it does not take --model, --run or --harness.")
+    if args.judge_url and not args.judge_model:
+        raise UsageError("--judge-url needs --judge-model (the model name the judge server expects).")
+    rows = load_votes(args.votes)
+    judged = None
+    if args.judge_url:
+        out = Path(args.out or "eval-votes")
+        generate, _ = judge_generator(JudgeConfig(args.judge_url, args.judge_model, token_env=args.judge_token_env),
+                                      out / "requests" / "judge")
+        judged = judge_votes(rows, generate)
+    table = votes_table(rows, judged)
+    print(table_markdown(table))
+    if args.out or judged is not None:
+        print(f"report: {write_votes_report(table, args.out or 'eval-votes')}")
     return 0
 
 

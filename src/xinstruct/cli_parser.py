@@ -100,6 +100,10 @@ def _add_evaluate(sub) -> None:
                             "report")
     p.add_argument("--run",
                    help="a run directory: evaluate RUN/final/model against the recipe's base model, write RUN/eval")
+    p.add_argument("--votes", metavar="REPO_OR_FOLDER",
+                   help="win rates of arena votes (a votes dataset repo id or folder) per language and mode, with "
+                        "bootstrap intervals; with --judge-url also the judge's agreement (Cohen's kappa) on the "
+                        "same pairs")
     p.add_argument("--model", help="candidate model (path or Hub id)")
     p.add_argument("--baseline", help="baseline model (path or Hub id); needed for pairwise judging")
     p.add_argument("--languages", help="comma-separated codes (default: the run's, or the ten paper languages)")

@@ -95,17 +95,24 @@ def evaluate_models(cfg: EvalConfig, out_dir: str | Path) -> dict[str, Any]:
     return results
 
 
-def _judge(cfg: EvalConfig, questions, answers, out_dir: Path) -> dict[str, Any]:
-    judge = cfg.judge
+def judge_generator(judge: JudgeConfig, requests_dir: Path):
+    """The judge as ``generate(prompts, seed, temperature) -> outputs`` (what :func:`judge_pairs` calls) and its
+    engine (for its ``stats``); answers are stored in ``requests_dir`` and replayed on a second run."""
     config = engine_config("endpoint", base_urls=[judge.base_url], model=judge.model, route="chat",
                            system_prompt=JUDGE_SYSTEM, concurrency=judge.concurrency, token_env=judge.token_env)
-    engine = make_engine(config, judge.model, out_dir / "requests" / "judge")
+    engine = make_engine(config, judge.model, requests_dir)
 
     def generate(prompts: list[str], seed: int, temperature: float) -> list[str]:
         return engine.generate(prompts, GenerationParams(max_new_tokens=judge.max_new_tokens,
                                                           do_sample=temperature > 0,
                                                           temperature=temperature or 1.0, top_p=1.0, seed=seed))
 
+    return generate, engine
+
+
+def _judge(cfg: EvalConfig, questions, answers, out_dir: Path) -> dict[str, Any]:
+    judge = cfg.judge
+    generate, engine = judge_generator(judge, out_dir / "requests" / "judge")
     pairs = []
     for mode in cfg.modes:
         for code in cfg.languages:

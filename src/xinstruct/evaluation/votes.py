@@ -1,0 +1,237 @@
+"""Win rates from arena votes (``xinstruct evaluate --votes REPO_OR_FOLDER``), and the votes repo's card.
+
+Each vote row (:data:`xinstruct.arena.VOTE_FIELDS`) names the candidate (the model under test), the baseline, which
+of them was answer A, and the verdict: ``A``, ``B``, ``tie`` or ``both_bad``. From the candidate's side a vote is a
+**win**, **loss**, **tie** or **both bad**. Per matchup (candidate vs baseline), mode and language, and over all
+languages of a mode:
+
+- win, tie, both-bad and loss shares and the number of votes;
+- the **win rate as the paper counts it**: (wins + half of the ties) / votes, where a *both bad* vote counts as a
+  tie (neither answer was preferred);
+- a bootstrap 95% interval of that win rate (percentiles of 2000 resamples of the votes, seed 0);
+- with a model judge on the same pairs (:func:`judge_votes`: the authors' judge prompt in both answer orders),
+  the judge's win rate on those pairs and Cohen's kappa between the voters' and the judge's win/tie/loss.
+
+Rows that cannot be counted (a verdict outside the four, models other than the matchup's) are skipped and
+counted, never guessed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import DataError
+
+logger = logging.getLogger(__name__)
+
+OUTCOMES = ("win", "tie", "both_bad", "loss")
+POINTS = {"win": 1.0, "tie": 0.5, "both_bad": 0.5, "loss": 0.0}
+ROUNDS = 2000
+
+
+def vote_features():
+    """The ``datasets.Features`` of a vote row (given to ``load_dataset`` so files with empty fields still agree)."""
+    from datasets import Features, Value
+
+    text = ("time", "session_id", "pair_id", "language", "mode", "instruction", "question_id", "answer_a",
+            "answer_b", "model_a", "model_b", "candidate", "baseline", "verdict")
+    return Features({**{name: Value("string") for name in text}, "a_in_language": Value("bool"),
+                     "b_in_language": Value("bool"), "max_new_tokens": Value("int64")})
+
+
+def load_votes(source: str | Path, revision: str | None = None) -> list[dict[str, Any]]:
+    """Every vote of a votes dataset repo (Hub id) or folder (the repo's files, or the arena's local vote files),
+    read with ``load_dataset``."""
+    from datasets import load_dataset
+
+    folder = Path(source)
+    if folder.is_dir():
+        pattern = "votes/*.jsonl" if (folder / "votes").is_dir() else "*.jsonl"
+        if not list(folder.glob(pattern)):
+            raise DataError(f"No vote files in {folder} (looked for {pattern}).")
+        source = str(folder)
+    else:
+        if folder.exists() or str(source).startswith((".", "/")) or str(source).count("/") != 1:
+            raise DataError(f"--votes {source}: not a folder of vote files nor a Hub dataset id (USER/NAME).")
+        pattern = "votes/*.jsonl"
+    try:
+        data = load_dataset(str(source), data_files=pattern, features=vote_features(), split="train",
+                            revision=revision)
+    except DataError:
+        raise
+    except Exception as error:  # noqa: BLE001 - one line that names the source
+        raise DataError(f"Cannot read votes from {source}: {' '.join(str(error).split())[:400]}") from None
+    return data.to_list()
+
+
+def outcome(row: dict[str, Any]) -> str | None:
+    """The vote from the candidate's side (``win``/``tie``/``both_bad``/``loss``), ``None`` when it cannot count."""
+    verdict, pair = row.get("verdict"), {row.get("model_a"), row.get("model_b")}
+    if pair != {row.get("candidate"), row.get("baseline")} or row.get("candidate") == row.get("baseline"):
+        return None
+    if verdict in ("tie", "both_bad"):
+        return verdict
+    if verdict not in ("A", "B"):
+        return None
+    winner = row["model_a"] if verdict == "A" else row["model_b"]
+    return "win" if winner == row["candidate"] else "loss"
+
+
+def win_rate_interval(outcomes: Sequence[str], rounds: int = ROUNDS, seed: int = 0) -> dict[str, Any]:
+    """Win rate with ties (and both-bad) counted half, and its bootstrap 95% interval over the votes."""
+    points = np.array([POINTS[o] for o in outcomes], float)
+    rng = np.random.default_rng(seed)
+    means = points[rng.integers(0, len(points), (rounds, len(points)))].mean(axis=1)
+    low, high = np.quantile(means, [0.025, 0.975])
+    return {"win_rate": round(float(points.mean()), 4), "low": round(float(low), 4), "high": round(float(high), 4)}
+
+
+def kappa(human: Sequence[str], judge: Sequence[str]) -> float | None:
+    """Cohen's kappa between two win/tie/loss labelings of the same pairs (both bad counts as tie); ``None`` when
+    it is undefined (fewer than two pairs, or one label everywhere on both sides)."""
+    from sklearn.metrics import cohen_kappa_score
+
+    human = ["tie" if h == "both_bad" else h for h in human]
+    if len(human) < 2 or len(set(human) | set(judge)) < 2:
+        return None
+    value = cohen_kappa_score(human, judge, labels=["win", "tie", "loss"])
+    return None if math.isnan(value) else round(float(value), 4)
+
+
+def _group(rows: list[dict[str, Any]], judged: dict[str, str]) -> dict[str, Any]:
+    """The figures of one group of counted votes (each row carries its ``outcome``)."""
+    counts = Counter(r["outcome"] for r in rows)
+    n = len(rows)
+    figures: dict[str, Any] = {"votes": n, **{o: counts[o] for o in OUTCOMES},
+                               **{f"{o}_share": round(counts[o] / n, 4) for o in OUTCOMES},
+                               **win_rate_interval([r["outcome"] for r in rows])}
+    both = [r for r in rows if r["pair_id"] in judged and judged[r["pair_id"]] != "failed"]
+    if judged:
+        figures["judge"] = {"pairs": len(both),
+                            "win_rate": win_rate_interval([judged[r["pair_id"]] for r in both])["win_rate"]
+                            if both else None,
+                            "kappa": kappa([r["outcome"] for r in both], [judged[r["pair_id"]] for r in both])}
+    return figures
+
+
+def votes_table(rows: list[dict[str, Any]], judged: dict[str, str] | None = None) -> dict[str, Any]:
+    """Figures per matchup, mode and language (plus ``all`` languages of each mode).
+
+    Args:
+        rows: vote rows (:func:`load_votes`).
+        judged: pair id -> the model judge's verdict for the candidate (``win``/``tie``/``loss``/``failed``), from
+            :func:`judge_votes`.
+
+    Returns:
+        ``{"matchups": [{"candidate", "baseline", "groups": [{"mode", "language", ...figures}]}], "votes": n,
+        "skipped": {reason: count}}``.
+    """
+    judged = judged or {}
+    skipped: Counter = Counter()
+    counted: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for row in rows:
+        result = outcome(row)
+        if result is None:
+            skipped["verdict or models outside the matchup"] += 1
+            continue
+        counted.setdefault((row["candidate"], row["baseline"]), []).append({**row, "outcome": result})
+    matchups = []
+    for (candidate, baseline), votes in sorted(counted.items()):
+        groups = []
+        for mode in sorted({v["mode"] for v in votes}):
+            in_mode = [v for v in votes if v["mode"] == mode]
+            langs = sorted({v["language"] for v in in_mode})
+            for lang in langs + (["all"] if len(langs) > 1 else []):
+                chosen = in_mode if lang == "all" else [v for v in in_mode if v["language"] == lang]
+                groups.append({"mode": mode, "language": lang, **_group(chosen, judged)})
+        matchups.append({"candidate": candidate, "baseline": baseline, "groups": groups})
+    if skipped:
+        logger.warning("%d vote rows skipped: %s", sum(skipped.values()), dict(skipped))
+    return {"matchups": matchups, "votes": sum(len(v) for v in counted.values()), "skipped": dict(skipped)}
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def table_markdown(table: dict[str, Any]) -> str:
+    """The win-rate table as Markdown (the same text in the terminal, ``votes.md`` and the votes repo's card)."""
+    if not table["matchups"]:
+        return "No votes yet."
+    judged = any("judge" in g for m in table["matchups"] for g in m["groups"])
+    lines = []
+    for m in table["matchups"]:
+        lines += [f"**{m['candidate']}** (candidate) vs **{m['baseline']}** (baseline):", "",
+                  "| mode | language | votes | win | tie | both bad | loss | win rate (ties half) | 95% interval |"
+                  + (" judge win rate | kappa (pairs) |" if judged else ""),
+                  "|---|---|---:|---:|---:|---:|---:|---:|---|" + ("---:|---|" if judged else "")]
+        for g in m["groups"]:
+            line = (f"| {g['mode']} | {g['language']} | {g['votes']} | {_pct(g['win_share'])} | "
+                    f"{_pct(g['tie_share'])} | {_pct(g['both_bad_share'])} | {_pct(g['loss_share'])} | "
+                    f"{_pct(g['win_rate'])} | [{_pct(g['low'])}, {_pct(g['high'])}] |")
+            if judged:
+                j = g.get("judge") or {}
+                k = "n/a" if j.get("kappa") is None else f"{j['kappa']:.2f}"
+                line += f" {_pct(j.get('win_rate'))} | {k} ({j.get('pairs', 0)}) |"
+            lines.append(line)
+        lines.append("")
+    lines.append(f"{table['votes']} votes counted"
+                 + (f"; skipped: {', '.join(f'{n} ({why})' for why, n in table['skipped'].items())}"
+                    if table["skipped"] else "") + ". Win rate = (wins + half of ties and both-bad votes) / votes; "
+                 f"intervals: bootstrap over votes ({ROUNDS} resamples).")
+    return "\n".join(lines)
+
+
+def judge_votes(rows: list[dict[str, Any]], generate: Callable[[list[str], int, float], list[str]],
+                retries: int = 2) -> dict[str, str]:
+    """The model judge's verdict for the candidate on each voted pair (the same instruction and answers the voter
+    saw), judged in both orders with the authors' prompt: pair id -> ``win``/``tie``/``loss``/``failed``."""
+    from .. import languages
+    from .judge import judge_pairs
+
+    pairs = []
+    for row in rows:
+        if outcome(row) is None:
+            continue
+        first = row["model_a"] == row["candidate"]
+        pairs.append({"question_id": row["pair_id"], "language": row["language"],
+                      "language_name": languages.get(row["language"]).name, "mode": row["mode"],
+                      "question": row["instruction"], "candidate": row["answer_a" if first else "answer_b"],
+                      "baseline": row["answer_b" if first else "answer_a"]})
+    return {r.question_id: r.verdict for r in judge_pairs(generate, pairs, retries=retries)}
+
+
+def votes_card(rows: list[dict[str, Any]], repo_id: str) -> str:
+    """``README.md`` of the votes dataset repo: the Hub metadata (one config over ``votes/*.jsonl``), how votes are
+    collected, the row fields and the win-rate table of ``rows``."""
+    from huggingface_hub import DatasetCard, DatasetCardData
+
+    from ..publish.templates import template_path
+
+    languages = sorted({r["language"] for r in rows})
+    data = DatasetCardData(language=languages or None, license="cc-by-4.0", pretty_name=f"{repo_id} votes",
+                           task_categories=["text-generation"], tags=["x-instruction", "human-evaluation", "arena"],
+                           configs=[{"config_name": "default", "data_files": [{"split": "train",
+                                                                               "path": "votes/*.jsonl"}]}])
+    card = DatasetCard.from_template(data, template_path=str(template_path("votes_card.md")), repo_id=repo_id,
+                                     table=table_markdown(votes_table(rows)), votes=len(rows))
+    return str(card)
+
+
+def write_votes_report(table: dict[str, Any], out_dir: str | Path) -> Path:
+    """``votes.json`` and ``votes.md`` in ``out_dir``; returns the Markdown file."""
+    import json
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "votes.json").write_text(json.dumps(table, indent=2, ensure_ascii=False), encoding="utf-8")
+    path = out / "votes.md"
+    path.write_text("# Arena votes\n\n" + table_markdown(table) + "\n", encoding="utf-8")
+    return path
