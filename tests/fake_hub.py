@@ -1,7 +1,9 @@
 """An in-process fake of the Hugging Face Hub HTTP API, enough for create_repo, branches, tags, refs,
-tree listing, paths-info, preupload and NDJSON commits (regular uploads), and file downloads (``resolve`` with
-HEAD and byte ranges), so ``load_dataset`` and ``from_pretrained`` read a pushed revision back. Wired into
-huggingface_hub with ``set_client_factory`` and an ``httpx.MockTransport``; no network."""
+tree listing, paths-info, preupload and NDJSON commits (regular uploads), file downloads (``resolve`` with
+HEAD and byte ranges), so ``load_dataset`` and ``from_pretrained`` read a pushed revision back, and Space variables.
+Wired into huggingface_hub with ``set_client_factory`` and an ``httpx.MockTransport``; no network. For another
+process (a Space started as a subprocess), :meth:`FakeHub.serve` answers the same API over HTTP on 127.0.0.1
+(``HF_ENDPOINT`` points there)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,9 @@ import json
 import re
 from dataclasses import dataclass, field
 from urllib.parse import unquote
+
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from huggingface_hub import set_client_factory
@@ -31,6 +36,7 @@ class Repo:
     branches: dict[str, str] = field(default_factory=dict)  # name -> commit id
     tags: dict[str, str] = field(default_factory=dict)
     commits: dict[str, dict[str, bytes]] = field(default_factory=dict)  # commit id -> files
+    variables: dict[str, str] = field(default_factory=dict)  # a Space's variables
 
 
 class FakeHub:
@@ -57,6 +63,36 @@ class FakeHub:
     def transport(self) -> httpx.MockTransport:
         return httpx.MockTransport(self.handle)
 
+    def serve(self) -> tuple[str, ThreadingHTTPServer]:
+        """Answer the API over HTTP on 127.0.0.1 (for other processes); returns the base URL and the server."""
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _answer(self):
+                body = self.rfile.read(int(self.headers.get("content-length") or 0))
+                request = httpx.Request(self.command, f"http://{self.headers.get('host')}{self.path}",
+                                        headers=dict(self.headers), content=body)
+                response = fake.handle(request)
+                data = response.content
+                self.send_response(response.status_code)
+                for key, value in response.headers.items():
+                    if key.lower() not in ("content-length", "transfer-encoding", "connection"):
+                        self.send_header(key, value)
+                self.send_header("content-length", response.headers.get("content-length", str(len(data))))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+
+            do_GET = do_POST = do_HEAD = do_PUT = do_DELETE = _answer
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        return f"http://127.0.0.1:{server.server_address[1]}", server
+
     # -- routing -----------------------------------------------------------------------------------
     def handle(self, request: httpx.Request) -> httpx.Response:
         body = request.read()
@@ -71,7 +107,10 @@ class FakeHub:
             return self.create_repo(json.loads(body))
         if path == "/api/validate-yaml" and request.method == "POST":
             return self.validate_yaml(json.loads(body)["content"])
-        actions = "refs|branch|tag|preupload|commit|tree|revision|paths-info"
+        actions = "refs|branch|tag|preupload|commit|tree|revision|paths-info|variables"
+        info = re.match(r"^/api/(models|datasets|spaces)/([^/]+/[^/]+)$", path)
+        if info:  # repo info without a revision: that of main
+            path = f"{path}/revision/main"
         m = re.match(rf"^/api/(models|datasets|spaces)/([^/]+/[^/]+)/({actions})(?:/(.*))?$", path)
         if not m:
             return httpx.Response(404, json={"error": f"fake hub: no route for {request.method} {path}"})
@@ -80,6 +119,10 @@ class FakeHub:
         if repo is None or repo.repo_type != repo_type:
             return httpx.Response(404, json={"error": "Repository not found"},
                                   headers={"X-Error-Code": "RepoNotFound"})
+        if action == "variables" and request.method == "POST":
+            payload = json.loads(body)
+            repo.variables[payload["key"]] = payload["value"]
+            return httpx.Response(200, json={k: {"value": v} for k, v in repo.variables.items()})
         if action == "refs":
             ref = lambda kind, name, oid: {"name": name, "ref": f"refs/{kind}/{name}", "targetCommit": oid}  # noqa: E731
             return httpx.Response(200, json={

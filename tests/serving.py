@@ -203,12 +203,13 @@ class ModelServer:
         info: ``model_id`` of ``GET /info`` (TGI); 404 when ``None``.
         on_demand: list the models the way an unpinned ``transformers serve`` does (with a ``status``).
         garbled: answer ``GET /v1/models`` and ``GET /info`` with 200 and a body that is not JSON.
+        text: the answer to every generation, or ``text(request_body) -> str`` (a scripted judge).
 
     ``gets`` lists the paths of the GETs; ``posts`` the ``(path, body)`` of the POSTs (the rows sent).
     """
 
     def __init__(self, models: list[str] | None = None, info: str | None = None, on_demand: bool = False,
-                 garbled: bool = False, text: str = "Habari."):
+                 garbled: bool = False, text="Habari."):
         self.gets: list[str] = []
         self.posts: list[tuple[str, dict]] = []
         server = self
@@ -232,7 +233,9 @@ class ModelServer:
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers.get("content-length") or 0)))
                 server.posts.append((self.path, body))
-                choice = {"message": {"role": "assistant", "content": text}} if "chat" in self.path else {"text": text}
+                answer = text(body) if callable(text) else text
+                choice = {"message": {"role": "assistant", "content": answer}} if "chat" in self.path else \
+                    {"text": answer}
                 usage = {"prompt_tokens": 3, "completion_tokens": 2}
                 self._send(200, json.dumps({"choices": [choice], "usage": usage}).encode())
 
