@@ -179,3 +179,136 @@ def test_backend_specs_parse_names_sources_and_endpoint_models():
         "base", "http://127.0.0.1:8080", "google/gemma-3-270m", True)
     with pytest.raises(ArenaError, match="different names"):
         Arena(Backend(BackendSpec("m", "a")), Backend(BackendSpec("m", "b")), lambda row: None)
+
+
+class SpaceProcess:
+    """``space/app.py`` as its own process (so it can be killed), configured through the environment."""
+
+    def __init__(self, env: dict[str, str], log: Path):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.log = log
+        with log.open("a") as out:
+            self.process = subprocess.Popen([sys.executable, str(REPO / "space" / "app.py")], cwd=log.parent,
+                                            env={**os.environ, **env, "GRADIO_SERVER_PORT": str(self.port)},
+                                            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            assert self.process.poll() is None, f"the Space exited:\n{self.tail()}"
+            try:
+                with urllib.request.urlopen(self.url, timeout=5) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.5)
+        raise AssertionError(f"the Space did not start:\n{self.tail()}")
+
+    def tail(self) -> str:
+        return self.log.read_text()[-3000:]
+
+    def kill(self) -> None:
+        """SIGKILL: no atexit hook runs, so nothing is pushed on the way out."""
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(30)
+
+
+def _hub_votes(hub, repo_id: str) -> list[dict]:
+    if repo_id not in hub.repos:
+        return []
+    files = hub.files(repo_id)
+    return [json.loads(line) for name, data in sorted(files.items()) if name.startswith("votes/")
+            for line in data.decode().splitlines()]
+
+
+def _wait_for(condition, seconds: float, what: str, space: SpaceProcess):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if condition():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"{what} within {seconds} s; the Space said:\n{space.tail()}")
+
+
+def _vote_in_browser(page, key: str, check_a: str) -> str:
+    from playwright.sync_api import expect
+
+    page.locator("#arena-draw").click()
+    expect(page.locator("#arena-instruction textarea")).not_to_have_value("", timeout=30_000)
+    page.locator("#arena-go").click()
+    expect(page.locator("#arena-vote-a")).to_be_enabled(timeout=120_000)
+    html = page.content()
+    assert not any(name in html for name in NAMES), "a model name is on the page before the vote"
+    page.locator("#arena-lang-a").get_by_label(check_a, exact=True).check()
+    page.locator(f"#arena-vote-{key}").click()
+    status = page.locator("#arena-status")
+    expect(status).to_contain_text("your vote is saved", timeout=30_000)
+    expect(page.locator("#arena-vote-a")).to_be_disabled()
+    return status.inner_text()
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(),
+                    reason=f"Chromium not installed at {CHROMIUM} (apt-get install chromium)")
+def test_votes_in_chromium_reach_the_hub_unblinded_even_across_a_kill(hub, tiny_model, other_tiny, tmp_path):
+    """Four votes in the browser (A, B, tie, both bad) while the Space pushes only every hour; the Space is killed
+    before any push, started again on the same disk, and its first commit carries all four rows, each with the
+    model that really wrote answer A; a fifth vote then goes with a scheduled push, and the card shows the table."""
+    from gradio_client import Client
+    from playwright.sync_api import sync_playwright
+
+    from xinstruct.chat import session_for
+
+    endpoint, server = hub.serve()
+    env = {"XINSTRUCT_MODEL": tiny_model, "XINSTRUCT_ARENA_CANDIDATE": f"{NAMES[0]}={tiny_model}",
+           "XINSTRUCT_ARENA_BASELINE": f"{NAMES[1]}={other_tiny}", "XINSTRUCT_ARENA_MAX_NEW_TOKENS": str(MAX_NEW),
+           "XINSTRUCT_VOTES_DIR": str(tmp_path / "votes"), "XINSTRUCT_VOTES_REPO": "user/arena-votes",
+           "XINSTRUCT_VOTES_EVERY": "60", "HF_ENDPOINT": endpoint, "HF_HUB_OFFLINE": "0", "HF_DATASETS_OFFLINE": "0",
+           "HF_HOME": str(tmp_path / "hf-home"), "HF_DATASETS_CACHE": str(tmp_path / "datasets-cache")}
+    space = SpaceProcess(env, tmp_path / "space.log")
+    verdicts = [("a", "A", "yes"), ("b", "B", "no"), ("tie", "tie", "not sure"), ("both-bad", "both_bad", "no")]
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu"])
+            try:
+                page = browser.new_page(viewport={"width": 1280, "height": 1400})
+                page.goto(space.url)
+                page.get_by_role("tab", name="Arena").click()
+                assert not any(name in page.content() for name in NAMES)
+                shown = [_vote_in_browser(page, key, check) for key, _, check in verdicts]
+                page.screenshot(path=str(ARTIFACTS / "space-arena.png"), full_page=True)
+            finally:
+                browser.close()
+        on_disk = [json.loads(line) for f in sorted((tmp_path / "votes").glob("*.jsonl"))
+                   for line in f.read_text().splitlines()]
+        assert len(on_disk) == 4 and "user/arena-votes" in hub.repos and _hub_votes(hub, "user/arena-votes") == []
+    finally:
+        space.kill()  # between the votes and their commit
+
+    space = SpaceProcess({**env, "XINSTRUCT_VOTES_EVERY": "0.05"}, tmp_path / "space.log")
+    try:
+        _wait_for(lambda: len(_hub_votes(hub, "user/arena-votes")) == 4, 60, "the four votes reached the Hub", space)
+        rows = _hub_votes(hub, "user/arena-votes")
+        assert rows == on_disk
+        expected = {name: session_for(path)[0] for name, path in zip(NAMES, (tiny_model, other_tiny))}
+        for row, (_, verdict, check), status in zip(rows, verdicts, shown):
+            assert row["verdict"] == verdict and row["a_in_language"] == {"yes": True, "no": False}.get(check)
+            assert (row["candidate"], row["baseline"]) == NAMES and {row["model_a"], row["model_b"]} == set(NAMES)
+            assert f"A was {row['model_a']}, B was {row['model_b']}" in status.replace("*", "")
+            for side in ("a", "b"):  # the answer shown as A is the one the model named model_a writes
+                session = expected[row[f"model_{side}"]]
+                answer = list(session.reply("cross-lingual", row["instruction"], "Swahili", False, [], 0.0, 1.0,
+                                            MAX_NEW, seed=0))[-1]
+                assert row[f"answer_{side}"] == answer
+        assert len({row["model_a"] for row in rows}) == 2 or len(rows) < 4  # A was not always the same model
+
+        client = Client(space.url, verbose=False)
+        client.predict("Give three tips for staying healthy.", "Swahili", "cross-lingual", api_name="/arena_answers")
+        assert "your vote is saved" in client.predict("not sure", "not sure", api_name="/arena_vote_tie")
+        _wait_for(lambda: len(_hub_votes(hub, "user/arena-votes")) == 5, 60, "a scheduled push of the fifth vote",
+                  space)
+        _wait_for(lambda: b"| cross-lingual | sw | 5 |" in hub.files("user/arena-votes").get("README.md", b""), 60,
+                  "the card's table counts five votes", space)
+    finally:
+        space.kill()
+        server.shutdown()
+    assert "hf_SENTINEL" not in space.tail()  # the token is never logged
