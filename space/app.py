@@ -12,6 +12,7 @@ import hashlib
 import logging
 import os
 import random
+import threading
 
 import gradio as gr
 
@@ -78,6 +79,7 @@ id, nothing about you.
 """
 VERDICT_BUTTONS = (("A", "A is better"), ("B", "B is better"), ("tie", "Tie"), ("both_bad", "Both are bad"))
 LANGUAGE_CHECK = {"yes": True, "no": False, "not sure": None}
+DRAWS = random.Random()  # its own generator: engines reseed the global one before every generation
 
 
 def session_id(request: gr.Request | None) -> str:
@@ -121,7 +123,7 @@ def arena_tab(arena: Arena | None, problem: str, questions: str) -> None:
             code = _code(language_name)
             if code is None:
                 return gr.update(), (None, ""), "Pick a language from the list first."
-            question = random.choice(paired_questions(questions, code))
+            question = DRAWS.choice(paired_questions(questions, code))
             text = question["english"] if mode_name == "cross-lingual" else question["text"]
             return text, (str(question["question_id"]), text), ""
 
@@ -242,6 +244,8 @@ def main() -> None:
     arena, about = arena_from_env(store.append, shared={source_from_env(): chat_session})
     logger.info("arena: %s; votes in %s%s", about if arena else "off", store.folder,
                 f", pushed to {store.repo_id}" if store.repo_id else " (local only)")
+    if arena is not None:
+        threading.Thread(target=arena.warm, daemon=True).start()
     demo = build_app(chat_session, description, arena, "" if arena else about,
                      os.environ.get("XINSTRUCT_ARENA_QUESTIONS", "builtin"))
     demo.launch(server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"), show_error=True)

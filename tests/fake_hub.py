@@ -11,11 +11,10 @@ import base64
 import hashlib
 import json
 import re
-from dataclasses import dataclass, field
-from urllib.parse import unquote
-
 import threading
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import unquote
 
 import pytest
 from huggingface_hub import set_client_factory

@@ -17,9 +17,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from test_space import ARTIFACTS, CHROMIUM, load_app_module
 
 from conftest import REPO
-from test_space import ARTIFACTS, CHROMIUM, load_app_module
 from xinstruct.arena import Arena, ArenaError, Backend, BackendSpec
 from xinstruct.chat import ChatSession, ChatSettings
 from xinstruct.inference.server import free_port
@@ -90,18 +90,19 @@ def _rows(path: Path) -> list[dict]:
 
 def test_the_two_backends_answer_differently_and_a_is_drawn_at_random(arena_space):
     _, arena, _, _ = arena_space
-    pairs = [arena.new_pair("s", "Swahili", "cross-lingual", "Give three tips for staying healthy.") for _ in range(40)]
+    pairs = [arena.new_pair("s", "Swahili", "cross-lingual", "Give three tips for staying healthy.")
+             for _ in range(40)]
     firsts = sum(p.sides["A"].name == NAMES[0] for p in pairs)
     assert 10 <= firsts <= 30  # both orders occur (seeded draw)
-    for state in arena.answers(pairs[0]):
-        pass
+    state = list(arena.answers(pairs[0]))[-1]
     assert state.ready and state.answers["A"] and state.answers["B"] and state.answers["A"] != state.answers["B"]
 
 
 def test_refusals_leave_no_row(arena_space):
     _, arena, store, gated = arena_space
     before = len(_rows(store.path))
-    for text, message in (("  ", "Write an instruction"), ("x" * 201, "201 characters long; the arena accepts at most")):
+    for text, message in (("  ", "Write an instruction"),
+                          ("x" * 201, "201 characters long; the arena accepts at most")):
         with pytest.raises(ArenaError, match=message):
             arena.new_pair("s", "Swahili", "cross-lingual", text)
     pair = arena.new_pair("s", "Swahili", "cross-lingual", "Explain rain.")

@@ -172,3 +172,37 @@ def test_push_space_uploads_a_runnable_space(hub, tmp_path, capsys):
                            cwd=folder, capture_output=True, text=True)
     assert check.returncode == 0, check.stderr
     assert check.stdout.strip().startswith(str(folder))
+
+
+def test_push_space_deploys_the_arena_configuration(hub, capsys):
+    from fake_hub import SENTINEL
+    from huggingface_hub import DatasetCard
+
+    from xinstruct.cli import main
+
+    args = ["push-space", "--repo", "someone/x-instruction-arena", "--candidate", "x-instruction=someone/xi-final",
+            "--baseline", "base=google/gemma-3-270m", "--votes-repo", "someone/arena-votes", "--votes-every", "2"]
+    assert main(args) == 0
+    assert hub.repos["someone/x-instruction-arena"].variables == {
+        "XINSTRUCT_ARENA_CANDIDATE": "x-instruction=someone/xi-final", "XINSTRUCT_ARENA_BASELINE":
+        "base=google/gemma-3-270m", "XINSTRUCT_MODEL": "someone/xi-final",
+        "XINSTRUCT_VOTES_REPO": "someone/arena-votes", "XINSTRUCT_VOTES_EVERY": "2.0"}
+    votes = hub.repos["someone/arena-votes"]
+    assert votes.repo_type == "dataset"
+    card = DatasetCard(hub.files("someone/arena-votes")["README.md"].decode())
+    assert "No votes yet." in card.text and card.data.configs[0]["data_files"][0]["path"] == "votes/*.jsonl"
+    out = capsys.readouterr()
+    assert "HF_TOKEN secret with write access to someone/arena-votes" in out.out and SENTINEL not in out.out + out.err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--candidate", "a=x/y"], "needs both --candidate and --baseline"),
+    (["--candidate", "a=runs/default/final/model", "--baseline", "b=x/y"], "is a local path"),
+    (["--candidate", "m=x/y", "--baseline", "m=x/z"], "Both backends are named 'm'"),
+    (["--votes-repo", "x/votes"], "--votes-repo is for the arena"),
+])
+def test_push_space_refuses_an_arena_it_cannot_run(hub, capsys, args, message):
+    from xinstruct.cli import main
+
+    assert main(["push-space", "--repo", "someone/arena", *args]) == 2
+    assert message in capsys.readouterr().err and "someone/arena" not in hub.repos  # refused before any upload

@@ -1,5 +1,5 @@
-"""Win rates from arena votes: a planted vote file gives its known win rate (ties and both-bad half), shares, counts and
-a bootstrap interval; rows that cannot count are skipped and counted; a model judge on the same pairs gives Cohen's
+"""Win rates from arena votes: a planted vote file gives its known win rate (ties and both-bad half), shares, counts
+and a bootstrap interval; rows that cannot count are skipped and counted; a model judge on the same pairs gives Cohen's
 kappa; ``xinstruct evaluate --votes`` reads a folder and a (fake) Hub repo with ``load_dataset``."""
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ def planted_votes(seed: int = 0) -> list[dict]:
     for (mode, lang), (outcomes, _) in PLANTED.items():
         for n, result in enumerate(outcomes):
             a_is_candidate = rng.random() < 0.5
-            verdict = {"win": "A" if a_is_candidate else "B", "loss": "B" if a_is_candidate else "A"}.get(result, result)
+            sides = {"win": "A" if a_is_candidate else "B", "loss": "B" if a_is_candidate else "A"}
+            verdict = sides.get(result, result)
             rows.append({"time": "2026-12-04T10:00:00+00:00", "session_id": f"s{n % 3}", "pair_id": f"{lang}-{n}",
                          "language": lang, "mode": mode, "instruction": f"question {n}",
                          "question_id": str(n) if n % 2 else None, "answer_a": f"{lang} answer {n} a",
@@ -187,3 +188,10 @@ def test_the_votes_card_lists_the_config_and_the_table(vote_folder):
                                                                            "path": "votes/*.jsonl"}]}]
     assert set(card.data.language) == {"sw", "ta"}
     assert table_markdown(votes_table(rows)) in card.text
+
+
+def test_a_group_with_few_votes_gets_no_interval():
+    rows = [r for r in planted_votes() if r["pair_id"] in ("sw-0", "sw-1", "sw-20")]
+    g = _group(votes_table(rows), "cross-lingual", "sw")
+    assert g["votes"] == 3 and g["win_rate"] == round((2 + 0) / 3, 4)  # sw-0, sw-1 wins, sw-20 a loss
+    assert g["low"] is None and "n/a (under 5 votes)" in table_markdown(votes_table(rows))

@@ -151,6 +151,15 @@ class Arena:
         self.pairs: OrderedDict[str, Pair] = OrderedDict()
         self.lock = threading.Lock()
 
+    def warm(self) -> None:
+        """Load both backends now (a failure is logged, and retried at the first pair), so the first voter does not
+        wait for a model to load."""
+        for backend in (self.candidate, self.baseline):
+            try:
+                backend.session()
+            except Exception as error:  # noqa: BLE001 - the tab says it when a voter asks
+                logger.warning("arena backend %s is not ready: %s", backend.name, _one_line(error))
+
     def new_pair(self, session_id: str, language: str, mode: str, instruction: str,
                  question_id: str | None = None) -> Pair:
         """Check the instruction, draw which backend is A, and open the pair (nothing is generated yet)."""

@@ -84,12 +84,20 @@ def _cmd_push(args: argparse.Namespace) -> int:
 
 
 def _cmd_push_space(args: argparse.Namespace) -> int:
-    from .publish.space import push_space
+    from .publish.space import arena_variables, push_space
 
-    result = push_space(args.repo, private=args.private)
+    variables = arena_variables(args.candidate, args.baseline, args.votes_repo, args.votes_every)
+    result = push_space(args.repo, private=args.private, variables=variables, votes_repo=args.votes_repo)
     state = "new commit" if result["new_commit"] else "unchanged (no commit)"
     print(f"space {args.repo}: {state} {result['commit']}")
-    print("Set XINSTRUCT_MODEL or XINSTRUCT_ENDPOINT (and the HF_TOKEN secret) in the Space's settings.")
+    if variables:
+        print(f"variables set: {', '.join(result['variables'])}")
+    else:
+        print("Set XINSTRUCT_MODEL or XINSTRUCT_ENDPOINT in the Space's settings (or push with --candidate and "
+              "--baseline for the arena).")
+    if args.votes_repo:
+        print(f"Add an HF_TOKEN secret with write access to {args.votes_repo} in the Space's settings: the votes are "
+              "pushed with it.")
     return 0
 
 

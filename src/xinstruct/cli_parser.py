@@ -88,9 +88,16 @@ def _add_publishing_commands(sub) -> None:
     p.add_argument("--models", action="store_true", help="also push the models with cards: the follower and "
                    "evaluator of each iteration (branch iter-k), the generator and the final model")
     p.add_argument("--private", action="store_true")
-    p = sub.add_parser("push-space", help="deploy the Gradio chat Space (space/ + the xinstruct package) to the Hub")
+    p = sub.add_parser("push-space",
+                       help="deploy the Gradio Space (chat and arena: space/ + the xinstruct package) to the Hub")
     p.add_argument("--repo", required=True, help="Space repo id, USER/x-instruction-chat")
     p.add_argument("--private", action="store_true")
+    p.add_argument("--candidate", metavar="[NAME=]HUB_ID_OR_URL",
+                   help="the arena's model under test (also the chat's model), e.g. x-instruction=USER/xi-final")
+    p.add_argument("--baseline", metavar="[NAME=]HUB_ID_OR_URL",
+                   help="the model it is compared with, e.g. base=google/gemma-3-270m")
+    p.add_argument("--votes-repo", help="dataset repo that receives the votes (created private if missing)")
+    p.add_argument("--votes-every", type=float, help="minutes between pushes of the votes (default 5)")
 
 
 def _add_evaluate(sub) -> None:

@@ -8,7 +8,8 @@ languages of a mode:
 - win, tie, both-bad and loss shares and the number of votes;
 - the **win rate as the paper counts it**: (wins + half of the ties) / votes, where a *both bad* vote counts as a
   tie (neither answer was preferred);
-- a bootstrap 95% interval of that win rate (percentiles of 2000 resamples of the votes, seed 0);
+- a bootstrap 95% interval of that win rate (percentiles of 2000 resamples of the votes, seed 0), from
+  :data:`MIN_VOTES` votes on (below, a bootstrap interval is degenerate: one vote gives [0, 0] or [1, 1]);
 - with a model judge on the same pairs (:func:`judge_votes`: the authors' judge prompt in both answer orders),
   the judge's win rate on those pairs and Cohen's kappa between the voters' and the judge's win/tie/loss.
 
@@ -34,6 +35,7 @@ logger = logging.getLogger(__name__)
 OUTCOMES = ("win", "tie", "both_bad", "loss")
 POINTS = {"win": 1.0, "tie": 0.5, "both_bad": 0.5, "loss": 0.0}
 ROUNDS = 2000
+MIN_VOTES = 5  # fewest votes a group needs for an interval
 
 
 def vote_features():
@@ -85,8 +87,11 @@ def outcome(row: dict[str, Any]) -> str | None:
 
 
 def win_rate_interval(outcomes: Sequence[str], rounds: int = ROUNDS, seed: int = 0) -> dict[str, Any]:
-    """Win rate with ties (and both-bad) counted half, and its bootstrap 95% interval over the votes."""
+    """Win rate with ties (and both-bad) counted half, and its bootstrap 95% interval over the votes (``None``
+    bounds under :data:`MIN_VOTES` votes)."""
     points = np.array([POINTS[o] for o in outcomes], float)
+    if len(points) < MIN_VOTES:
+        return {"win_rate": round(float(points.mean()), 4) if len(points) else None, "low": None, "high": None}
     rng = np.random.default_rng(seed)
     means = points[rng.integers(0, len(points), (rounds, len(points)))].mean(axis=1)
     low, high = np.quantile(means, [0.025, 0.975])
@@ -161,6 +166,12 @@ def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}%"
 
 
+def _interval(figures: dict[str, Any]) -> str:
+    if figures["low"] is None:
+        return f"n/a (under {MIN_VOTES} votes)"
+    return f"[{_pct(figures['low'])}, {_pct(figures['high'])}]"
+
+
 def table_markdown(table: dict[str, Any]) -> str:
     """The win-rate table as Markdown (the same text in the terminal, ``votes.md`` and the votes repo's card)."""
     if not table["matchups"]:
@@ -175,7 +186,7 @@ def table_markdown(table: dict[str, Any]) -> str:
         for g in m["groups"]:
             line = (f"| {g['mode']} | {g['language']} | {g['votes']} | {_pct(g['win_share'])} | "
                     f"{_pct(g['tie_share'])} | {_pct(g['both_bad_share'])} | {_pct(g['loss_share'])} | "
-                    f"{_pct(g['win_rate'])} | [{_pct(g['low'])}, {_pct(g['high'])}] |")
+                    f"{_pct(g['win_rate'])} | {_interval(g)} |")
             if judged:
                 j = g.get("judge") or {}
                 k = "n/a" if j.get("kappa") is None else f"{j['kappa']:.2f}"
