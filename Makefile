@@ -40,7 +40,7 @@ test: install  ## run the test suite (tiny models, offline)
 bench: install-gemma  ## side-by-side benchmarks; prints ratios, writes bench.json
 	$(BIN)/xinstruct bench --out bench.json
 
-space: install  ## run the Gradio chat Space on http://127.0.0.1:7860 (XINSTRUCT_MODEL / XINSTRUCT_ENDPOINT pick the backend)
+space: install  ## run the Gradio Space (chat + arena) on http://127.0.0.1:7860 (see space/README.md for its variables)
 	$(BIN)/python space/app.py
 
 lint: install

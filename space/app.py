@@ -89,7 +89,11 @@ def session_id(request: gr.Request | None) -> str:
 
 
 def arena_tab(arena: Arena | None, problem: str, questions: str) -> None:
-    """The *Arena* tab: two anonymous answers streamed side by side, a vote, then the names."""
+    """The *Arena* tab: two anonymous answers streamed side by side, a vote, then the names.
+
+    Long because it lays the tab out and wires its events; the matchups, refusals and vote rows are
+    :class:`xinstruct.arena.Arena`'s. Model names reach the page only in the message after a vote.
+    """
     with gr.Tab("Arena"):
         gr.Markdown(ARENA_ABOUT)
         if arena is None:
@@ -200,7 +204,7 @@ def build_app(session: ChatSession, backend: str = "", arena: Arena | None = Non
 
     limits = session.settings
     with gr.Blocks(title="X-Instruction chat") as demo:
-        gr.Markdown("# X-Instruction: cross-lingual and zero-shot chat")
+        gr.Markdown("# X-Instruction: cross-lingual and zero-shot chat, and a blind arena")
         gr.Markdown(ABOUT + f"\n\nDataset: [{DATASET_URL}]({DATASET_URL}) · Models: [{MODELS_URL}]({MODELS_URL})"
                     + (f" · Backend: {backend}" if backend else ""))
 

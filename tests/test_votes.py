@@ -36,7 +36,7 @@ def planted_votes(seed: int = 0) -> list[dict]:
                          "answer_b": f"{lang} answer {n} b", "model_a": "x-instruction" if a_is_candidate else "base",
                          "model_b": "base" if a_is_candidate else "x-instruction", "candidate": "x-instruction",
                          "baseline": "base", "verdict": verdict, "a_in_language": True if n % 3 == 0 else None,
-                         "b_in_language": None, "max_new_tokens": 64})
+                         "b_in_language": False if n % 4 == 0 else None, "max_new_tokens": 64})
     bad = dict(rows[0], pair_id="bad-1", verdict="C")
     stranger = dict(rows[1], pair_id="bad-2", model_a="someone-else")
     return rows + [bad, stranger]
@@ -72,6 +72,13 @@ def test_planted_votes_give_their_known_win_rate_shares_and_interval(vote_folder
         half = 1.96 * sd / math.sqrt(len(points))
         assert g["low"] < known < g["high"]
         assert abs((g["high"] - g["low"]) / 2 - half) < 0.04
+    # the language check, per model: A said yes on every third vote, B said no on every fourth
+    sw, pairs = _group(table, "cross-lingual", "sw"), [r for r in rows if r["language"] == "sw"][:24]
+    for role in ("candidate", "baseline"):
+        said = [r[f"{'a' if r['model_a'] == r[role] else 'b'}_in_language"] for r in pairs]
+        said = [s for s in said if s is not None]
+        assert sw[f"{role}_in_language"] == {"share": round(sum(said) / len(said), 4), "checked": len(said)}
+    assert sw["candidate_in_language"]["checked"] + sw["baseline_in_language"]["checked"] == 8 + 6
     # one mode per language here, so no "all" row is added
     assert {(g["mode"], g["language"]) for g in table["matchups"][0]["groups"]} == set(PLANTED)
     text = table_markdown(table)

@@ -10,6 +10,8 @@ languages of a mode:
   tie (neither answer was preferred);
 - a bootstrap 95% interval of that win rate (percentiles of 2000 resamples of the votes, seed 0), from
   :data:`MIN_VOTES` votes on (below, a bootstrap interval is degenerate: one vote gives [0, 0] or [1, 1]);
+- the voters' language check: the share of answers they said are in the requested language, for the candidate and
+  for the baseline, over the votes that answered the check;
 - with a model judge on the same pairs (:func:`judge_votes`: the authors' judge prompt in both answer orders),
   the judge's win rate on those pairs and Cohen's kappa between the voters' and the judge's win/tie/loss.
 
@@ -117,6 +119,11 @@ def _group(rows: list[dict[str, Any]], judged: dict[str, str]) -> dict[str, Any]
     figures: dict[str, Any] = {"votes": n, **{o: counts[o] for o in OUTCOMES},
                                **{f"{o}_share": round(counts[o] / n, 4) for o in OUTCOMES},
                                **win_rate_interval([r["outcome"] for r in rows])}
+    for role in ("candidate", "baseline"):
+        checks = [r[f"{'a' if r['model_a'] == r[role] else 'b'}_in_language"] for r in rows]
+        checks = [c for c in checks if c is not None]
+        figures[f"{role}_in_language"] = {"share": round(sum(checks) / len(checks), 4) if checks else None,
+                                          "checked": len(checks)}
     both = [r for r in rows if r["pair_id"] in judged and judged[r["pair_id"]] != "failed"]
     if judged:
         figures["judge"] = {"pairs": len(both),
@@ -180,13 +187,16 @@ def table_markdown(table: dict[str, Any]) -> str:
     lines = []
     for m in table["matchups"]:
         lines += [f"**{m['candidate']}** (candidate) vs **{m['baseline']}** (baseline):", "",
-                  "| mode | language | votes | win | tie | both bad | loss | win rate (ties half) | 95% interval |"
+                  "| mode | language | votes | win | tie | both bad | loss | win rate (ties half) | 95% interval | "
+                  "in the language: candidate / baseline (checked) |"
                   + (" judge win rate | kappa (pairs) |" if judged else ""),
-                  "|---|---|---:|---:|---:|---:|---:|---:|---|" + ("---:|---|" if judged else "")]
+                  "|---|---|---:|---:|---:|---:|---:|---:|---|---|" + ("---:|---|" if judged else "")]
         for g in m["groups"]:
             line = (f"| {g['mode']} | {g['language']} | {g['votes']} | {_pct(g['win_share'])} | "
                     f"{_pct(g['tie_share'])} | {_pct(g['both_bad_share'])} | {_pct(g['loss_share'])} | "
-                    f"{_pct(g['win_rate'])} | {_interval(g)} |")
+                    f"{_pct(g['win_rate'])} | {_interval(g)} | {_pct(g['candidate_in_language']['share'])} / "
+                    f"{_pct(g['baseline_in_language']['share'])} ({g['candidate_in_language']['checked']} / "
+                    f"{g['baseline_in_language']['checked']}) |")
             if judged:
                 j = g.get("judge") or {}
                 k = "n/a" if j.get("kappa") is None else f"{j['kappa']:.2f}"
