@@ -313,3 +313,40 @@ def test_votes_in_chromium_reach_the_hub_unblinded_even_across_a_kill(hub, tiny_
         space.kill()
         server.shutdown()
     assert "hf_SENTINEL" not in space.tail()  # the token is never logged
+
+
+def _row(n: int) -> dict:
+    return {"pair_id": f"p{n}", "verdict": "A", "model_a": NAMES[0], "model_b": NAMES[1]}
+
+
+def test_a_push_that_fails_leaves_the_vote_for_the_next_one(hub, tmp_path):
+    from fake_hub import SENTINEL
+
+    store = VoteStore(tmp_path / "votes", "user/votes", every=60)
+    try:
+        store.append(_row(1))
+        hub.token = "hf_another"  # the Hub refuses the next push
+        with pytest.raises(Exception, match="401"):
+            store.push_now()
+        assert _hub_votes(hub, "user/votes") == []
+        hub.token = SENTINEL
+        store.push_now()
+        store.append(_row(2))
+        store.push_now()
+        assert [r["pair_id"] for r in _hub_votes(hub, "user/votes")] == ["p1", "p2"]
+    finally:
+        store.stop()
+
+
+def test_votes_are_saved_locally_when_the_hub_cannot_be_reached(hub, tmp_path, caplog):
+    from fake_hub import SENTINEL
+
+    hub.token = "hf_another"
+    store = VoteStore(tmp_path / "votes", "user/votes", every=60)
+    try:
+        assert store.scheduler is None and "not pushed to user/votes" in store.problem
+        store.append(_row(1))
+        assert _rows(store.path) == [_row(1)]
+        assert SENTINEL not in store.problem + caplog.text
+    finally:
+        store.stop()

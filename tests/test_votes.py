@@ -202,3 +202,16 @@ def test_a_group_with_few_votes_gets_no_interval():
     g = _group(votes_table(rows), "cross-lingual", "sw")
     assert g["votes"] == 3 and g["win_rate"] == round((2 + 0) / 3, 4)  # sw-0, sw-1 wins, sw-20 a loss
     assert g["low"] is None and "n/a (under 5 votes)" in table_markdown(votes_table(rows))
+
+
+def test_position_and_length_references_are_counted_over_decisive_votes():
+    rows = [r for r in planted_votes() if r["language"] == "sw"][:24]
+    for n, row in enumerate(rows):  # the chosen answer is the longer one in 3 of every 4 decisive votes
+        chosen, other = ("answer_a", "answer_b") if row["verdict"] == "A" else ("answer_b", "answer_a")
+        row[chosen], row[other] = ("long answer", "short") if n % 4 else ("short", "long answer")
+    refs = votes_table(rows)["matchups"][0]["references"]
+    decisive = [r for r in rows if r["verdict"] in ("A", "B")]
+    assert refs["decisive"] == 18 == len(decisive)
+    assert refs["chose_a"] == round(sum(r["verdict"] == "A" for r in decisive) / 18, 4)
+    longer = sum(bool(n % 4) for n, r in enumerate(rows) if r["verdict"] in ("A", "B"))
+    assert refs["chose_longer"] == round(longer / 18, 4) and refs["unequal_length"] == 18

@@ -79,6 +79,7 @@ class VoteStore:
         self.scheduler: VoteScheduler | None = None
         self.problem: str | None = None  # why votes are not being pushed, if they are not
         self._lock = threading.Lock()
+        self._retry: threading.Timer | None = None
         if repo_id:
             self._start()
 
@@ -92,9 +93,9 @@ class VoteStore:
         except Exception as error:  # noqa: BLE001 - the arena keeps saving votes locally
             self.problem = f"votes are saved in {self.folder} but not pushed to {self.repo_id}: {error}"
             logger.warning("%s (trying again in %s minutes)", self.problem, self.every)
-            retry = threading.Timer(self.every * 60, self._start)
-            retry.daemon = True
-            retry.start()
+            self._retry = threading.Timer(self.every * 60, self._start)
+            self._retry.daemon = True
+            self._retry.start()
 
     @property
     def lock(self):
@@ -116,6 +117,8 @@ class VoteStore:
 
     def stop(self) -> None:
         """Stop scheduling pushes (what is on disk stays there)."""
+        if self._retry is not None:
+            self._retry.cancel()
         if self.scheduler is not None:
             self.scheduler.stop()
 

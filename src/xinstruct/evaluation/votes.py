@@ -15,6 +15,10 @@ languages of a mode:
 - with a model judge on the same pairs (:func:`judge_votes`: the authors' judge prompt in both answer orders),
   the judge's win rate on those pairs and Cohen's kappa between the voters' and the judge's win/tie/loss.
 
+Per matchup, two simple references any human or model judge can fall for, over the decisive votes (A or B): how
+often the voters chose answer A (position; A is drawn at random, so about half), and how often they chose the
+longer answer (length; far above half means length may be deciding). A win rate is read against 50%, a coin flip.
+
 Rows that cannot be counted (a verdict outside the four, models other than the matchup's) are skipped and
 counted, never guessed.
 """
@@ -133,6 +137,17 @@ def _group(rows: list[dict[str, Any]], judged: dict[str, str]) -> dict[str, Any]
     return figures
 
 
+def _references(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Over the decisive votes: the share that chose answer A, and the share that chose the longer answer (votes
+    between answers of equal length left out of the latter)."""
+    decisive = [r for r in rows if r["verdict"] in ("A", "B")]
+    unequal = [r for r in decisive if len(r["answer_a"]) != len(r["answer_b"])]
+    longer = sum((r["verdict"] == "A") == (len(r["answer_a"]) > len(r["answer_b"])) for r in unequal)
+    return {"decisive": len(decisive),
+            "chose_a": round(sum(r["verdict"] == "A" for r in decisive) / len(decisive), 4) if decisive else None,
+            "chose_longer": round(longer / len(unequal), 4) if unequal else None, "unequal_length": len(unequal)}
+
+
 def votes_table(rows: list[dict[str, Any]], judged: dict[str, str] | None = None) -> dict[str, Any]:
     """Figures per matchup, mode and language (plus ``all`` languages of each mode).
 
@@ -163,7 +178,8 @@ def votes_table(rows: list[dict[str, Any]], judged: dict[str, str] | None = None
             for lang in langs + (["all"] if len(langs) > 1 else []):
                 chosen = in_mode if lang == "all" else [v for v in in_mode if v["language"] == lang]
                 groups.append({"mode": mode, "language": lang, **_group(chosen, judged)})
-        matchups.append({"candidate": candidate, "baseline": baseline, "groups": groups})
+        matchups.append({"candidate": candidate, "baseline": baseline, "groups": groups,
+                         "references": _references(votes)})
     if skipped:
         logger.warning("%d vote rows skipped: %s", sum(skipped.values()), dict(skipped))
     return {"matchups": matchups, "votes": sum(len(v) for v in counted.values()), "skipped": dict(skipped)}
@@ -202,7 +218,11 @@ def table_markdown(table: dict[str, Any]) -> str:
                 k = "n/a" if j.get("kappa") is None else f"{j['kappa']:.2f}"
                 line += f" {_pct(j.get('win_rate'))} | {k} ({j.get('pairs', 0)}) |"
             lines.append(line)
-        lines.append("")
+        refs = m["references"]
+        lines += ["", f"References over the {refs['decisive']} decisive votes: answer A chosen "
+                  f"{_pct(refs['chose_a'])} (position; A is drawn at random), the longer answer chosen "
+                  f"{_pct(refs['chose_longer'])} (length; {refs['unequal_length']} pairs of unequal length). "
+                  "A win rate is read against 50%, a coin flip.", ""]
     lines.append(f"{table['votes']} votes counted"
                  + (f"; skipped: {', '.join(f'{n} ({why})' for why, n in table['skipped'].items())}"
                     if table["skipped"] else "") + ". Win rate = (wins + half of ties and both-bad votes) / votes; "
