@@ -16,8 +16,10 @@ import threading
 
 import gradio as gr
 
-from xinstruct.arena import Arena, ArenaError, arena_from_env
+from xinstruct import languages
+from xinstruct.arena import Arena, ArenaError, arena_from_env, language_code
 from xinstruct.chat import ChatSession, InputTooLong, session_from_env, source_from_env
+from xinstruct.errors import DataError
 from xinstruct.evaluation.questions import paired_questions
 from xinstruct.languages import PAPER_LANGUAGES
 
@@ -88,7 +90,7 @@ def session_id(request: gr.Request | None) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
-def arena_tab(arena: Arena | None, problem: str, questions: str) -> None:
+def arena_tab(arena: Arena | None, problem: str, questions: str, language_names: list[str] | None = None) -> None:
     """The *Arena* tab: two anonymous answers streamed side by side, a vote, then the names.
 
     Long because it lays the tab out and wires its events; the matchups, refusals and vote rows are
@@ -101,7 +103,8 @@ def arena_tab(arena: Arena | None, problem: str, questions: str) -> None:
             return
         pair_id, drawn = gr.State(None), gr.State((None, ""))
         with gr.Row():
-            language = gr.Dropdown(LANGUAGES, value="Swahili", label="language", elem_id="arena-language")
+            choices = language_names or LANGUAGES
+            language = gr.Dropdown(choices, value=choices[0], label="language", elem_id="arena-language")
             mode = gr.Radio(["cross-lingual", "zero-shot"], value="cross-lingual", label="mode",
                             info="cross-lingual: an English instruction, answers in your language; zero-shot: the "
                                  "instruction in your language", elem_id="arena-mode")
@@ -124,10 +127,10 @@ def arena_tab(arena: Arena | None, problem: str, questions: str) -> None:
 
         def draw_question(language_name, mode_name):
             """A random question of the set in the voter's language: English (cross-lingual) or its own version."""
-            code = _code(language_name)
-            if code is None:
-                return gr.update(), (None, ""), "Pick a language from the list first."
-            question = DRAWS.choice(paired_questions(questions, code))
+            try:
+                question = DRAWS.choice(paired_questions(questions, language_code(language_name)))
+            except (ArenaError, DataError) as error:
+                return gr.update(), (None, ""), f"{error} Write an instruction instead."
             text = question["english"] if mode_name == "cross-lingual" else question["text"]
             return text, (str(question["question_id"]), text), ""
 
@@ -176,13 +179,10 @@ def arena_tab(arena: Arena | None, problem: str, questions: str) -> None:
                          api_name=f"arena_vote_{key.lower()}")
 
 
-def _code(language_name: str | None) -> str | None:
-    return next((lang.code for lang in PAPER_LANGUAGES if lang.name == language_name), None)
-
-
 def build_app(session: ChatSession, backend: str = "", arena: Arena | None = None, arena_problem: str = "",
-              questions: str = "builtin") -> gr.Blocks:
-    """The chat tabs over ``session`` and, with ``arena``, the arena tab (``arena_problem`` says why there is none)."""
+              questions: str = "builtin", arena_languages: list[str] | None = None) -> gr.Blocks:
+    """The chat tabs over ``session`` and, with ``arena``, the arena tab (``arena_problem`` says why there is none;
+    ``arena_languages``: the names voters choose from, the first preselected; default the ten paper languages)."""
 
     def respond(mode: str, message: str, history: list, language: str, assistant_style: bool,
                 temperature: float, top_p: float, max_new_tokens: int):
@@ -233,7 +233,7 @@ def build_app(session: ChatSession, backend: str = "", arena: Arena | None = Non
                                    elem_id="zero-shot-input"),
             )
         if arena is not None or arena_problem:
-            arena_tab(arena, arena_problem, questions)
+            arena_tab(arena, arena_problem, questions, arena_languages)
     demo.queue(max_size=limits.queue_size, default_concurrency_limit=limits.concurrency_limit)
     return demo
 
@@ -250,8 +250,10 @@ def main() -> None:
                 f", pushed to {store.repo_id}" if store.repo_id else " (local only)")
     if arena is not None:
         threading.Thread(target=arena.warm, daemon=True).start()
+    codes = [c.strip() for c in os.environ.get("XINSTRUCT_ARENA_LANGUAGES", "").split(",") if c.strip()]
     demo = build_app(chat_session, description, arena, "" if arena else about,
-                     os.environ.get("XINSTRUCT_ARENA_QUESTIONS", "builtin"))
+                     os.environ.get("XINSTRUCT_ARENA_QUESTIONS", "builtin"),
+                     [languages.get(code).name for code in codes] or None)
     demo.launch(server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"), show_error=True)
 
 

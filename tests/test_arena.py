@@ -77,7 +77,7 @@ def arena_space(tiny_engine, other_tiny, tmp_path_factory):
     arena = Arena(Backend(BackendSpec(NAMES[0], "a"), lambda spec: chat),
                   Backend(BackendSpec(NAMES[1], "b"), lambda spec: other), store.append, max_new_tokens=MAX_NEW,
                   max_input_chars=200, seed=0)
-    demo = app.build_app(chat, "", arena)
+    demo = app.build_app(chat, "", arena, arena_languages=["Swahili", "Tamil", "Amharic"])
     port = free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, show_error=True)
     yield f"http://127.0.0.1:{port}/", arena, store, gated
@@ -147,6 +147,20 @@ def test_through_the_api_an_early_vote_is_refused_and_a_second_vote_too(arena_sp
     assert row["language"] == "ta" and row["session_id"] and {row["model_a"], row["model_b"]} == set(NAMES)
 
 
+def test_draws_come_from_the_question_set_in_the_mode_s_language(arena_space):
+    from gradio_client import Client
+
+    from xinstruct.evaluation.questions import paired_questions
+
+    client = Client(arena_space[0], verbose=False)
+    questions = paired_questions("builtin", "sw")
+    english, _ = client.predict("Swahili", "cross-lingual", api_name="/arena_draw")
+    native, _ = client.predict("Swahili", "zero-shot", api_name="/arena_draw")
+    assert english in {q["english"] for q in questions} and native in {q["text"] for q in questions}
+    kept, message = client.predict("Amharic", "cross-lingual", api_name="/arena_draw")  # no Amharic questions
+    assert "No questions for 'am'" in message and "Write an instruction instead." in message
+
+
 def test_an_unreachable_backend_is_a_message_and_the_chat_keeps_working(tiny_engine):
     from gradio_client import Client
 
@@ -155,6 +169,7 @@ def test_an_unreachable_backend_is_a_message_and_the_chat_keeps_working(tiny_eng
     down = Backend(BackendSpec.parse(f"down-model=http://127.0.0.1:{free_port()}"))
     arena = Arena(Backend(BackendSpec(NAMES[0], "a"), lambda spec: chat), down, lambda row: None,
                   max_new_tokens=MAX_NEW)
+    arena.warm()  # what the Space does at start (an endpoint is only reached at the first pair): nothing raised
     demo = app.build_app(chat, "", arena)
     port = free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, show_error=True)

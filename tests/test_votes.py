@@ -10,7 +10,7 @@ import random
 
 import pytest
 
-from conftest import write_jsonl
+from conftest import REPO, write_jsonl
 from xinstruct.cli import main
 from xinstruct.evaluation.votes import judge_votes, kappa, load_votes, table_markdown, votes_card, votes_table
 
@@ -21,9 +21,13 @@ PLANTED = {
 }
 
 
+PLANTED_FILE = REPO / "tests" / "data" / "planted_votes" / "votes" / "votes-planted.jsonl"
+
+
 def planted_votes(seed: int = 0) -> list[dict]:
     """Vote rows with the outcomes of PLANTED (A/B drawn at random, as the arena does), plus two rows that cannot
-    count: an unknown verdict and a model outside the matchup."""
+    count: an unknown verdict and a model outside the matchup. ``PLANTED_FILE`` holds them (``xinstruct evaluate
+    --votes tests/data/planted_votes`` prints their table)."""
     rng, rows = random.Random(seed), []
     for (mode, lang), (outcomes, _) in PLANTED.items():
         for n, result in enumerate(outcomes):
@@ -42,9 +46,13 @@ def planted_votes(seed: int = 0) -> list[dict]:
     return rows + [bad, stranger]
 
 
+def test_the_planted_vote_file_holds_the_planted_votes():
+    assert [json.loads(line) for line in PLANTED_FILE.read_text().splitlines()] == planted_votes()
+
+
 @pytest.fixture
 def vote_folder(tmp_path):
-    rows = planted_votes()
+    rows = [json.loads(line) for line in PLANTED_FILE.read_text().splitlines()]
     write_jsonl(tmp_path / "votes" / "votes-1.jsonl", rows[:20])  # two files, as two Space processes write them
     write_jsonl(tmp_path / "votes" / "votes-2.jsonl", rows[20:])
     return tmp_path / "votes"

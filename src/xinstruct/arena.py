@@ -255,13 +255,12 @@ class Arena:
 
 
 def language_code(language: str) -> str:
-    """The registered code of ``language`` (a code or an English name); an :class:`ArenaError` otherwise."""
-    wanted = (language or "").strip().lower()
-    for code in languages.known_codes():
-        lang = languages.get(code)
-        if wanted in (lang.code, lang.name.lower()):
-            return lang.code
-    raise ArenaError(f"Unknown language {language!r}: pick one of the list.")
+    """The code of ``language`` (a code or an English name, as :func:`xinstruct.languages.find` reads it); an
+    :class:`ArenaError` otherwise."""
+    lang = languages.find(language)
+    if lang is None:
+        raise ArenaError(f"Unknown language {language!r}: pick one of the list.")
+    return lang.code
 
 
 def _one_line(error: Exception) -> str:

@@ -74,11 +74,8 @@ def language_name(language: str) -> str:
     language = language.strip()
     if not language:
         raise ValueError("Pick an output language.")
-    for code in languages.known_codes():
-        lang = languages.get(code)
-        if language.lower() in (lang.code, lang.name.lower()):
-            return lang.name
-    return language
+    lang = languages.find(language)
+    return lang.name if lang else language
 
 
 def fit_history(history: list[tuple[str, str]], prompt_of: Callable[[list[tuple[str, str]]], str],

@@ -132,6 +132,17 @@ def _language(code: str, name: str | None, script: str | None, resource: str, fl
     return Language(code, name, script, resource, flores or f"{code}_{script}")
 
 
+def find(text: str) -> Language | None:
+    """The language named by ``text``: a code or an English name (any case), registered or in the bundled table;
+    ``None`` when nothing matches."""
+    wanted = (text or "").strip().lower()
+    for lang in _REGISTRY.values():
+        if wanted in (lang.code, lang.name.lower()):
+            return lang
+    row = next((row for row in _table() if wanted in (row["code"], row["name"].lower())), None)
+    return get(row["code"]) if row else None
+
+
 def known_codes() -> list[str]:
     """All registered codes, sorted."""
     return sorted(_REGISTRY)

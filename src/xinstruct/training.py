@@ -378,6 +378,12 @@ def _main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO)
     data = load_from_disk(spec.pop("data"))
     train_sft(train_dataset=data, **spec)
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        # tear the process group down before the interpreter does: left to exit, a rank's gloo threads can abort it
+        # ("terminate called without an active exception", seen once on a loaded 2-core machine)
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

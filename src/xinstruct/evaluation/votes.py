@@ -157,8 +157,8 @@ def votes_table(rows: list[dict[str, Any]], judged: dict[str, str] | None = None
             :func:`judge_votes`.
 
     Returns:
-        ``{"matchups": [{"candidate", "baseline", "groups": [{"mode", "language", ...figures}]}], "votes": n,
-        "skipped": {reason: count}}``.
+        ``{"matchups": [{"candidate", "baseline", "groups": [{"mode", "language", ...figures}], "references"}],
+        "votes": n, "skipped": {reason: count}}``, plus ``judge_verdicts`` (pair id -> verdict) with ``judged``.
     """
     judged = judged or {}
     skipped: Counter = Counter()
@@ -182,7 +182,8 @@ def votes_table(rows: list[dict[str, Any]], judged: dict[str, str] | None = None
                          "references": _references(votes)})
     if skipped:
         logger.warning("%d vote rows skipped: %s", sum(skipped.values()), dict(skipped))
-    return {"matchups": matchups, "votes": sum(len(v) for v in counted.values()), "skipped": dict(skipped)}
+    table = {"matchups": matchups, "votes": sum(len(v) for v in counted.values()), "skipped": dict(skipped)}
+    return {**table, "judge_verdicts": judged} if judged else table
 
 
 def _pct(value: float | None) -> str:
