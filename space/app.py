@@ -104,7 +104,8 @@ def arena_tab(arena: Arena | None, problem: str, questions: str, language_names:
         pair_id, drawn = gr.State(None), gr.State((None, ""))
         with gr.Row():
             choices = language_names or LANGUAGES
-            language = gr.Dropdown(choices, value=choices[0], label="language", elem_id="arena-language")
+            language = gr.Dropdown(choices, value=choices[0] if language_names else "Swahili", label="language",
+                                   elem_id="arena-language")
             mode = gr.Radio(["cross-lingual", "zero-shot"], value="cross-lingual", label="mode",
                             info="cross-lingual: an English instruction, answers in your language; zero-shot: the "
                                  "instruction in your language", elem_id="arena-mode")

@@ -85,6 +85,13 @@ class VoteStore:
 
     def _start(self) -> None:
         """Start the scheduler; if the Hub cannot be reached, say why and try again in ``every`` minutes."""
+        # what the card refresh needs, imported here first: imported in the scheduler's thread while another thread
+        # imports the same modules (matplotlib, pulled in by xinstruct.publish), Python can hand out a half-made one
+        import datasets  # noqa: F401
+
+        from .evaluation import votes  # noqa: F401
+        from .publish import templates  # noqa: F401
+
         try:
             self.scheduler = VoteScheduler(repo_id=self.repo_id, repo_type="dataset", folder_path=self.folder,
                                            path_in_repo=VOTES_IN_REPO, allow_patterns=["*.jsonl"], every=self.every,
