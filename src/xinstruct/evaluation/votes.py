@@ -8,8 +8,10 @@ languages of a mode:
 - win, tie, both-bad and loss shares and the number of votes;
 - the **win rate as the paper counts it**: (wins + half of the ties) / votes, where a *both bad* vote counts as a
   tie (neither answer was preferred);
-- a bootstrap 95% interval of that win rate (percentiles of 2000 resamples of the votes, seed 0), from
-  :data:`MIN_VOTES` votes on (below, a bootstrap interval is degenerate: one vote gives [0, 0] or [1, 1]);
+- a bootstrap 95% interval of that win rate (percentiles of 2000 resamples, seed 0) that resamples **sessions**, not
+  votes: one voter's votes share that voter's taste, so they are not independent, and resampling votes one by one
+  would give too narrow an interval. From :data:`MIN_SESSIONS` sessions on (below, the bootstrap is degenerate: one
+  session gives one value);
 - the voters' language check: the share of answers they said are in the requested language, for the candidate and
   for the baseline, over the votes that answered the check;
 - with a model judge on the same pairs (:func:`judge_votes`: the authors' judge prompt in both answer orders),
@@ -41,7 +43,7 @@ logger = logging.getLogger(__name__)
 OUTCOMES = ("win", "tie", "both_bad", "loss")
 POINTS = {"win": 1.0, "tie": 0.5, "both_bad": 0.5, "loss": 0.0}
 ROUNDS = 2000
-MIN_VOTES = 5  # fewest votes a group needs for an interval
+MIN_SESSIONS = 5  # fewest sessions (voters' visits) a group needs for an interval
 
 
 def vote_features():
@@ -92,14 +94,20 @@ def outcome(row: dict[str, Any]) -> str | None:
     return "win" if winner == row["candidate"] else "loss"
 
 
-def win_rate_interval(outcomes: Sequence[str], rounds: int = ROUNDS, seed: int = 0) -> dict[str, Any]:
-    """Win rate with ties (and both-bad) counted half, and its bootstrap 95% interval over the votes (``None``
-    bounds under :data:`MIN_VOTES` votes)."""
+def win_rate_interval(outcomes: Sequence[str], sessions: Sequence[str] | None = None, rounds: int = ROUNDS,
+                      seed: int = 0) -> dict[str, Any]:
+    """Win rate with ties (and both-bad) counted half, and its bootstrap 95% interval resampling ``sessions`` (each
+    vote's session; ``None``: every vote its own), ``None`` bounds under :data:`MIN_SESSIONS` sessions."""
     points = np.array([POINTS[o] for o in outcomes], float)
-    if len(points) < MIN_VOTES:
+    keys = list(sessions) if sessions is not None else list(range(len(points)))
+    clusters = [np.flatnonzero(np.array([k == key for k in keys])) for key in dict.fromkeys(keys)]
+    if len(clusters) < MIN_SESSIONS:
         return {"win_rate": round(float(points.mean()), 4) if len(points) else None, "low": None, "high": None}
+    sums = np.array([points[c].sum() for c in clusters])
+    sizes = np.array([len(c) for c in clusters], float)
     rng = np.random.default_rng(seed)
-    means = points[rng.integers(0, len(points), (rounds, len(points)))].mean(axis=1)
+    picks = rng.integers(0, len(clusters), (rounds, len(clusters)))
+    means = sums[picks].sum(axis=1) / sizes[picks].sum(axis=1)
     low, high = np.quantile(means, [0.025, 0.975])
     return {"win_rate": round(float(points.mean()), 4), "low": round(float(low), 4), "high": round(float(high), 4)}
 
@@ -122,7 +130,8 @@ def _group(rows: list[dict[str, Any]], judged: dict[str, str]) -> dict[str, Any]
     n = len(rows)
     figures: dict[str, Any] = {"votes": n, **{o: counts[o] for o in OUTCOMES},
                                **{f"{o}_share": round(counts[o] / n, 4) for o in OUTCOMES},
-                               **win_rate_interval([r["outcome"] for r in rows])}
+                               "sessions": len({r["session_id"] for r in rows}),
+                               **win_rate_interval([r["outcome"] for r in rows], [r["session_id"] for r in rows])}
     for role in ("candidate", "baseline"):
         checks = [r[f"{'a' if r['model_a'] == r[role] else 'b'}_in_language"] for r in rows]
         checks = [c for c in checks if c is not None]
@@ -192,7 +201,7 @@ def _pct(value: float | None) -> str:
 
 def _interval(figures: dict[str, Any]) -> str:
     if figures["low"] is None:
-        return f"n/a (under {MIN_VOTES} votes)"
+        return f"n/a (under {MIN_SESSIONS} sessions)"
     return f"[{_pct(figures['low'])}, {_pct(figures['high'])}]"
 
 
@@ -204,12 +213,13 @@ def table_markdown(table: dict[str, Any]) -> str:
     lines = []
     for m in table["matchups"]:
         lines += [f"**{m['candidate']}** (candidate) vs **{m['baseline']}** (baseline):", "",
-                  "| mode | language | votes | win | tie | both bad | loss | win rate (ties half) | 95% interval | "
+                  "| mode | language | votes (sessions) | win | tie | both bad | loss | win rate (ties half) | "
+                  "95% interval | "
                   "in the language: candidate / baseline (checked) |"
                   + (" judge win rate | kappa (pairs) |" if judged else ""),
                   "|---|---|---:|---:|---:|---:|---:|---:|---|---|" + ("---:|---|" if judged else "")]
         for g in m["groups"]:
-            line = (f"| {g['mode']} | {g['language']} | {g['votes']} | {_pct(g['win_share'])} | "
+            line = (f"| {g['mode']} | {g['language']} | {g['votes']} ({g['sessions']}) | {_pct(g['win_share'])} | "
                     f"{_pct(g['tie_share'])} | {_pct(g['both_bad_share'])} | {_pct(g['loss_share'])} | "
                     f"{_pct(g['win_rate'])} | {_interval(g)} | {_pct(g['candidate_in_language']['share'])} / "
                     f"{_pct(g['baseline_in_language']['share'])} ({g['candidate_in_language']['checked']} / "
@@ -227,7 +237,7 @@ def table_markdown(table: dict[str, Any]) -> str:
     lines.append(f"{table['votes']} votes counted"
                  + (f"; skipped: {', '.join(f'{n} ({why})' for why, n in table['skipped'].items())}"
                     if table["skipped"] else "") + ". Win rate = (wins + half of ties and both-bad votes) / votes; "
-                 f"intervals: bootstrap over votes ({ROUNDS} resamples).")
+                 f"intervals: bootstrap over sessions, a voter's votes together ({ROUNDS} resamples).")
     return "\n".join(lines)
 
 
