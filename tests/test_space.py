@@ -198,6 +198,7 @@ def test_push_space_deploys_the_arena_configuration(hub, capsys):
 @pytest.mark.parametrize("args, message", [
     (["--candidate", "a=x/y"], "needs both --candidate and --baseline"),
     (["--candidate", "a=runs/default/final/model", "--baseline", "b=x/y"], "is a local path"),
+    (["--candidate", "a=x/y", "--baseline", "b=./base-model"], "is a local path"),
     (["--candidate", "m=x/y", "--baseline", "m=x/z"], "Both backends are named 'm'"),
     (["--votes-repo", "x/votes"], "--votes-repo is for the arena"),
 ])

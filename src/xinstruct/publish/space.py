@@ -47,9 +47,10 @@ def arena_variables(candidate: str | None, baseline: str | None, votes_repo: str
     except ArenaError as error:
         raise PublishError(str(error)) from None
     for spec in specs:
-        if not spec.is_endpoint and (Path(spec.source).exists() or spec.source.startswith((".", "/"))):
-            raise PublishError(f"{spec.source} is a local path, which the Space cannot read: push that model to the "
-                               "Hub (`xinstruct push RUN --models`) and give its id, or an endpoint URL.")
+        if not spec.is_endpoint and (Path(spec.source).exists() or not _is_hub_id(spec.source)):
+            raise PublishError(f"{spec.source} is a local path (or not a Hub id), which the Space cannot read: push "
+                               "that model to the Hub (`xinstruct push RUN --models`) and give its id, or an endpoint "
+                               "URL.")
     if specs[0].name == specs[1].name:
         raise PublishError(f"Both backends are named {specs[0].name!r}: write NAME=SOURCE to tell them apart.")
     variables = {"XINSTRUCT_ARENA_CANDIDATE": candidate, "XINSTRUCT_ARENA_BASELINE": baseline}
@@ -62,6 +63,16 @@ def arena_variables(candidate: str | None, baseline: str | None, votes_repo: str
     if votes_every is not None:
         variables["XINSTRUCT_VOTES_EVERY"] = str(votes_every)
     return variables
+
+
+def _is_hub_id(text: str) -> bool:
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(text)
+    except HFValidationError:
+        return False
+    return True
 
 
 def push_space(repo_id: str, token: str | None = None, private: bool = False, variables: dict[str, str] | None = None,
