@@ -99,14 +99,13 @@ def win_rate_interval(outcomes: Sequence[str], sessions: Sequence[str] | None = 
     """Win rate with ties (and both-bad) counted half, and its bootstrap 95% interval resampling ``sessions`` (each
     vote's session; ``None``: every vote its own), ``None`` bounds under :data:`MIN_SESSIONS` sessions."""
     points = np.array([POINTS[o] for o in outcomes], float)
-    keys = list(sessions) if sessions is not None else list(range(len(points)))
-    clusters = [np.flatnonzero(np.array([k == key for k in keys])) for key in dict.fromkeys(keys)]
-    if len(clusters) < MIN_SESSIONS:
+    keys = [str(k) for k in sessions] if sessions is not None else [str(n) for n in range(len(points))]
+    _, session_of = np.unique(np.array(keys, dtype=object), return_inverse=True)
+    sums, sizes = np.bincount(session_of, weights=points), np.bincount(session_of).astype(float)
+    if len(sums) < MIN_SESSIONS:
         return {"win_rate": round(float(points.mean()), 4) if len(points) else None, "low": None, "high": None}
-    sums = np.array([points[c].sum() for c in clusters])
-    sizes = np.array([len(c) for c in clusters], float)
     rng = np.random.default_rng(seed)
-    picks = rng.integers(0, len(clusters), (rounds, len(clusters)))
+    picks = rng.integers(0, len(sums), (rounds, len(sums)))
     means = sums[picks].sum(axis=1) / sizes[picks].sum(axis=1)
     low, high = np.quantile(means, [0.025, 0.975])
     return {"win_rate": round(float(points.mean()), 4), "low": round(float(low), 4), "high": round(float(high), 4)}
