@@ -20,7 +20,7 @@ import pytest
 from test_space import ARTIFACTS, CHROMIUM, load_app_module
 
 from conftest import REPO
-from xinstruct.arena import Arena, ArenaError, Backend, BackendSpec
+from xinstruct.arena import VOTE_FIELDS, Arena, ArenaError, Backend, BackendSpec
 from xinstruct.chat import ChatSession, ChatSettings
 from xinstruct.inference.server import free_port
 from xinstruct.vote_store import VoteStore
@@ -115,6 +115,7 @@ def test_refusals_leave_no_row(arena_space):
     with pytest.raises(ArenaError, match="Unknown verdict"):
         arena.vote(pair.pair_id, "s", "C")
     row = arena.vote(pair.pair_id, "s", "tie")
+    assert tuple(row) == VOTE_FIELDS
     with pytest.raises(ArenaError, match="already voted"):
         arena.vote(pair.pair_id, "s", "A")
     assert _rows(store.path)[before:] == [row]

@@ -36,7 +36,7 @@ from .chat import ChatSession
 logger = logging.getLogger(__name__)
 
 VERDICTS = ("A", "B", "tie", "both_bad")
-# a vote row, in order (the features are xinstruct.vote_store.VOTE_FEATURES)
+# a vote row, in order (its datasets features: xinstruct.evaluation.votes.vote_features)
 VOTE_FIELDS = ("time", "session_id", "pair_id", "language", "mode", "instruction", "question_id", "answer_a",
                "answer_b", "model_a", "model_b", "candidate", "baseline", "verdict", "a_in_language", "b_in_language",
                "max_new_tokens")

@@ -50,10 +50,10 @@ def vote_features():
     """The ``datasets.Features`` of a vote row (given to ``load_dataset`` so files with empty fields still agree)."""
     from datasets import Features, Value
 
-    text = ("time", "session_id", "pair_id", "language", "mode", "instruction", "question_id", "answer_a",
-            "answer_b", "model_a", "model_b", "candidate", "baseline", "verdict")
-    return Features({**{name: Value("string") for name in text}, "a_in_language": Value("bool"),
-                     "b_in_language": Value("bool"), "max_new_tokens": Value("int64")})
+    from ..arena import VOTE_FIELDS
+
+    kinds = {"a_in_language": "bool", "b_in_language": "bool", "max_new_tokens": "int64"}
+    return Features({name: Value(kinds.get(name, "string")) for name in VOTE_FIELDS})
 
 
 def load_votes(source: str | Path, revision: str | None = None) -> list[dict[str, Any]]:
