@@ -22,6 +22,7 @@ from test_space import ARTIFACTS, CHROMIUM, load_app_module
 from conftest import REPO
 from xinstruct.arena import VOTE_FIELDS, Arena, ArenaError, Backend, BackendSpec
 from xinstruct.chat import ChatSession, ChatSettings
+from xinstruct.data.readers import read_jsonl
 from xinstruct.inference.server import free_port
 from xinstruct.vote_store import VoteStore
 
@@ -85,7 +86,7 @@ def arena_space(tiny_engine, other_tiny, tmp_path_factory):
 
 
 def _rows(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    return list(read_jsonl(path)) if path.exists() else []
 
 
 def test_the_two_backends_answer_differently_and_a_is_drawn_at_random(arena_space):
@@ -301,8 +302,7 @@ def test_votes_in_chromium_reach_the_hub_unblinded_even_across_a_kill(hub, tiny_
                 page.screenshot(path=str(ARTIFACTS / "space-arena.png"), full_page=True)
             finally:
                 browser.close()
-        on_disk = [json.loads(line) for f in sorted((tmp_path / "votes").glob("*.jsonl"))
-                   for line in f.read_text().splitlines()]
+        on_disk = [row for f in sorted((tmp_path / "votes").glob("*.jsonl")) for row in read_jsonl(f)]
         assert len(on_disk) == 4 and "user/arena-votes" in hub.repos and _hub_votes(hub, "user/arena-votes") == []
     finally:
         space.kill()  # between the votes and their commit

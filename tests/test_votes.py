@@ -12,6 +12,7 @@ import pytest
 
 from conftest import REPO, write_jsonl
 from xinstruct.cli import main
+from xinstruct.data.readers import read_jsonl
 from xinstruct.evaluation.votes import judge_votes, kappa, load_votes, table_markdown, votes_card, votes_table
 
 # planted: (mode, language) -> outcomes of the candidate, and the win rate they must give (ties and both-bad half)
@@ -47,12 +48,12 @@ def planted_votes(seed: int = 0) -> list[dict]:
 
 
 def test_the_planted_vote_file_holds_the_planted_votes():
-    assert [json.loads(line) for line in PLANTED_FILE.read_text().splitlines()] == planted_votes()
+    assert list(read_jsonl(PLANTED_FILE)) == planted_votes()
 
 
 @pytest.fixture
 def vote_folder(tmp_path):
-    rows = [json.loads(line) for line in PLANTED_FILE.read_text().splitlines()]
+    rows = list(read_jsonl(PLANTED_FILE))
     write_jsonl(tmp_path / "votes" / "votes-1.jsonl", rows[:20])  # two files, as two Space processes write them
     write_jsonl(tmp_path / "votes" / "votes-2.jsonl", rows[20:])
     return tmp_path / "votes"

@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from . import languages
-from .chat import ChatSession
+from .chat import ChatSession, is_endpoint_url
 
 logger = logging.getLogger(__name__)
 
@@ -66,12 +66,12 @@ class BackendSpec:
             raise ArenaError("An arena backend is empty: write [NAME=]MODEL_OR_URL.")
         named = re.match(r"^([\w.\-/ ()]+?)=(.+)$", text)
         name, source = (named.group(1).strip(), named.group(2).strip()) if named else ("", text)
-        source, _, model = source.partition("#") if source.startswith(("http://", "https://")) else (source, "", "")
+        source, _, model = source.partition("#") if is_endpoint_url(source) else (source, "", "")
         return cls(name or (model or source), source, model or "tgi")
 
     @property
     def is_endpoint(self) -> bool:
-        return self.source.startswith(("http://", "https://"))
+        return is_endpoint_url(self.source)
 
 
 class Backend:

@@ -184,6 +184,11 @@ def default_model(runs_dir: str | Path = "runs") -> str:
     return "gemma-3-270m"
 
 
+def is_endpoint_url(source: str) -> bool:
+    """Whether a backend ``source`` is an ``http(s)://`` server URL (else a Hub id or local path loaded here)."""
+    return source.startswith(("http://", "https://"))
+
+
 def session_for(source: str, endpoint_model: str = "tgi", max_retries: int = 3,
                 timeout: float = 120.0) -> tuple[ChatSession, str]:
     """A chat session over ``source``, and a one-line description of it.
@@ -196,7 +201,7 @@ def session_for(source: str, endpoint_model: str = "tgi", max_retries: int = 3,
     """
     from .inference import engine_config, make_engine
 
-    if source.startswith(("http://", "https://")):
+    if is_endpoint_url(source):
         config = engine_config("endpoint", base_urls=[source], model=endpoint_model, max_retries=max_retries,
                                timeout=timeout)
         engine = make_engine(config, endpoint_model, progress=False)

@@ -164,16 +164,15 @@ def _evaluate_votes(args: argparse.Namespace) -> int:
     if args.judge_url and not args.judge_model:
         raise UsageError("--judge-url needs --judge-model (the model name the judge server expects).")
     rows = load_votes(args.votes)
-    judged = None
+    out, judged = Path(args.out or "eval-votes"), None
     if args.judge_url:
-        out = Path(args.out or "eval-votes")
         generate, _ = judge_generator(JudgeConfig(args.judge_url, args.judge_model, token_env=args.judge_token_env),
                                       out / "requests" / "judge")
         judged = judge_votes(rows, generate)
     table = votes_table(rows, judged)
     print(table_markdown(table))
     if args.out or judged is not None:
-        print(f"report: {write_votes_report(table, args.out or 'eval-votes')}")
+        print(f"report: {write_votes_report(table, out)}")
     return 0
 
 

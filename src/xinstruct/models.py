@@ -42,6 +42,17 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XINSTRUCT_CACHE", Path.home() / ".cache" / "xinstruct"))
 
 
+def is_hub_id(text: str) -> bool:
+    """Whether ``text`` is a valid Hub repo id (``name`` or ``namespace/name``), as huggingface_hub validates it."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(text)
+    except HFValidationError:
+        return False
+    return True
+
+
 def resolve_model(name: str, loads_here: bool = True) -> str:
     """Turn a recipe model name into something ``from_pretrained`` accepts (a local folder or Hub id). With
     ``loads_here`` (the caller loads the model or its tokenizer on this machine), a Hub id must be in the cache or

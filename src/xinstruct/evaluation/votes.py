@@ -27,6 +27,7 @@ counted, never guessed.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections import Counter
@@ -37,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DataError
+from ..models import is_hub_id
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +70,7 @@ def load_votes(source: str | Path, revision: str | None = None) -> list[dict[str
             raise DataError(f"No vote files in {folder} (looked for {pattern}).")
         source = str(folder)
     else:
-        if folder.exists() or str(source).startswith((".", "/")) or str(source).count("/") != 1:
+        if folder.exists() or not is_hub_id(str(source)) or "/" not in str(source):
             raise DataError(f"--votes {source}: not a folder of vote files nor a Hub dataset id (USER/NAME).")
         pattern = "votes/*.jsonl"
     try:
@@ -136,8 +138,8 @@ def _group(rows: list[dict[str, Any]], judged: dict[str, str]) -> dict[str, Any]
         checks = [c for c in checks if c is not None]
         figures[f"{role}_in_language"] = {"share": round(sum(checks) / len(checks), 4) if checks else None,
                                           "checked": len(checks)}
-    both = [r for r in rows if r["pair_id"] in judged and judged[r["pair_id"]] != "failed"]
     if judged:
+        both = [r for r in rows if r["pair_id"] in judged and judged[r["pair_id"]] != "failed"]
         figures["judge"] = {"pairs": len(both),
                             "win_rate": win_rate_interval([judged[r["pair_id"]] for r in both])["win_rate"]
                             if both else None,
@@ -278,8 +280,6 @@ def votes_card(rows: list[dict[str, Any]], repo_id: str) -> str:
 
 def write_votes_report(table: dict[str, Any], out_dir: str | Path) -> Path:
     """``votes.json`` and ``votes.md`` in ``out_dir``; returns the Markdown file."""
-    import json
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "votes.json").write_text(json.dumps(table, indent=2, ensure_ascii=False), encoding="utf-8")

@@ -10,6 +10,7 @@ from typing import Any
 
 from huggingface_hub import HfApi, get_token
 
+from ..models import is_hub_id
 from .dataset_repo import PublishError
 from .push import _check_repo_id, _upload
 from .templates import shipped_path
@@ -47,7 +48,7 @@ def arena_variables(candidate: str | None, baseline: str | None, votes_repo: str
     except ArenaError as error:
         raise PublishError(str(error)) from None
     for spec in specs:
-        if not spec.is_endpoint and (Path(spec.source).exists() or not _is_hub_id(spec.source)):
+        if not spec.is_endpoint and (Path(spec.source).exists() or not is_hub_id(spec.source)):
             raise PublishError(f"{spec.source} is a local path (or not a Hub id), which the Space cannot read: push "
                                "that model to the Hub (`xinstruct push RUN --models`) and give its id, or an endpoint "
                                "URL.")
@@ -63,16 +64,6 @@ def arena_variables(candidate: str | None, baseline: str | None, votes_repo: str
     if votes_every is not None:
         variables["XINSTRUCT_VOTES_EVERY"] = str(votes_every)
     return variables
-
-
-def _is_hub_id(text: str) -> bool:
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-    try:
-        validate_repo_id(text)
-    except HFValidationError:
-        return False
-    return True
 
 
 def push_space(repo_id: str, token: str | None = None, private: bool = False, variables: dict[str, str] | None = None,
